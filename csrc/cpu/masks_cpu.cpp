@@ -1,0 +1,164 @@
+// CPU kernels of the masks op. Two stages, as on CUDA: per-image parameters (the patch assignment,
+// or the boxes), then one pass over the pixels that builds the masks or writes the masked copies.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../masks.h"
+#include "../masks_hash.h"
+
+namespace patchgan_fast {
+namespace {
+
+// [B, Gh, Gw] uint8: the copy that hides each patch (scoring layouts).
+at::Tensor assignment_cpu(const at::Tensor& keys_in, const MaskArgs& a) {
+  const auto keys = keys_in.contiguous();
+  const int64_t gh = a.grid_h(), gw = a.grid_w(), n = gh * gw;
+  auto out = at::empty({a.batch, gh, gw}, keys.options().dtype(at::kByte));
+  const int64_t* key = keys.data_ptr<int64_t>();
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  const int bits = feistel_bits(n);
+  at::parallel_for(0, a.batch * n, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / n, g = i % n;
+      dst[i] = static_cast<uint8_t>(
+          patch_copy(a.layout, g / gw, g % gw, gw, n, bits, a.num_copies, a.seed, key[b]));
+    }
+  });
+  return out;
+}
+
+// [K, B, max_boxes, 4] int64 boxes (y0, x0, h, w) for the training layout.
+at::Tensor boxes_cpu(const at::Tensor& keys_in, const MaskArgs& a) {
+  const auto keys = keys_in.contiguous();
+  const int64_t nb = std::max<int64_t>(a.max_boxes, 1);
+  auto out = at::zeros({a.num_copies, a.batch, nb, 4}, keys.options());
+  const int64_t* key = keys.data_ptr<int64_t>();
+  int64_t* dst = out.data_ptr<int64_t>();
+  for (int64_t k = 0; k < a.num_copies; ++k)
+    for (int64_t b = 0; b < a.batch; ++b)
+      for (int64_t j = 0; j < a.max_boxes; ++j)
+        box_params(k, j, a.height, a.width, a.min_boxes, a.max_boxes, a.min_size, a.max_size, a.seed,
+                   key[b], dst + ((k * a.batch + b) * nb + j) * 4);
+  return out;
+}
+
+// hidden(k, b, y, x) for any layout, reading the per-image parameters built above.
+struct Hidden {
+  const MaskArgs& a;
+  const uint8_t* assign;  // scoring layouts
+  const int64_t* boxes;   // boxes layout
+  int64_t nb;
+
+  bool operator()(int64_t k, int64_t b, int64_t y, int64_t x) const {
+    if (a.layout == kNone) return false;
+    if (a.layout == kBoxes) {
+      const int64_t* bx = boxes + (k * a.batch + b) * nb * 4;
+      for (int64_t j = 0; j < a.max_boxes; ++j, bx += 4)
+        if (y >= bx[0] && y < bx[0] + bx[2] && x >= bx[1] && x < bx[1] + bx[3]) return true;
+      return false;
+    }
+    const int64_t p = a.patch_size;
+    return assign[(b * a.grid_h() + y / p) * a.grid_w() + x / p] == k;
+  }
+};
+
+template <typename F>
+void with_hidden(const at::Tensor& keys, const MaskArgs& a, F&& body) {
+  at::Tensor assign, boxes;
+  if (a.layout == kPhases || a.layout == kRandom) assign = assignment_cpu(keys, a);
+  if (a.layout == kBoxes) boxes = boxes_cpu(keys, a);
+  body(Hidden{a, assign.defined() ? assign.data_ptr<uint8_t>() : nullptr,
+              boxes.defined() ? boxes.data_ptr<int64_t>() : nullptr, std::max<int64_t>(a.max_boxes, 1)});
+}
+
+at::Tensor patch_assignment_kernel(const at::Tensor& keys, int64_t grid_h, int64_t grid_w, int64_t layout,
+                                   int64_t num_copies, int64_t seed) {
+  TORCH_CHECK(layout == kPhases || layout == kRandom,
+              "patch_assignment needs a scoring layout (1 = phases, 2 = random), got ", layout);
+  TORCH_CHECK(grid_h > 0 && grid_w > 0, "expected a positive patch grid, got ", grid_h, "x", grid_w);
+  const MaskArgs a = check_mask_args(keys, grid_h, grid_w, layout, 1, num_copies, seed, 0, 0, 1, 1);
+  return assignment_cpu(keys, a);
+}
+
+at::Tensor build_masks_kernel(const at::Tensor& keys, int64_t height, int64_t width, int64_t layout,
+                              int64_t patch_size, int64_t num_copies, int64_t seed, int64_t min_boxes,
+                              int64_t max_boxes, int64_t min_size, int64_t max_size) {
+  const MaskArgs a = check_mask_args(keys, height, width, layout, patch_size, num_copies, seed, min_boxes,
+                                     max_boxes, min_size, max_size);
+  auto out = at::empty({a.num_copies, a.batch, height, width}, keys.options().dtype(at::kBool));
+  bool* dst = out.data_ptr<bool>();
+  with_hidden(keys, a, [&](const Hidden& hidden) {
+    const int64_t plane = height * width;
+    at::parallel_for(0, a.num_copies * a.batch, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t kb = begin; kb < end; ++kb) {
+        const int64_t k = kb / a.batch, b = kb % a.batch;
+        for (int64_t y = 0; y < height; ++y)
+          for (int64_t x = 0; x < width; ++x) dst[kb * plane + y * width + x] = hidden(k, b, y, x);
+      }
+    });
+  });
+  return out;
+}
+
+template <typename in_t>
+inline float to_unit(in_t v) {
+  return static_cast<float>(v);
+}
+template <>
+inline float to_unit<uint8_t>(uint8_t v) {
+  return static_cast<float>(v) / 255.0f;
+}
+
+at::Tensor mask_images_kernel(const at::Tensor& images, const at::Tensor& keys, int64_t layout,
+                              int64_t patch_size, int64_t num_copies, int64_t seed, int64_t min_boxes,
+                              int64_t max_boxes, int64_t min_size, int64_t max_size, at::ArrayRef<double> mean,
+                              at::ArrayRef<double> std, double fill, at::ScalarType dtype, bool channels_last) {
+  TORCH_CHECK(images.dim() == 4, "expected images of shape [B, C, H, W], got ", images.dim(), "-D ",
+              images.sizes());
+  const MaskArgs a = check_mask_args(keys, images.size(2), images.size(3), layout, patch_size, num_copies,
+                                     seed, min_boxes, max_boxes, min_size, max_size);
+  std::vector<float> mu, sd;
+  check_images(images, keys, a, mean, std, dtype, &mu, &sd);
+  auto out = empty_masked(images, num_copies, dtype, channels_last);
+  const int64_t channels = images.size(1), height = a.height, width = a.width;
+  const float fill_f = static_cast<float>(fill);
+  const auto is = images.strides();
+  const auto os = out.strides();
+  with_hidden(keys, a, [&](const Hidden& hidden) {
+    AT_DISPATCH_FLOATING_TYPES_AND3(at::kByte, at::kHalf, at::kBFloat16, images.scalar_type(), "mask_images_in", [&] {
+      using in_t = scalar_t;
+      const in_t* src = images.const_data_ptr<in_t>();
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "mask_images_out", [&] {
+        using out_t = scalar_t;
+        out_t* dst = out.data_ptr<out_t>();
+        at::parallel_for(0, a.batch * height, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t by = begin; by < end; ++by) {
+            const int64_t b = by / height, y = by % height;
+            for (int64_t x = 0; x < width; ++x) {
+              for (int64_t c = 0; c < channels; ++c) {
+                float v = to_unit(src[b * is[0] + c * is[1] + y * is[2] + x * is[3]]);
+                if (!mu.empty()) v = (v - mu[c]) / sd[c];
+                for (int64_t k = 0; k < a.num_copies; ++k) {
+                  const float o = hidden(k, b, y, x) ? fill_f : v;
+                  dst[k * os[0] + b * os[1] + c * os[2] + y * os[3] + x * os[4]] = static_cast<out_t>(o);
+                }
+              }
+            }
+          }
+        });
+      });
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(patchgan_fast, CPU, m) {
+  m.impl("build_masks", &build_masks_kernel);
+  m.impl("patch_assignment", &patch_assignment_kernel);
+  m.impl("mask_images", &mask_images_kernel);
+}
+
+}  // namespace patchgan_fast

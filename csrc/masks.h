@@ -1,0 +1,40 @@
+// Declarations shared by the masks op's schema file and its CPU and CUDA kernels.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+namespace patchgan_fast {
+
+// Validated arguments of one masks call, in the integer form the kernels use.
+struct MaskArgs {
+  int64_t batch;
+  int64_t height;
+  int64_t width;
+  int64_t layout;
+  int64_t patch_size;
+  int64_t num_copies;
+  uint32_t seed;
+  int64_t min_boxes, max_boxes, min_size, max_size;
+  int64_t grid_h() const { return height / patch_size; }
+  int64_t grid_w() const { return width / patch_size; }
+};
+
+// Checks every argument with TORCH_CHECK (message names what was received and what is expected).
+MaskArgs check_mask_args(const at::Tensor& keys, int64_t height, int64_t width, int64_t layout,
+                         int64_t patch_size, int64_t num_copies, int64_t seed, int64_t min_boxes,
+                         int64_t max_boxes, int64_t min_size, int64_t max_size);
+
+// Checks the image batch and normalization arguments of mask_images; returns per-channel
+// (mean, std) as floats (empty mean/std: no normalization).
+void check_images(const at::Tensor& images, const at::Tensor& keys, const MaskArgs& a,
+                  at::ArrayRef<double> mean, at::ArrayRef<double> std, at::ScalarType dtype,
+                  std::vector<float>* mean_out, std::vector<float>* std_out);
+
+// Empty output of mask_images: [K, B, C, H, W], a view of a [K*B, C, H, W] tensor in the requested
+// memory format.
+at::Tensor empty_masked(const at::Tensor& images, int64_t num_copies, at::ScalarType dtype,
+                        bool channels_last);
+
+}  // namespace patchgan_fast

@@ -1,0 +1,197 @@
+"""Fused per-patch squared error and ranking reduction (paper eq. 2 and 5) in Triton.
+
+Why it is shaped this way: scoring is memory bound. Every byte of the image and of one
+reconstruction's worth of the K copies is read exactly once: program (b, s) walks a band of patch
+rows of image b; for each patch row it loads tiles of [BLOCK_Y, BLOCK_GW, BLOCK_P] pixels (BLOCK_GW
+patches side by side, BLOCK_P pixels of each) and takes every patch from the copy in which the masks op
+hid it (a per-patch pointer offset, so reads stay contiguous within a patch row). Squares accumulate in
+fp32, x is normalized in registers (uint8 /255, then per-channel mean/std), and each patch's mean
+error is written to the patch map. When one program owns a whole image (the usual case: batches are
+much larger than the number of SMs) it then ranks that image's patch errors itself, re-reading only
+its own [G] errors after a block barrier; otherwise a second tiny kernel ranks them.
+
+Ranking: score = sum_{i<T} w_i * e_(i) + rest_weight * sum_{i>=T} e_(i), with e_(i) sorted descending.
+It is computed as rest_weight * sum(e) + sum_{i<T} (w_i - rest_weight) * e_(i); for T <= 8 the top T
+values come from T max-reductions (ties remove one element at a time, so equal values give equal
+scores whichever index is taken), for larger T from a bitonic sort of the padded row.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional, Sequence
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+_TILE = 4096  # pixels per loaded tile
+
+
+@triton.jit
+def _rank_image(E_row, W_ptr, G, rest_weight, T: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Ranked score of one image from its G patch errors at E_row."""
+    offs = tl.arange(0, BLOCK_G)
+    valid = offs < G
+    e = tl.load(E_row + offs, mask=valid, other=0.0)
+    score = rest_weight * tl.sum(e, axis=0)
+    if T > 0:
+        if T <= 8:
+            v = tl.where(valid, e, -1.0)
+            for i in tl.static_range(T):
+                top = tl.max(v, axis=0)
+                first = tl.min(tl.where(v == top, offs, BLOCK_G), axis=0)
+                score += (tl.load(W_ptr + i) - rest_weight) * top
+                v = tl.where(offs == first, -1.0, v)
+        else:
+            ranked = tl.sort(tl.where(valid, e, -1.0), descending=True)
+            w = tl.load(W_ptr + offs, mask=offs < T, other=rest_weight)
+            score += tl.sum(tl.where(offs < T, (w - rest_weight) * ranked, 0.0), axis=0)
+    return score
+
+
+@triton.jit
+def _patch_error_kernel(
+    X_ptr, R_ptr, A_ptr, MEAN_ptr, ISTD_ptr, W_ptr, E_ptr, S_ptr,
+    C, Gh, Gw, rows_per_prog, rest_weight, inv_count,
+    stride_xb, stride_xc, stride_xh, stride_xw,
+    stride_rk, stride_rb, stride_rc, stride_rh, stride_rw,
+    P: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_GW: tl.constexpr, BLOCK_P: tl.constexpr,
+    X_IS_U8: tl.constexpr, HAS_NORM: tl.constexpr, HAS_ASSIGN: tl.constexpr,
+    FUSE_RANK: tl.constexpr, T: tl.constexpr, BLOCK_G: tl.constexpr,
+):
+    b = tl.program_id(0)
+    gy_lo = tl.program_id(1) * rows_per_prog
+    gy_hi = tl.minimum(gy_lo + rows_per_prog, Gh)
+    G = Gh * Gw
+    b64 = b.to(tl.int64)
+    x_img = X_ptr + b64 * stride_xb
+    r_img = R_ptr + b64 * stride_rb
+    e_img = E_ptr + b64 * G
+
+    offs_y = tl.arange(0, BLOCK_Y)
+    offs_q = tl.arange(0, BLOCK_GW)
+    offs_p = tl.arange(0, BLOCK_P)
+    for gy in range(gy_lo, gy_hi):
+        for gx0 in range(0, Gw, BLOCK_GW):
+            gx = gx0 + offs_q
+            col_ok = (gx < Gw)[:, None] & (offs_p < P)[None, :]
+            cols = (gx * P)[:, None] + offs_p[None, :]  # [BLOCK_GW, BLOCK_P] pixel columns
+            x_cols = cols.to(tl.int64) * stride_xw
+            r_cols = cols.to(tl.int64) * stride_rw
+            if HAS_ASSIGN:
+                k = tl.load(A_ptr + b64 * G + gy * Gw + gx, mask=gx < Gw, other=0).to(tl.int64)
+                r_cols += (k * stride_rk)[:, None]
+            acc = tl.zeros((BLOCK_Y, BLOCK_GW, BLOCK_P), dtype=tl.float32)
+            for c in range(C):
+                if HAS_NORM:
+                    mu = tl.load(MEAN_ptr + c)
+                    istd = tl.load(ISTD_ptr + c)
+                for y0 in range(0, P, BLOCK_Y):
+                    ys = gy * P + y0 + offs_y
+                    m = (y0 + offs_y < P)[:, None, None] & col_ok[None, :, :]
+                    x_off = (c * stride_xc + ys.to(tl.int64) * stride_xh)[:, None, None] + x_cols[None, :, :]
+                    r_off = (c * stride_rc + ys.to(tl.int64) * stride_rh)[:, None, None] + r_cols[None, :, :]
+                    xv = tl.load(x_img + x_off, mask=m, other=0).to(tl.float32)
+                    if X_IS_U8:
+                        xv = xv / 255.0
+                    if HAS_NORM:
+                        xv = (xv - mu) * istd
+                    rv = tl.load(r_img + r_off, mask=m, other=0).to(tl.float32)
+                    d = tl.where(m, xv - rv, 0.0)
+                    acc += d * d
+            err = tl.sum(tl.sum(acc, axis=2), axis=0) * inv_count
+            tl.store(e_img + gy * Gw + gx, err, mask=gx < Gw)
+    if FUSE_RANK:
+        tl.debug_barrier()  # the patch errors written above by other threads of this program
+        tl.store(S_ptr + b, _rank_image(e_img, W_ptr, G, rest_weight, T, BLOCK_G))
+
+
+@triton.jit
+def _rank_kernel(E_ptr, W_ptr, S_ptr, G, rest_weight, T: tl.constexpr, BLOCK_G: tl.constexpr):
+    b = tl.program_id(0)
+    tl.store(S_ptr + b, _rank_image(E_ptr + b.to(tl.int64) * G, W_ptr, G, rest_weight, T, BLOCK_G))
+
+
+@functools.lru_cache(maxsize=64)
+def _device_constants(values: tuple, device: torch.device) -> Tensor:
+    return torch.tensor(values if values else (0.0,), dtype=torch.float32, device=device)
+
+
+@functools.lru_cache(maxsize=16)
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def patch_scores_triton(
+    images: Tensor,
+    reconstructions: Tensor,
+    assignment: Optional[Tensor],
+    *,
+    patch_size: int,
+    top_weights: Sequence[float],
+    rest_weight: float,
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+    rows_per_program: Optional[int] = None,
+) -> tuple[Tensor, Tensor]:
+    """Launches the fused kernel; arguments are assumed checked (see ``patchgan_fast.ops.patch_scores``).
+
+    Args:
+        images (Tensor[B, C, H, W]): uint8 or float, any strides.
+        reconstructions (Tensor[K, B, C, H, W] or Tensor[B, C, H, W]): fp32/bf16/fp16, any strides.
+        assignment (Tensor[B, Gh, Gw] uint8, optional): copy that hid each patch; needed when K > 1.
+        rows_per_program: patch rows per program; default: a whole image per program when the batch
+            fills the device, fewer otherwise (then a second kernel does the ranking).
+
+    Returns:
+        (scores Tensor[B] fp32, patch_errors Tensor[B, Gh, Gw] fp32)
+    """
+    r = reconstructions if reconstructions.dim() == 5 else reconstructions.unsqueeze(0)
+    b, c, h, w = images.shape
+    p = patch_size
+    gh, gw = h // p, w // p
+    g = gh * gw
+    device = images.device
+    errors = torch.empty((b, gh, gw), dtype=torch.float32, device=device)
+    scores = torch.empty((b,), dtype=torch.float32, device=device)
+
+    block_p = triton.next_power_of_2(p)
+    block_gw = min(triton.next_power_of_2(gw), max(1, 1024 // block_p))
+    block_y = min(block_p, max(1, _TILE // (block_gw * block_p)))
+    block_g = triton.next_power_of_2(g)
+    if rows_per_program is None:
+        target = 2 * _num_sms(device)
+        splits = 1 if b >= target else min(gh, triton.cdiv(target, b))
+        rows_per_program = triton.cdiv(gh, splits)
+    rows_per_program = max(1, min(int(rows_per_program), gh))
+    splits = triton.cdiv(gh, rows_per_program)
+    fuse = splits == 1
+
+    has_assign = assignment is not None and r.shape[0] > 1
+    has_norm = bool(mean)
+    t = len(top_weights)
+    weights = _device_constants(tuple(float(v) for v in top_weights), device)
+    if has_norm:
+        mean_t = _device_constants(tuple(float(v) for v in mean), device)
+        istd_t = _device_constants(tuple(1.0 / float(v) for v in std), device)
+    else:
+        mean_t = istd_t = weights  # unused
+    a = assignment.contiguous() if has_assign else weights  # unused when not has_assign
+    tile = block_y * block_gw * block_p
+    _patch_error_kernel[(b, splits)](
+        images, r, a, mean_t, istd_t, weights, errors, scores,
+        c, gh, gw, rows_per_program, float(rest_weight), 1.0 / (c * p * p),
+        *images.stride(), *r.stride(),
+        P=p, BLOCK_Y=block_y, BLOCK_GW=block_gw, BLOCK_P=block_p,
+        X_IS_U8=images.dtype == torch.uint8, HAS_NORM=has_norm, HAS_ASSIGN=has_assign,
+        FUSE_RANK=fuse, T=t, BLOCK_G=block_g,
+        num_warps=8 if tile >= 2048 else 4,
+    )
+    if not fuse:
+        _rank_kernel[(b,)](errors, weights, scores, g, float(rest_weight), T=t, BLOCK_G=block_g,
+                           num_warps=4 if block_g <= 1024 else 8)
+    return scores, errors

@@ -1,0 +1,63 @@
+"""Builds patchgan_fast and its compiled ops (patchgan_fast._C) against the installed torch.
+
+    pip install -e . --no-build-isolation        # C++ CPU kernels; CUDA kernels too where torch has CUDA
+
+Environment: FORCE_CUDA=1 builds the CUDA kernels even when no GPU is visible (needs a CUDA torch and
+nvcc); NO_CUDA=1 skips them; DEBUG=1 builds with -O0 -g.
+"""
+
+import glob
+import os
+
+import torch
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+VERSION = "0.1.0"
+
+
+def _extension():
+    debug = os.getenv("DEBUG", "0") == "1"
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    with_cuda = (
+        os.getenv("NO_CUDA", "0") != "1"
+        and torch.version.cuda is not None
+        and CUDA_HOME is not None
+        and (torch.cuda.is_available() or os.getenv("FORCE_CUDA", "0") == "1")
+    )
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    macros = [
+        ("PGF_TORCH_VERSION", f'"{torch.__version__}"'),
+        ("PGF_CUDA_VERSION", f'"{torch.version.cuda if with_cuda else ""}"'),
+    ]
+    cxx = opt + ["-std=c++17", "-fno-fast-math"]
+    if with_cuda:
+        macros.append(("PGF_WITH_CUDA", None))
+        nvcc = opt + ["-std=c++17", "--fmad=false", "-lineinfo"]
+        return CUDAExtension(
+            "patchgan_fast._C", sources + cuda_sources, define_macros=macros,
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+        )
+    return CppExtension("patchgan_fast._C", sources, define_macros=macros, extra_compile_args={"cxx": cxx})
+
+
+setup(
+    name="patchgan_fast",
+    version=VERSION,
+    description="Patch-GAN novelty detection for medical images with fused masks and patch-score kernels",
+    packages=["patchgan_fast", "patchgan_fast.kernels"],
+    package_dir={"patchgan_fast": "patchgan_fast", "patchgan_fast.kernels": "kernels"},
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "numpy",
+        "scikit-learn",
+        "triton; platform_system == 'Linux' and platform_machine == 'x86_64'",
+    ],
+    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis"]},
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    zip_safe=False,
+)
