@@ -13,7 +13,6 @@ Nothing here touches the GPU at import time.
 
 from __future__ import annotations
 
-import functools
 import os
 from types import ModuleType
 from typing import Optional
@@ -31,22 +30,29 @@ def mode() -> str:
     return value
 
 
-@functools.lru_cache(maxsize=None)
+_loaded: dict[str, tuple[Optional[ModuleType], str]] = {}  # plain dict: torch.compile traces through it
+
+
 def _load_extension() -> tuple[Optional[ModuleType], str]:
-    try:
-        from . import _C  # noqa: F401  (importing registers torch.ops.patchgan_fast.*)
-    except ImportError as exc:
-        return None, f"patchgan_fast._C is not built ({exc}); run `pip install -e . --no-build-isolation`"
-    return _C, ""
+    if "ext" not in _loaded:
+        try:
+            from . import _C  # importing registers torch.ops.patchgan_fast.*
+
+            _loaded["ext"] = (_C, "")
+        except ImportError as exc:
+            _loaded["ext"] = (None, f"patchgan_fast._C is not built ({exc}); run `pip install -e . --no-build-isolation`")
+    return _loaded["ext"]
 
 
-@functools.lru_cache(maxsize=None)
 def _load_triton() -> tuple[Optional[ModuleType], str]:
-    try:
-        from . import kernels
-    except ImportError as exc:
-        return None, f"triton is not importable ({exc})"
-    return kernels, ""
+    if "triton" not in _loaded:
+        try:
+            from . import kernels
+
+            _loaded["triton"] = (kernels, "")
+        except ImportError as exc:
+            _loaded["triton"] = (None, f"triton is not importable ({exc})")
+    return _loaded["triton"]
 
 
 def extension() -> Optional[ModuleType]:

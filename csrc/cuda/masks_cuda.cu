@@ -7,8 +7,9 @@
 // thread handles kUnroll elements spaced a block apart to keep several loads in flight. The
 // per-image parameters (patch assignment or boxes) are tiny and stay in L1/L2.
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "../masks.h"
@@ -77,7 +78,7 @@ at::Tensor make_assignment(const at::Tensor& keys, const MaskArgs& a, cudaStream
 template <typename F>
 void with_hidden(const at::Tensor& keys_in, const MaskArgs& a, F&& body) {
   const auto keys = keys_in.contiguous();
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor assign, boxes;
   const int64_t nb = std::max<int64_t>(a.max_boxes, 1);
   if (a.layout == kPhases || a.layout == kRandom) assign = make_assignment(keys, a, stream);
@@ -167,7 +168,7 @@ at::Tensor patch_assignment_cuda(const at::Tensor& keys, int64_t grid_h, int64_t
   TORCH_CHECK(grid_h > 0 && grid_w > 0, "expected a positive patch grid, got ", grid_h, "x", grid_w);
   const MaskArgs a = check_mask_args(keys, grid_h, grid_w, layout, 1, num_copies, seed, 0, 0, 1, 1);
   const c10::cuda::CUDAGuard guard(keys.device());
-  return make_assignment(keys.contiguous(), a, at::cuda::getCurrentCUDAStream());
+  return make_assignment(keys.contiguous(), a, c10::cuda::getCurrentCUDAStream());
 }
 
 at::Tensor build_masks_cuda(const at::Tensor& keys, int64_t height, int64_t width, int64_t layout, int64_t patch_size,

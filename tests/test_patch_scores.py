@@ -1,0 +1,171 @@
+"""The fused patch-score kernel (Triton; interpreter on CPU) against the float64 reference."""
+
+import random
+
+import pytest
+import torch
+from conftest import cpu_and_cuda
+from helpers import random_images
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from patchgan_fast import _reference as R
+from patchgan_fast import ops
+from patchgan_fast.kernels import patch_scores_triton
+
+# reconstruction dtype -> (atol, rtol) of kernel vs float64 reference. Both read the same stored
+# values; the gap is the kernel's fp32 accumulation and its multiply by 1/std.
+TOL = {torch.float32: (1e-6, 2e-5), torch.bfloat16: (1e-6, 2e-5), torch.float16: (1e-6, 2e-5)}
+
+# (B, C, H, W, P, K, T, x dtype, recon dtype, channels_last, rows_per_program)
+SCORE_CASES = [
+    (3, 3, 32, 32, 8, 4, 2, torch.uint8, torch.float32, False, None),  # power-of-two G = 16, fused ranking
+    (2, 1, 24, 40, 8, 4, 2, torch.uint8, torch.bfloat16, False, None),  # odd G = 15 (3x5), padded BLOCK_G
+    (2, 3, 40, 24, 4, 1, 1, torch.float32, torch.float32, False, None),  # K = 1, float x, T = 1
+    (2, 1, 16, 16, 4, 4, 0, torch.uint8, torch.float16, False, None),  # T = 0 (rest weight only)
+    (2, 3, 16, 16, 4, 4, 16, torch.uint8, torch.float32, False, None),  # T = all (sort path)
+    (2, 3, 24, 24, 4, 9, 12, torch.float32, torch.bfloat16, True, None),  # channels_last, K = 9, sort T = 12
+    (2, 1, 12, 18, 6, 4, 2, torch.uint8, torch.float32, False, None),  # P = 6, not a power of two
+    (1, 3, 32, 48, 8, 4, 2, torch.uint8, torch.float32, False, 1),  # rows split over programs + rank kernel
+    (3, 1, 32, 32, 4, 2, 9, torch.uint8, torch.float32, True, 3),  # split rows, uneven band, sort T = 9
+    (2, 1, 8, 1024, 8, 4, 2, torch.uint8, torch.float32, False, None),  # Gw = 128 > BLOCK_GW: several column tiles
+]
+
+
+def _inputs(b, c, h, w, p, k, x_dtype, r_dtype, channels_last, layout="random", seed=0):
+    x = random_images((b, c, h, w), x_dtype, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    r = torch.rand((k, b, c, h, w), generator=g).to(r_dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        r = r.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(k, b, c, h, w)
+    a = None
+    if k > 1:
+        keys = torch.arange(b, dtype=torch.int64)
+        lay = "phases" if round(k**0.5) ** 2 == k and layout == "phases" else "random"
+        a = ops.patch_assignment(keys, (h // p, w // p), layout=lay, num_copies=k, seed=seed)
+    return x, r, a
+
+
+def _weights(t, seed=0):
+    rng = random.Random(seed)
+    return tuple(round(rng.uniform(0.5, 2.0), 3) for _ in range(t))
+
+
+def _assert_close(got, ref, dtype):
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(got.double().cpu(), ref.cpu(), atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("b,c,h,w,p,k,t,x_dtype,r_dtype,cl,rows", SCORE_CASES)
+def test_kernel_matches_float64_reference(device, b, c, h, w, p, k, t, x_dtype, r_dtype, cl, rows):
+    x, r, a = _inputs(b, c, h, w, p, k, x_dtype, r_dtype, cl)
+    x, r = x.to(device), r.to(device)
+    a = a.to(device) if a is not None else None
+    norm = dict(mean=tuple(0.3 + 0.1 * i for i in range(c)), std=tuple(0.2 + 0.1 * i for i in range(c)))
+    kw = dict(patch_size=p, top_weights=_weights(t), rest_weight=0.25)
+    scores, errors = patch_scores_triton(x, r if k > 1 else r[0], a, rows_per_program=rows, **kw, **norm)
+    ref_s, ref_e = R.patch_scores_reference(x, r, a, dtype=torch.float64, **kw, **norm)
+    assert scores.shape == (b,) and errors.shape == (b, h // p, w // p)
+    assert scores.dtype == errors.dtype == torch.float32 and scores.device == x.device
+    _assert_close(errors, ref_e, r_dtype)
+    _assert_close(scores, ref_s, r_dtype)
+
+
+def _naive_scores(x, r, assignment, p, top, rest):
+    """Loop-by-loop transcription of eq. 2 and eq. 5, independent of the reference's tensor tricks."""
+    b, c, h, w = x.shape
+    xs = x.double() / 255.0
+    out = []
+    for i in range(b):
+        errs = []
+        for gy in range(h // p):
+            for gx in range(w // p):
+                k = int(assignment[i, gy, gx]) if assignment is not None else 0
+                d = xs[i, :, gy * p:(gy + 1) * p, gx * p:(gx + 1) * p] - r[k, i, :, gy * p:(gy + 1) * p, gx * p:(gx + 1) * p].double()
+                errs.append(float((d * d).mean()))
+        ranked = sorted(errs, reverse=True)
+        top = [float(torch.tensor(v, dtype=torch.float32)) for v in top]  # weights are fp32 on every path
+        out.append(sum(wi * e for wi, e in zip(top, ranked)) + rest * sum(ranked[len(top):]))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def test_reference_matches_a_naive_loop():
+    x, r, a = _inputs(3, 2, 12, 16, 4, 4, torch.uint8, torch.float32, False)
+    for top, rest in [((1.1, 1.0), 0.0), ((), 1.0), ((2.0, 1.5, 1.0), 0.1)]:
+        ref, _ = R.patch_scores_reference(x, r, a, patch_size=4, top_weights=top, rest_weight=rest, dtype=torch.float64)
+        torch.testing.assert_close(ref, _naive_scores(x, r, a, 4, top, rest), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("t", [1, 2, 5, 16])
+def test_ties_rank_by_value(t):
+    """Many equal patch errors: whichever tied patch is taken first, the score is the same."""
+    b, c, h, w, p = 2, 1, 16, 16, 4
+    x = torch.zeros((b, c, h, w), dtype=torch.uint8)
+    r = torch.zeros((1, b, c, h, w))
+    r[:, :, :, ::8, :] = 0.5  # every other patch row has the same nonzero error
+    r[:, 1, :, 4:8, 4:8] = 0.75  # one larger patch in image 1
+    weights = _weights(t, seed=t)
+    scores, errors = patch_scores_triton(x, r, None, patch_size=p, top_weights=weights, rest_weight=0.5)
+    ref_s, ref_e = R.patch_scores_reference(x, r, None, patch_size=p, top_weights=weights, rest_weight=0.5,
+                                            dtype=torch.float64)
+    _assert_close(errors, ref_e, torch.float32)
+    _assert_close(scores, ref_s, torch.float32)
+
+
+def test_4096_patches_per_image():
+    """G = 4096 (256x256 image, P = 4): the largest padded row, both ranking paths."""
+    x, r, a = _inputs(1, 1, 256, 256, 4, 4, torch.uint8, torch.bfloat16, False)
+    for top in (_weights(2), _weights(40)):
+        kw = dict(patch_size=4, top_weights=top, rest_weight=1.0)
+        scores, errors = patch_scores_triton(x, r, a, **kw)
+        ref_s, ref_e = R.patch_scores_reference(x, r, a, dtype=torch.float64, **kw)
+        _assert_close(errors, ref_e, torch.bfloat16)
+        _assert_close(scores, ref_s, torch.bfloat16)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    b=st.integers(1, 3), c=st.sampled_from([1, 3]), gh=st.integers(1, 6), gw=st.integers(1, 6),
+    p=st.sampled_from([2, 3, 4, 8]), k=st.integers(1, 4), t_frac=st.floats(0, 1), rest=st.floats(0, 2),
+    x_u8=st.booleans(), r_dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+    cl=st.booleans(), seed=st.integers(0, 1000),
+)
+def test_kernel_property_random_shapes(b, c, gh, gw, p, k, t_frac, rest, x_u8, r_dtype, cl, seed):
+    k = min(k, gh * gw)
+    x, r, a = _inputs(b, c, gh * p, gw * p, p, k, torch.uint8 if x_u8 else torch.float32, r_dtype, cl, seed=seed)
+    kw = dict(patch_size=p, top_weights=_weights(int(t_frac * gh * gw), seed), rest_weight=rest)
+    scores, errors = patch_scores_triton(x, r, a, **kw)
+    ref_s, ref_e = R.patch_scores_reference(x, r, a, dtype=torch.float64, **kw)
+    _assert_close(errors, ref_e, r_dtype)
+    _assert_close(scores, ref_s, r_dtype)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), t=st.integers(0, 12))
+def test_score_ignores_where_the_patches_are(seed, t):
+    """Eq. 5 ranks patch errors: shuffling the patches of image and reconstruction alike keeps the score."""
+    x, r, _ = _inputs(2, 1, 16, 12, 4, 1, torch.uint8, torch.float32, False, seed=seed)
+    perm = torch.randperm(12, generator=torch.Generator().manual_seed(seed))
+
+    def shuffle(img):  # [..., 16, 12] -> patches (4x3 grid of 4x4) permuted
+        lead = img.shape[:-2]
+        tiles = img.reshape(*lead, 4, 4, 3, 4).movedim(-3, -2).reshape(*lead, 12, 4, 4)[..., perm, :, :]
+        return tiles.reshape(*lead, 4, 3, 4, 4).movedim(-2, -3).reshape(*lead, 16, 12)
+
+    kw = dict(patch_size=4, top_weights=_weights(t, seed), rest_weight=0.3)
+    s1, _ = patch_scores_triton(x, r, None, **kw)
+    s2, _ = patch_scores_triton(shuffle(x), shuffle(r), None, **kw)
+    torch.testing.assert_close(s1, s2, atol=1e-6, rtol=1e-5)
+
+
+def test_public_op_uses_the_kernel_and_agrees_with_the_reference(monkeypatch):
+    x, r, a = _inputs(2, 3, 16, 16, 4, 4, torch.uint8, torch.bfloat16, False)
+    kw = dict(patch_size=4, top_weights=(1.1, 1.0), rest_weight=0.0)
+    monkeypatch.setenv("PATCHGAN_FAST_BACKEND", "native")
+    native = ops.patch_scores(x, r, a, **kw)
+    monkeypatch.setenv("PATCHGAN_FAST_BACKEND", "reference")
+    reference = ops.patch_scores(x, r, a, **kw)
+    for got, ref in zip(native, reference):
+        torch.testing.assert_close(got, ref, atol=1e-6, rtol=2e-5)

@@ -1,0 +1,121 @@
+"""score_batch end to end with small reconstructor modules."""
+
+import pytest
+import torch
+from conftest import cpu_and_cuda
+from helpers import random_images
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from patchgan_fast import RANKING_PRESETS, ScoreConfig, score_batch
+from patchgan_fast import _reference as R
+
+
+class TinyReconstructor(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(channels, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, channels, 3, padding=1))
+        self.norm = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return self.net(self.norm(x))
+
+
+class Template(nn.Module):
+    """A 'reconstructor' that has learned one normal image and returns it whatever it is shown."""
+
+    def __init__(self, template):
+        super().__init__()
+        self.register_buffer("template", template)
+
+    def forward(self, x):
+        return self.template.expand_as(x).to(x.dtype)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("layout,k", [("phases", 4), ("random", 4), ("none", 1)])
+def test_score_batch_matches_the_reference_pipeline(device, layout, k):
+    torch.manual_seed(0)
+    model = TinyReconstructor(3).to(device)
+    images = random_images((5, 3, 32, 32), torch.uint8, device=device)
+    keys = torch.arange(5, device=device)
+    cfg = ScoreConfig(patch_size=8, layout=layout, num_copies=k, seed=2, mean=(0.5,) * 3, std=(0.25,) * 3)
+    res = score_batch(model, images, cfg, keys=keys)
+    assert res.scores.shape == (5,) and res.patch_errors.shape == (5, 4, 4)
+    assert res.masked.shape == res.reconstructions.shape == (k, 5, 3, 32, 32)
+    assert (res.assignment is None) == (k == 1)
+    # the same thing written out with the references
+    masked = R.mask_images_reference(images, keys, layout=layout, patch_size=8, num_copies=k, seed=2, box_count=(1, 1),
+                                     box_size=(1, 1), mean=cfg.mean, std=cfg.std, fill=0.0, dtype=torch.float32,
+                                     memory_format=torch.contiguous_format)
+    assert torch.equal(res.masked, masked)
+    with torch.no_grad():
+        model.eval()
+        recon = model(masked.flatten(0, 1)).view(k, 5, 3, 32, 32)
+    ref_s, ref_e = R.patch_scores_reference(images, recon, res.assignment, patch_size=8, top_weights=(1.1, 1.0),
+                                            rest_weight=0.0, mean=cfg.mean, std=cfg.std, dtype=torch.float64)
+    torch.testing.assert_close(res.scores.double(), ref_s, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(res.patch_errors.double(), ref_e, atol=1e-6, rtol=1e-4)
+
+
+def test_uint8_and_float_images_score_alike_and_model_mode_is_restored():
+    model = TinyReconstructor(1)
+    model.train()
+    images = random_images((4, 1, 16, 16), torch.uint8)
+    cfg = ScoreConfig(patch_size=4, num_copies=4)
+    a = score_batch(model, images, cfg)
+    b = score_batch(model, images.float() / 255, cfg)
+    assert model.training
+    torch.testing.assert_close(a.scores, b.scores, atol=1e-6, rtol=1e-5)
+
+
+def test_scores_do_not_depend_on_batch_position():
+    model = TinyReconstructor(3)
+    images = random_images((6, 3, 16, 16), torch.uint8)
+    keys = torch.tensor([10, 11, 12, 13, 14, 15])
+    cfg = ScoreConfig(patch_size=4, layout="random", num_copies=3)
+    full = score_batch(model, images, cfg, keys=keys).scores
+    order = torch.tensor([5, 2, 0])
+    part = score_batch(model, images[order], cfg, keys=keys[order]).scores
+    torch.testing.assert_close(part, full[order], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_bf16_channels_last_model_inputs(device):
+    if device == "cpu":
+        pytest.skip("bf16 convolutions are a GPU configuration")
+    model = TinyReconstructor(3).to(device).to(torch.bfloat16).to(memory_format=torch.channels_last)
+    images = random_images((8, 3, 32, 32), torch.uint8, device=device)
+    res = score_batch(model, images, ScoreConfig(patch_size=8, channels_last=True))
+    assert res.masked.dtype == torch.bfloat16 and res.masked.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+    ref_s, _ = R.patch_scores_reference(images, res.reconstructions, res.assignment, patch_size=8,
+                                        top_weights=(1.1, 1.0), rest_weight=0.0, dtype=torch.float64)
+    torch.testing.assert_close(res.scores.double(), ref_s, atol=1e-5, rtol=1e-4)
+
+
+def test_ranking_finds_a_small_lesion_that_the_mean_misses():
+    """The point of eq. 5: a small abnormal region in a large normal image is not averaged away."""
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
+    template = (0.3 + 0.4 * yy * xx).view(1, 1, 64, 64)
+    n = 40
+    images = (template + 0.04 * torch.randn((2 * n, 1, 64, 64), generator=g)).clamp(0, 1)
+    for i in range(n, 2 * n):  # abnormal half: one small bright lesion each
+        y, x = torch.randint(0, 60, (2,), generator=g).tolist()
+        images[i, :, y:y + 4, x:x + 4] = (images[i, :, y:y + 4, x:x + 4] + 0.1).clamp(0, 1)
+    labels = [0] * n + [1] * n
+    model = Template(template)
+    auroc = {}
+    for preset in ("paper", "none"):
+        cfg = ScoreConfig(patch_size=8, layout="none", num_copies=1).with_ranking(preset)
+        auroc[preset] = roc_auc_score(labels, score_batch(model, images, cfg).scores.numpy())
+    assert auroc["paper"] > 0.95
+    assert auroc["paper"] > auroc["none"] + 0.1
+
+
+def test_ranking_presets():
+    assert RANKING_PRESETS["paper"] == ((1.1, 1.0), 0.0)
+    cfg = ScoreConfig().with_ranking("none")
+    assert cfg.top_weights == () and cfg.rest_weight == 1.0
+    with pytest.raises(ValueError, match="unknown ranking preset 'best'; expected one of paper, none"):
+        ScoreConfig().with_ranking("best")
