@@ -51,6 +51,8 @@ setup(
     package_dir={"patchgan_fast": "patchgan_fast", "patchgan_fast.kernels": "kernels"},
     python_requires=">=3.10",
     install_requires=[
+        "nibabel",
+        "tqdm",
         "torch>=2.4",
         "numpy",
         "scikit-learn",

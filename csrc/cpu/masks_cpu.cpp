@@ -4,6 +4,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 #include "../masks.h"
 #include "../masks_hash.h"
 
@@ -43,24 +45,11 @@ at::Tensor boxes_cpu(const at::Tensor& keys_in, const MaskArgs& a) {
   return out;
 }
 
-// hidden(k, b, y, x) for any layout, reading the per-image parameters built above.
+// The per-image parameters of one call: the patch assignment or the boxes.
 struct Hidden {
-  const MaskArgs& a;
-  const uint8_t* assign;  // scoring layouts
-  const int64_t* boxes;   // boxes layout
+  const uint8_t* assign;  // scoring layouts: [B, Gh, Gw]
+  const int64_t* boxes;   // boxes layout: [K, B, nb, 4]
   int64_t nb;
-
-  bool operator()(int64_t k, int64_t b, int64_t y, int64_t x) const {
-    if (a.layout == kNone) return false;
-    if (a.layout == kBoxes) {
-      const int64_t* bx = boxes + (k * a.batch + b) * nb * 4;
-      for (int64_t j = 0; j < a.max_boxes; ++j, bx += 4)
-        if (y >= bx[0] && y < bx[0] + bx[2] && x >= bx[1] && x < bx[1] + bx[3]) return true;
-      return false;
-    }
-    const int64_t p = a.patch_size;
-    return assign[(b * a.grid_h() + y / p) * a.grid_w() + x / p] == k;
-  }
 };
 
 template <typename F>
@@ -68,8 +57,28 @@ void with_hidden(const at::Tensor& keys, const MaskArgs& a, F&& body) {
   at::Tensor assign, boxes;
   if (a.layout == kPhases || a.layout == kRandom) assign = assignment_cpu(keys, a);
   if (a.layout == kBoxes) boxes = boxes_cpu(keys, a);
-  body(Hidden{a, assign.defined() ? assign.data_ptr<uint8_t>() : nullptr,
+  body(Hidden{assign.defined() ? assign.data_ptr<uint8_t>() : nullptr,
               boxes.defined() ? boxes.data_ptr<int64_t>() : nullptr, std::max<int64_t>(a.max_boxes, 1)});
+}
+
+// Row (b, y) of every copy's mask: hid[k * width + x] = 1 where copy k hides pixel x.
+void mask_row(const MaskArgs& a, const Hidden& hidden, int64_t b, int64_t y, uint8_t* hid) {
+  const int64_t width = a.width;
+  std::fill(hid, hid + a.num_copies * width, uint8_t(0));
+  if (a.layout == kNone) return;
+  if (a.layout == kBoxes) {
+    for (int64_t k = 0; k < a.num_copies; ++k) {
+      const int64_t* bx = hidden.boxes + (k * a.batch + b) * hidden.nb * 4;
+      for (int64_t j = 0; j < a.max_boxes; ++j, bx += 4)
+        if (y >= bx[0] && y < bx[0] + bx[2]) std::fill(hid + k * width + bx[1], hid + k * width + bx[1] + bx[3], uint8_t(1));
+    }
+    return;
+  }
+  const uint8_t* owner = hidden.assign + (b * a.grid_h() + y / a.patch_size) * a.grid_w();
+  for (int64_t gx = 0; gx < a.grid_w(); ++gx) {
+    uint8_t* h = hid + owner[gx] * width + gx * a.patch_size;
+    std::fill(h, h + a.patch_size, uint8_t(1));
+  }
 }
 
 at::Tensor patch_assignment_kernel(const at::Tensor& keys, int64_t grid_h, int64_t grid_w, int64_t layout,
@@ -89,25 +98,19 @@ at::Tensor build_masks_kernel(const at::Tensor& keys, int64_t height, int64_t wi
   auto out = at::empty({a.num_copies, a.batch, height, width}, keys.options().dtype(at::kBool));
   bool* dst = out.data_ptr<bool>();
   with_hidden(keys, a, [&](const Hidden& hidden) {
-    const int64_t plane = height * width;
-    at::parallel_for(0, a.num_copies * a.batch, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t kb = begin; kb < end; ++kb) {
-        const int64_t k = kb / a.batch, b = kb % a.batch;
-        for (int64_t y = 0; y < height; ++y)
-          for (int64_t x = 0; x < width; ++x) dst[kb * plane + y * width + x] = hidden(k, b, y, x);
+    at::parallel_for(0, a.batch * height, 1, [&](int64_t begin, int64_t end) {
+      std::vector<uint8_t> hid(a.num_copies * width);
+      for (int64_t by = begin; by < end; ++by) {
+        const int64_t b = by / height, y = by % height;
+        mask_row(a, hidden, b, y, hid.data());
+        for (int64_t k = 0; k < a.num_copies; ++k) {
+          bool* o = dst + ((k * a.batch + b) * height + y) * width;
+          for (int64_t x = 0; x < width; ++x) o[x] = hid[k * width + x] != 0;
+        }
       }
     });
   });
   return out;
-}
-
-template <typename in_t>
-inline float to_unit(in_t v) {
-  return static_cast<float>(v);
-}
-template <>
-inline float to_unit<uint8_t>(uint8_t v) {
-  return static_cast<float>(v) / 255.0f;
 }
 
 at::Tensor mask_images_kernel(const at::Tensor& images, const at::Tensor& keys, int64_t layout,
@@ -132,16 +135,39 @@ at::Tensor mask_images_kernel(const at::Tensor& images, const at::Tensor& keys, 
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "mask_images_out", [&] {
         using out_t = scalar_t;
         out_t* dst = out.data_ptr<out_t>();
+        // uint8 input: a 256-entry table per channel holds exactly the values the divisions give.
+        std::vector<float> lut;
+        if (std::is_same<in_t, uint8_t>::value) {
+          lut.resize(channels * 256);
+          for (int64_t c = 0; c < channels; ++c)
+            for (int v = 0; v < 256; ++v) {
+              float u = static_cast<float>(v) / 255.0f;
+              lut[c * 256 + v] = mu.empty() ? u : (u - mu[c]) / sd[c];
+            }
+        }
         at::parallel_for(0, a.batch * height, 1, [&](int64_t begin, int64_t end) {
+          std::vector<uint8_t> hid(a.num_copies * width);
+          std::vector<float> vals(width);
           for (int64_t by = begin; by < end; ++by) {
             const int64_t b = by / height, y = by % height;
-            for (int64_t x = 0; x < width; ++x) {
-              for (int64_t c = 0; c < channels; ++c) {
-                float v = to_unit(src[b * is[0] + c * is[1] + y * is[2] + x * is[3]]);
-                if (!mu.empty()) v = (v - mu[c]) / sd[c];
-                for (int64_t k = 0; k < a.num_copies; ++k) {
-                  const float o = hidden(k, b, y, x) ? fill_f : v;
-                  dst[k * os[0] + b * os[1] + c * os[2] + y * os[3] + x * os[4]] = static_cast<out_t>(o);
+            mask_row(a, hidden, b, y, hid.data());
+            for (int64_t c = 0; c < channels; ++c) {
+              const in_t* row = src + b * is[0] + c * is[1] + y * is[2];
+              if (!lut.empty()) {
+                const float* t = lut.data() + c * 256;
+                for (int64_t x = 0; x < width; ++x) vals[x] = t[static_cast<uint8_t>(row[x * is[3]])];
+              } else {
+                for (int64_t x = 0; x < width; ++x) vals[x] = static_cast<float>(row[x * is[3]]);
+                if (!mu.empty())
+                  for (int64_t x = 0; x < width; ++x) vals[x] = (vals[x] - mu[c]) / sd[c];
+              }
+              for (int64_t k = 0; k < a.num_copies; ++k) {
+                out_t* o = dst + k * os[0] + b * os[1] + c * os[2] + y * os[3];
+                const uint8_t* h = hid.data() + k * width;
+                if (os[4] == 1) {
+                  for (int64_t x = 0; x < width; ++x) o[x] = static_cast<out_t>(h[x] ? fill_f : vals[x]);
+                } else {
+                  for (int64_t x = 0; x < width; ++x) o[x * os[4]] = static_cast<out_t>(h[x] ? fill_f : vals[x]);
                 }
               }
             }

@@ -1,0 +1,116 @@
+"""Training configuration and the named presets of the Patch-GAN."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+#: Loss weights (reconstruction, adversarial) of eq. 4. ``paper``: lambda = 0.2 on the
+#: reconstruction term, as eq. 4 is written; ``reconstruction``: no adversarial term. ``default`` is
+#: provisional until the benchmarks choose it by measured AUROC.
+LOSS_PRESETS: dict[str, tuple[float, float]] = {
+    "paper": (0.2, 1.0),
+    "default": (1.0, 0.01),
+    "reconstruction": (1.0, 0.0),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a Patch-GAN training run (and so the model it produces).
+
+    Attributes:
+        image_size: H = W of the training images (multiple of ``patch_size`` and ``2**depth``).
+        patch_size: side of the scoring patches.
+        width, depth, skips: reconstructor shape (see :class:`~patchgan_fast.models.Reconstructor`).
+        disc_width, disc_layers: PatchGAN discriminator shape.
+        layout, num_copies: scoring masks; training also uses them for half of each batch.
+        box_count, box_size: random training rectangles (count and side ranges, pixels); None: 1-4
+            boxes of image_size/16 to image_size/3.
+        loss: a ``LOSS_PRESETS`` name; ``rec_weight``/``adv_weight`` override it when set.
+        ranking: a ``RANKING_PRESETS`` name for scoring.
+        steps, batch_size, lr, weight_decay, betas: AdamW schedule (batch_size per process).
+        val_fraction: share of the normal images held out for model selection and score statistics.
+        val_every, checkpoint_every: in steps; checkpoints need ``checkpoint_dir``.
+        seed: initialization, data order and masks.
+        device: 'cpu', 'cuda', 'cuda:1'...; None picks CUDA when available.
+        num_workers: DataLoader workers for Dataset inputs.
+        progress: show a progress bar with the losses.
+    """
+
+    image_size: int = 128
+    patch_size: int = 16
+    width: int = 32
+    depth: int = 4
+    skips: bool = False
+    disc_width: int = 64
+    disc_layers: int = 3
+    layout: str = "phases"
+    num_copies: int = 4
+    box_count: tuple[int, int] = (1, 4)
+    box_size: Optional[tuple[int, int]] = None
+    loss: str = "default"
+    rec_weight: Optional[float] = None
+    adv_weight: Optional[float] = None
+    ranking: str = "paper"
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    val_fraction: float = 0.1
+    val_every: int = 250
+    checkpoint_every: int = 250
+    checkpoint_dir: Optional[str] = None
+    seed: int = 0
+    device: Optional[str] = None
+    num_workers: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        from .scoring import RANKING_PRESETS
+
+        if self.loss not in LOSS_PRESETS:
+            raise ValueError(f"unknown loss preset {self.loss!r}; expected one of {', '.join(LOSS_PRESETS)}")
+        if self.ranking not in RANKING_PRESETS:
+            raise ValueError(f"unknown ranking preset {self.ranking!r}; expected one of {', '.join(RANKING_PRESETS)}")
+        stride = 2**self.depth
+        if self.image_size % self.patch_size or self.image_size % stride:
+            raise ValueError(
+                f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size} and of the "
+                f"network stride 2**depth = {stride}"
+            )
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        for name in ("box_count", "box_size", "betas"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(value))
+
+    @property
+    def loss_weights(self) -> tuple[float, float]:
+        rec, adv = LOSS_PRESETS[self.loss]
+        return (rec if self.rec_weight is None else self.rec_weight, adv if self.adv_weight is None else self.adv_weight)
+
+    @property
+    def boxes(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        size = self.box_size or (max(1, self.image_size // 16), max(1, self.image_size // 3))
+        return self.box_count, size
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def schedule_fields(self) -> dict:
+        """The fields a resumed run must share with the run that wrote the checkpoint."""
+        d = self.to_dict()
+        for k in ("progress", "checkpoint_dir", "num_workers", "device", "val_every", "checkpoint_every"):
+            d.pop(k)
+        return d

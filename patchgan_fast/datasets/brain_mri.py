@@ -1,0 +1,147 @@
+"""Real T1 brain MRI slices (the Colin27 template of the Debian package ``mricron-data``) with
+seeded synthetic lesions and their ground truth.
+
+Both volumes in that package are one subject, so the split guards against memorization: training
+and test slices come from interleaved blocks of axial slices with gaps between them, and every slice
+gets its own random intensity scale, bias field and noise, drawn with different seeds for the
+training and the test split. Everything is seeded; the same arguments give the same tensors.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ENV_VAR = "PATCHGAN_FAST_BRAIN_MRI"
+_SEARCH = ("/usr/share/mricron/templates", "/usr/share/mricron")
+_VOLUME = "ch2bet.nii.gz"
+
+
+def find_brain_volume(path: Optional[str | os.PathLike] = None) -> Path:
+    """Locates the skull-stripped 1 mm Colin27 volume ``ch2bet.nii.gz``.
+
+    Looks at ``path`` (a file or a folder), then ``$PATCHGAN_FAST_BRAIN_MRI``, then where the Debian
+    package ``mricron-data`` installs it.
+
+    Raises:
+        FileNotFoundError: saying where it looked and how to get the data.
+    """
+    candidates = [Path(p) for p in (path, os.environ.get(ENV_VAR)) if p] + [Path(p) for p in _SEARCH]
+    for c in candidates:
+        f = c / _VOLUME if c.is_dir() else c
+        if f.is_file():
+            return f
+    raise FileNotFoundError(
+        f"{_VOLUME} not found (looked in {', '.join(map(str, candidates))}). Install the Debian package "
+        f"mricron-data (`sudo apt-get install mricron-data`, or `bash scripts/setup.sh --data`), or set {ENV_VAR} "
+        "to a folder holding it."
+    )
+
+
+def _axial_slices(volume_path: Path) -> np.ndarray:
+    import nibabel as nib
+
+    img = nib.as_closest_canonical(nib.load(str(volume_path)))  # RAS: axis 2 runs inferior -> superior
+    vol = np.asarray(img.dataobj, dtype=np.float32)
+    return np.flip(vol.transpose(2, 1, 0), axis=1).copy()  # [Z, A->P rows, R->L cols]: anterior up
+
+
+@dataclass
+class BrainMRISplit:
+    """Images in [0, 1], ``[N, 1, S, S]`` float32, with brain masks, slice indices and, for the test
+    split, lesion masks (all zero for normal slices) and labels (1 = lesion)."""
+
+    images: Tensor
+    brain: Tensor
+    slices: Tensor
+    lesions: Optional[Tensor] = None
+    labels: Optional[Tensor] = None
+
+
+def _augment(x: Tensor, brain: Tensor, gen: torch.Generator) -> Tensor:
+    """Per-slice intensity scale, smooth multiplicative bias field and noise, inside the brain."""
+    n, _, s, _ = x.shape
+    scale = 0.9 + 0.2 * torch.rand(n, 1, 1, 1, generator=gen)
+    coarse = 1 + 0.08 * torch.randn(n, 1, 4, 4, generator=gen)
+    field = F.interpolate(coarse, size=(s, s), mode="bicubic", align_corners=False)
+    noise = 0.015 * torch.randn(x.shape, generator=gen)
+    return torch.where(brain, (x * scale * field + noise), x).clamp(0, 1)
+
+
+def insert_lesions(images: Tensor, brain: Tensor, gen: torch.Generator, radius: tuple[float, float] = (1.5, 10.0)):
+    """Adds one synthetic lesion per image, inside the brain.
+
+    Each lesion is an ellipse with a random centre on a brain pixel, random radii in ``radius`` (pixels),
+    orientation, a soft rim, an intensity change of random sign (0.15 to 0.35, brighter or darker than
+    tissue) and a texture. Returns ``(lesioned images, lesion masks bool [N, 1, S, S])``; a mask marks
+    exactly the pixels whose value changed.
+    """
+    n, _, s, _ = images.shape
+    yy, xx = torch.meshgrid(torch.arange(s, dtype=torch.float32), torch.arange(s, dtype=torch.float32), indexing="ij")
+    out, masks = images.clone(), torch.zeros_like(images, dtype=torch.bool)
+    for i in range(n):
+        inside = brain[i, 0].nonzero()
+        cy, cx = inside[int(torch.randint(len(inside), (1,), generator=gen))].float().tolist()
+        ry, rx = (radius[0] + (radius[1] - radius[0]) * torch.rand(2, generator=gen)).tolist()
+        theta = float(torch.rand(1, generator=gen)) * np.pi
+        dy, dx = yy - cy, xx - cx
+        u = (dy * np.cos(theta) + dx * np.sin(theta)) / ry
+        v = (-dy * np.sin(theta) + dx * np.cos(theta)) / rx
+        weight = (1.5 - (u * u + v * v).sqrt()).clamp(0, 1) * brain[i, 0]  # 1 inside, soft rim to r = 1.5
+        sign = 1.0 if float(torch.rand(1, generator=gen)) < 0.5 else -1.0
+        amp = 0.15 + 0.2 * float(torch.rand(1, generator=gen))
+        texture = 1 + 0.3 * torch.randn(s, s, generator=gen)
+        new = (images[i, 0] + sign * amp * weight * texture).clamp(0, 1)
+        masks[i, 0] = new != images[i, 0]
+        out[i, 0] = new
+    return out, masks
+
+
+def load_brain_mri(
+    size: int = 128,
+    path: Optional[str | os.PathLike] = None,
+    seed: int = 0,
+    min_brain: float = 0.2,
+    train_copies: int = 4,
+    test_copies: int = 8,
+) -> tuple[BrainMRISplit, BrainMRISplit]:
+    """Training and test splits of axial slices, resampled to ``size`` x ``size``.
+
+    Slices with less than ``min_brain`` of the frame inside the brain are dropped. The rest are cut
+    into blocks of 8: slices 0-4 of a block train, 5 is a gap, 6 is a test slice, 7 is a gap, so no
+    test slice touches a training slice. Each training slice appears ``train_copies`` times and each
+    test slice ``test_copies`` times, every copy with its own intensity augmentation; alternate test
+    copies get a lesion (label 1), so the test split is balanced.
+
+    Returns:
+        (train, test) :class:`BrainMRISplit`.
+    """
+    vol = _axial_slices(find_brain_volume(path))
+    z, h, w = vol.shape
+    side = max(h, w)
+    x = torch.from_numpy(vol).unsqueeze(1)
+    x = F.pad(x, ((side - w) // 2, side - w - (side - w) // 2, (side - h) // 2, side - h - (side - h) // 2))
+    x = F.interpolate(x, size=(size, size), mode="area")
+    x = (x / float(np.percentile(vol[vol > 0], 99.5))).clamp(0, 1)
+    brain = x > 0.02
+    keep = brain.float().mean(dim=(1, 2, 3)) >= min_brain
+    idx = torch.arange(z)
+    block = idx % 8
+    tr = (keep & (block <= 4)).nonzero().flatten().repeat(train_copies)
+    te = (keep & (block == 6)).nonzero().flatten().repeat_interleave(test_copies)
+    train_gen = torch.Generator().manual_seed(seed)
+    test_gen = torch.Generator().manual_seed(seed + 1_000_003)
+    train = BrainMRISplit(_augment(x[tr], brain[tr], train_gen), brain[tr], idx[tr])
+    test_x = _augment(x[te], brain[te], test_gen)
+    labels = (torch.arange(len(te)) % 2 == 1).long()
+    lesions = torch.zeros_like(test_x, dtype=torch.bool)
+    sick = labels == 1
+    test_x[sick], lesions[sick] = insert_lesions(test_x[sick], brain[te][sick], test_gen)
+    return train, BrainMRISplit(test_x, brain[te], idx[te], lesions, labels)

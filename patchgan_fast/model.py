@@ -1,0 +1,136 @@
+"""The trained Patch-GAN: reconstructor + discriminator + config + normalization, and its file format."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .config import TrainConfig
+from .models import PatchDiscriminator, Reconstructor
+from .scoring import RANKING_PRESETS, ScoreConfig
+
+FORMAT_VERSION = 1
+_KIND = "patchgan_fast.PatchGAN"
+
+
+class PatchGAN(nn.Module):
+    """A Patch-GAN novelty detector. Calling it runs the reconstructor, so it can be passed to
+    :func:`~patchgan_fast.score_batch` directly; ``score_config`` tells how it scores.
+
+    Attributes:
+        config: the :class:`TrainConfig` it was trained with.
+        reconstructor, discriminator: the networks.
+        mean, std: per-channel normalization of its inputs (from the training images).
+        score_stats: statistics of the scores of the normal validation images (mean, std, p50,
+            p95, p99), for normalizing and thresholding scores; empty before training.
+    """
+
+    def __init__(self, config: TrainConfig, channels: int, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.config = config
+        self.channels = channels
+        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        self.reconstructor = Reconstructor(channels, config.width, config.depth, skips=config.skips)
+        self.discriminator = PatchDiscriminator(channels, config.disc_width, config.disc_layers)
+        self.score_stats: dict[str, float] = {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.reconstructor(x)
+
+    @property
+    def score_config(self) -> ScoreConfig:
+        top, rest = RANKING_PRESETS[self.config.ranking]
+        return ScoreConfig(
+            patch_size=self.config.patch_size, layout=self.config.layout, num_copies=self.config.num_copies,
+            seed=self.config.seed % 2**32, top_weights=top, rest_weight=rest, mean=self.mean, std=self.std,
+            channels_last=next(self.parameters()).is_cuda,
+        )
+
+    @classmethod
+    def fit(cls, data, config: Optional[TrainConfig] = None, *, resume: bool = False) -> "PatchGAN":
+        """Trains on normal images only; see :func:`patchgan_fast.training.fit`."""
+        from .training import fit
+
+        return fit(data, config or TrainConfig(), resume=resume)
+
+    # ------------------------------------------------------------------------- files
+
+    def state(self) -> dict:
+        """Everything the model file holds (tensors and plain values only)."""
+        from . import __version__
+
+        return {
+            "kind": _KIND, "format_version": FORMAT_VERSION, "package_version": __version__,
+            "config": self.config.to_dict(), "channels": self.channels, "mean": list(self.mean), "std": list(self.std),
+            "score_stats": dict(self.score_stats),
+            "reconstructor": {k: v.detach().cpu() for k, v in self.reconstructor.state_dict().items()},
+            "discriminator": {k: v.detach().cpu() for k, v in self.discriminator.state_dict().items()},
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the model file atomically (a temporary file in the same folder, then a rename)."""
+        atomic_save(self.state(), path)
+
+    @classmethod
+    def from_state(cls, state: dict, source: str = "state") -> "PatchGAN":
+        if not isinstance(state, dict) or state.get("kind") != _KIND:
+            raise ValueError(f"{source} is not a patchgan_fast model file (no '{_KIND}' header)")
+        version = state.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ValueError(
+                f"{source} has model format {version!r}, written by patchgan_fast {state.get('package_version')}; "
+                f"this version ({_package_version()}) reads formats up to {FORMAT_VERSION}: upgrade patchgan_fast"
+            )
+        model = cls(TrainConfig.from_dict(state["config"]), state["channels"], state["mean"], state["std"])
+        model.reconstructor.load_state_dict(state["reconstructor"])
+        model.discriminator.load_state_dict(state["discriminator"])
+        model.score_stats = dict(state.get("score_stats", {}))
+        return model.eval()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "PatchGAN":
+        """Loads a model file with ``torch.load(weights_only=True)`` (no pickled code runs).
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: a corrupt or truncated file, another kind of file, or a newer format.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise ValueError(f"{str(path)!r} is not a readable patchgan_fast model file (corrupt or truncated?): {exc}") from exc
+        except Exception as exc:  # unpickling errors of weights_only loads
+            raise ValueError(f"{str(path)!r} is not a patchgan_fast model file: {exc}") from exc
+        return cls.from_state(state, repr(str(path)))
+
+
+def _package_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file beside ``path``, fsync, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,367 @@
+"""Adversarial training of the Patch-GAN (eq. 1-4): alternating D and R updates with AdamW.
+
+The schedule is a pure function of (config, step): the data order of every epoch is a seeded
+permutation and the masks come from the counter-based masks op, so a run resumed from a checkpoint
+continues exactly where it stopped, and under ``torchrun`` each rank reads its own shard of every
+global batch. Rank 0 writes the checkpoints; Ctrl-C or SIGTERM writes one before stopping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import ops
+from .config import TrainConfig
+from .model import PatchGAN, atomic_save
+from .scoring import score_batch
+
+CHECKPOINT = "checkpoint.pt"
+_CKPT_FORMAT = 1
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class _Source:
+    """Indexable normal images: a Tensor [N, C, H, W] or a map-style dataset of [C, H, W] tensors."""
+
+    def __init__(self, data, config: TrainConfig):
+        self.data = data
+        if isinstance(data, Tensor):
+            ops.check_images(data, "training images")
+            self.n, self.channels = data.shape[0], data.shape[1]
+            size = tuple(data.shape[-2:])
+        else:
+            if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
+                raise TypeError(f"expected training data as a Tensor [N, C, H, W] or a map-style Dataset, got {type(data).__name__}")
+            self.n = len(data)
+            if self.n == 0:
+                raise ValueError("expected at least one training image, got an empty dataset")
+            first = self._item(0)
+            self.channels, size = first.shape[0], tuple(first.shape[-2:])
+        if size != (config.image_size, config.image_size):
+            raise ValueError(
+                f"training images are {size[0]}x{size[1]} but TrainConfig.image_size is {config.image_size}; "
+                "resize the data or change the config"
+            )
+        if self.n < 2:
+            raise ValueError(f"expected at least 2 training images, got {self.n}")
+
+    def _item(self, i: int) -> Tensor:
+        item = self.data[i]
+        if isinstance(item, (tuple, list)):
+            item = item[0]
+        if not isinstance(item, Tensor) or item.dim() != 3:
+            raise TypeError(f"dataset item {i} must be a Tensor [C, H, W] (or a tuple starting with one), got {type(item).__name__}")
+        return item
+
+    def batch(self, indices: Tensor) -> Tensor:
+        if isinstance(self.data, Tensor):
+            return self.data[indices]
+        return torch.stack([self._item(int(i)) for i in indices])
+
+
+class _Order:
+    """Seeded permutation of the training indices per epoch; position p of the endless stream is
+    ``perm(p // n)[p % n]``."""
+
+    def __init__(self, indices: Tensor, seed: int):
+        self.indices, self.seed, self._perms = indices, seed, {}
+
+    def take(self, positions: Tensor) -> Tensor:
+        n = len(self.indices)
+        out = torch.empty_like(positions)
+        for epoch in positions.div(n, rounding_mode="floor").unique().tolist():
+            if epoch not in self._perms:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                self._perms = {epoch: torch.randperm(n, generator=g), **{k: v for k, v in self._perms.items() if k > epoch - 2}}
+            sel = positions.div(n, rounding_mode="floor") == epoch
+            out[sel] = self.indices[self._perms[epoch][positions[sel] % n]]
+        return out
+
+
+def _positions(step: int, rank: int, world: int, batch: int) -> Tensor:
+    start = (step * world + rank) * batch
+    return torch.arange(start, start + batch, dtype=torch.int64)
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+def _distributed() -> tuple[int, int]:
+    """(world size, rank); initializes the process group under torchrun (NCCL on GPU, gloo on CPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def _device(config: TrainConfig) -> torch.device:
+    if config.device is not None:
+        return torch.device(config.device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def _mask_seed(config: TrainConfig, step: int) -> int:
+    return (config.seed * 0x9E3779B1 + step) % 2**32
+
+
+def _masked_inputs(x: Tensor, keys: Tensor, model: PatchGAN, step: int) -> tuple[Tensor, Tensor]:
+    """(masked input z, normalized target x): random boxes for half of the batch, one copy of the
+    scoring layout for the other half, so training matches scoring."""
+    cfg = model.config
+    norm = dict(mean=model.mean, std=model.std)
+    seed = _mask_seed(cfg, step)
+    target = ops.mask_images(x, keys, layout="none", num_copies=1, **norm)[0]
+    box_count, box_size = cfg.boxes
+    z = ops.mask_images(x, keys, layout="boxes", num_copies=1, seed=seed, box_count=box_count, box_size=box_size, **norm)[0]
+    if cfg.layout != "none":
+        copies = ops.mask_images(x, keys, layout=cfg.layout, patch_size=cfg.patch_size, num_copies=cfg.num_copies,
+                                 seed=seed, **norm)
+        pick = copies[(keys + step) % cfg.num_copies, torch.arange(len(keys), device=x.device)]
+        use_layout = ((keys + step) % 2 == 1).view(-1, 1, 1, 1)
+        z = torch.where(use_layout, pick, z)
+    return z, target
+
+
+def _bce(logits: Tensor, real: bool) -> Tensor:
+    return F.binary_cross_entropy_with_logits(logits.float(), torch.full_like(logits, 1.0 if real else 0.0, dtype=torch.float32))
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _val_error(model: PatchGAN, images: Tensor, device: torch.device, batch: int) -> float:
+    """Mean masked patch error on normal validation images (lower is better)."""
+    cfg = dataclasses.replace(model.score_config, top_weights=(), rest_weight=1.0)
+    total = 0.0
+    for i in range(0, len(images), batch):
+        total += float(score_batch(model, images[i:i + batch].to(device), cfg).scores.sum())
+    return total / len(images)
+
+
+def _score_stats(model: PatchGAN, images: Tensor, device: torch.device, batch: int) -> dict:
+    scores = torch.cat([score_batch(model, images[i:i + batch].to(device)).scores.cpu() for i in range(0, len(images), batch)])
+    q = torch.quantile(scores.double(), torch.tensor([0.5, 0.95, 0.99], dtype=torch.float64))
+    return {"mean": float(scores.mean()), "std": float(scores.std()) if len(scores) > 1 else 0.0,
+            "p50": float(q[0]), "p95": float(q[1]), "p99": float(q[2]), "count": len(scores)}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _checkpoint_path(config: TrainConfig) -> Optional[Path]:
+    return Path(config.checkpoint_dir) / CHECKPOINT if config.checkpoint_dir else None
+
+
+def _write_checkpoint(path: Path, step: int, model: PatchGAN, opt_r, opt_d, best, history) -> None:
+    atomic_save({
+        "format": _CKPT_FORMAT, "step": step, "schedule": model.config.schedule_fields(), "model": model.state(),
+        "opt_r": opt_r.state_dict(), "opt_d": opt_d.state_dict(),
+        "best": None if best is None else {"val": best[0], "reconstructor": best[1]}, "history": history,
+    }, path)
+
+
+def _read_checkpoint(path: Path, config: TrainConfig) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"checkpoint {str(path)!r} is unreadable (corrupt or truncated?): {exc}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != _CKPT_FORMAT:
+        raise ValueError(f"{str(path)!r} is not a patchgan_fast checkpoint of format {_CKPT_FORMAT}")
+    theirs, ours = ckpt["schedule"], config.schedule_fields()
+    diff = sorted(k for k in set(theirs) | set(ours) if _norm(theirs.get(k)) != _norm(ours.get(k)))
+    if diff:
+        raise ValueError(
+            f"cannot resume from {str(path)!r}: the config differs in {', '.join(f'{k} ({theirs.get(k)!r} -> {ours.get(k)!r})' for k in diff)}"
+        )
+    return ckpt
+
+
+def _norm(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def fit(data, config: TrainConfig, *, resume: bool = False) -> PatchGAN:
+    """Trains a Patch-GAN on normal images.
+
+    Args:
+        data: Tensor [N, C, H, W] (uint8, or float in [0, 1]) or a map-style dataset of [C, H, W]
+            tensors; normal images only.
+        config: the run (:class:`TrainConfig`).
+        resume: continue from ``config.checkpoint_dir``'s checkpoint when there is one.
+
+    Returns:
+        The trained :class:`PatchGAN` in eval mode: the reconstructor with the best validation error
+        (the last one without validation data), with the score statistics of the validation images.
+    """
+    world, rank = _distributed()
+    device = _device(config)
+    src = _Source(data, config)
+    g = torch.Generator().manual_seed(config.seed)
+    perm = torch.randperm(src.n, generator=g)
+    n_val = int(round(src.n * config.val_fraction)) if config.val_fraction > 0 else 0
+    n_val = min(n_val, src.n - 1)
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    order = _Order(train_idx, config.seed)
+
+    raw = src.batch(train_idx[:2048])
+    sample = raw.float() / 255.0 if raw.dtype == torch.uint8 else raw.float()
+    mean = tuple(sample.mean(dim=(0, 2, 3)).tolist())
+    std = tuple(sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+
+    torch.manual_seed(config.seed)
+    model = PatchGAN(config, src.channels, mean, std).to(device)
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        model = model.to(memory_format=torch.channels_last)
+    rec_w, adv_w = config.loss_weights
+    opt_r = torch.optim.AdamW(model.reconstructor.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    opt_d = torch.optim.AdamW(model.discriminator.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+
+    start, best, history = 0, None, []
+    ckpt_path = _checkpoint_path(config)
+    if resume and ckpt_path is not None and ckpt_path.is_file():
+        ckpt = _read_checkpoint(ckpt_path, config)
+        state = ckpt["model"]
+        model.reconstructor.load_state_dict(state["reconstructor"])
+        model.discriminator.load_state_dict(state["discriminator"])
+        model.mean, model.std = tuple(state["mean"]), tuple(state["std"])
+        opt_r.load_state_dict(ckpt["opt_r"])
+        opt_d.load_state_dict(ckpt["opt_d"])
+        start, history = ckpt["step"], list(ckpt["history"])
+        if ckpt["best"] is not None:
+            best = (ckpt["best"]["val"], ckpt["best"]["reconstructor"])
+        if rank == 0 and config.progress:
+            print(f"resuming from {ckpt_path} at step {start}/{config.steps}", file=sys.stderr)
+
+    recon_net, disc_net = model.reconstructor, model.discriminator
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [device.index] if on_gpu else None
+        recon_net = DDP(model.reconstructor, device_ids=ids)
+        if adv_w > 0:
+            disc_net = DDP(model.discriminator, device_ids=ids)
+    val_images = src.batch(val_idx) if n_val else None
+
+    def save_checkpoint(step: int) -> None:
+        if rank == 0 and ckpt_path is not None:
+            _write_checkpoint(ckpt_path, step, model, opt_r, opt_d, best, history)
+
+    bar = None
+    if config.progress and rank == 0 and start < config.steps:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=config.steps, initial=start, desc="training", unit="step", dynamic_ncols=True, file=sys.stderr,
+                       mininterval=1.0 if sys.stderr.isatty() else 15.0)
+        except ImportError:
+            bar = None
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else torch.autocast("cpu", enabled=False)
+    step = start
+    stop = {"signal": None}
+
+    def on_term(signum, frame):  # SIGTERM: finish the step, checkpoint, stop
+        stop["signal"] = signum
+
+    old_term = signal.signal(signal.SIGTERM, on_term) if rank == 0 or world == 1 else None
+    model.train()
+    try:
+        while step < config.steps:
+            keys = order.take(_positions(step, rank, world, config.batch_size))
+            x = src.batch(keys).to(device, non_blocking=True)
+            keys = keys.to(device)
+            z, target = _masked_inputs(x, keys, model, step)
+            if on_gpu:
+                z = z.contiguous(memory_format=torch.channels_last)
+                target = target.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                recon = recon_net(z)
+            loss_rec = F.mse_loss(recon.float(), target)
+            loss_d = torch.zeros((), device=device)
+            loss_adv = torch.zeros((), device=device)
+            if adv_w > 0:
+                with autocast:  # D step: real vs reconstructed patches, one forward for both
+                    logits = disc_net(torch.cat([target, recon.detach().to(target.dtype)]))
+                n = target.shape[0]
+                loss_d = 0.5 * (_bce(logits[:n], True) + _bce(logits[n:], False))
+                opt_d.zero_grad(set_to_none=True)
+                loss_d.backward()
+                opt_d.step()
+                with autocast:  # R's adversarial term through the (unwrapped) discriminator
+                    loss_adv = _bce(model.discriminator(recon), True)
+            loss = rec_w * loss_rec + adv_w * loss_adv
+            opt_r.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_r.step()
+            step += 1
+            if not math.isfinite(float(loss.detach())):
+                save_checkpoint(step - 1)
+                raise FloatingPointError(f"training diverged at step {step}: loss {float(loss)}; lower lr or the adversarial weight")
+            record = {"step": step, "rec": float(loss_rec.detach()), "adv": float(loss_adv.detach()), "d": float(loss_d.detach())}
+            if n_val and rank == 0 and (step % config.val_every == 0 or step == config.steps):
+                model.eval()
+                record["val"] = _val_error(model, val_images, device, config.batch_size)
+                model.train()
+                if best is None or record["val"] < best[0]:
+                    best = (record["val"], {k: v.detach().cpu().clone() for k, v in model.reconstructor.state_dict().items()})
+            history.append(record)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "step"}, refresh=False)
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                save_checkpoint(step)
+            if stop["signal"] is not None:
+                save_checkpoint(step)
+                raise KeyboardInterrupt(f"stopped by signal {stop['signal']} at step {step}; resume with resume=True")
+    except KeyboardInterrupt:
+        save_checkpoint(step)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+
+    model.eval()
+    if best is not None:
+        model.reconstructor.load_state_dict(best[1])
+    if n_val and rank == 0:
+        model.score_stats = _score_stats(model, val_images, device, config.batch_size)
+    model.history = history
+    if world > 1:
+        dist.barrier()
+    return model
+
+
+def train(data, config: TrainConfig, out: str | os.PathLike, *, resume: bool = False) -> PatchGAN:
+    """Trains and writes the model file (rank 0); the entry point of ``patchgan-fast train``."""
+    model = fit(data, config, resume=resume)
+    world, rank = _distributed()
+    if rank == 0:
+        model.save(out)
+    if world > 1:
+        dist.barrier()
+    return model
