@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -106,10 +105,12 @@ class PatchGAN(nn.Module):
             raise FileNotFoundError(f"model file {str(path)!r} does not exist")
         try:
             state = torch.load(path, map_location=map_location, weights_only=True)
-        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-            raise ValueError(f"{str(path)!r} is not a readable patchgan_fast model file (corrupt or truncated?): {exc}") from exc
-        except Exception as exc:  # unpickling errors of weights_only loads
-            raise ValueError(f"{str(path)!r} is not a patchgan_fast model file: {exc}") from exc
+        except Exception as exc:  # zip, unpickling and I/O errors all mean: not a model file we can read
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(
+                f"{str(path)!r} is not a readable patchgan_fast model file (corrupt, truncated, or another kind of "
+                f"file): {reason}"
+            ) from exc
         return cls.from_state(state, repr(str(path)))
 
 

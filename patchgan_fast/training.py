@@ -310,12 +310,14 @@ def fit(data, config: TrainConfig, *, resume: bool = False) -> PatchGAN:
                 opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
                 opt_d.step()
-                with autocast:  # R's adversarial term through the (unwrapped) discriminator
+                model.discriminator.requires_grad_(False)  # R's adversarial term: gradients reach R only
+                with autocast:
                     loss_adv = _bce(model.discriminator(recon), True)
             loss = rec_w * loss_rec + adv_w * loss_adv
             opt_r.zero_grad(set_to_none=True)
             loss.backward()
             opt_r.step()
+            model.discriminator.requires_grad_(True)
             step += 1
             if not math.isfinite(float(loss.detach())):
                 save_checkpoint(step - 1)

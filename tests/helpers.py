@@ -15,3 +15,21 @@ def random_images(shape, dtype, device="cpu", seed=0):
     if dtype == torch.uint8:
         return torch.randint(0, 256, shape, generator=g, dtype=torch.uint8).to(device)
     return torch.rand(shape, generator=g).to(dtype=dtype, device=device)
+
+
+def blobs(n, size=32, seed=0, abnormal=False):
+    """Synthetic 'normal' images: two soft blobs on a dark background with noise, uint8 [n, 1, S, S].
+    Abnormal ones also hold a bright square, obviously unlike anything normal."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    out = torch.zeros(n, 1, size, size)
+    for i in range(n):
+        for _ in range(2):
+            cy, cx = (torch.rand(2, generator=g) * size).tolist()
+            r = 3 + 4 * float(torch.rand(1, generator=g))
+            out[i, 0] += 0.6 * torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+        if abnormal:
+            y, x = torch.randint(0, size - 6, (2,), generator=g).tolist()
+            out[i, 0, y:y + 6, x:x + 6] = 1.0
+    out += 0.02 * torch.randn(out.shape, generator=g)
+    return (out.clamp(0, 1) * 255).round().to(torch.uint8)

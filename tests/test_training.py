@@ -1,0 +1,229 @@
+"""Training, model files, checkpoints and resume, and distributed training (CPU, small)."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import blobs
+from sklearn.metrics import roc_auc_score
+
+from patchgan_fast import PatchGAN, TrainConfig, score_batch
+from patchgan_fast import training as T
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(image_size=32, patch_size=8, width=8, depth=2, disc_width=8, disc_layers=2, batch_size=16, lr=2e-3,
+             progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return PatchGAN.fit(blobs(160), TrainConfig(steps=60, val_every=20, **SMALL))
+
+
+def test_training_lowers_the_loss_and_detects_obvious_anomalies(trained):
+    first, last = trained.history[0], trained.history[-1]
+    assert last["rec"] < 0.3 * first["rec"]
+    assert all(torch.isfinite(torch.tensor([h["rec"], h["adv"], h["d"]])).all() for h in trained.history)
+    normal = score_batch(trained, blobs(40, seed=5)).scores
+    abnormal = score_batch(trained, blobs(40, seed=6, abnormal=True)).scores
+    auroc = roc_auc_score([0] * 40 + [1] * 40, torch.cat([normal, abnormal]).numpy())
+    assert auroc > 0.9
+    stats = trained.score_stats
+    assert stats["count"] == 16 and stats["p50"] <= stats["p95"] <= stats["p99"]
+
+
+def test_gradients_reach_both_networks():
+    model = PatchGAN(TrainConfig(**SMALL), 1, (0.5,), (0.25,))
+    x = blobs(4)
+    z, target = T._masked_inputs(x, torch.arange(4), model, step=0)
+    recon = model.reconstructor(z)
+    loss_d = T._bce(model.discriminator(torch.cat([target, recon.detach()])), True)
+    loss_r = torch.nn.functional.mse_loss(recon, target) + T._bce(model.discriminator(recon), True)
+    (loss_d + loss_r).backward()
+    for net in (model.reconstructor, model.discriminator):
+        grads = [p.grad for p in net.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_training_masks_mix_boxes_and_the_scoring_layout():
+    model = PatchGAN(TrainConfig(**SMALL), 1, (0.0,), (1.0,))
+    x = torch.full((8, 1, 32, 32), 255, dtype=torch.uint8)
+    z, target = T._masked_inputs(x, torch.arange(8), model, step=3)
+    hidden = (z == 0)[:, 0]
+    assert torch.equal(target, torch.ones_like(target))
+    # odd (key + step) -> one copy of the 2x2 phases: exactly a quarter of the 16 patches hidden
+    per_patch = hidden.view(8, 4, 8, 4, 8).all(dim=(2, 4))
+    for i in range(8):
+        if (i + 3) % 2 == 1:
+            assert int(per_patch[i].sum()) == 4 and torch.equal(hidden[i].view(4, 8, 4, 8).any(dim=(1, 3)), per_patch[i])
+        else:
+            assert 0 < int(hidden[i].sum()) < 32 * 32
+
+
+@pytest.mark.cuda
+def test_bf16_autocast_losses_are_finite_on_gpu():
+    model = PatchGAN.fit(blobs(64), TrainConfig(steps=5, device="cuda", val_fraction=0, **SMALL))
+    assert all(torch.isfinite(torch.tensor([h["rec"], h["adv"], h["d"]])).all() for h in model.history)
+    assert next(model.parameters()).is_cuda
+    assert torch.isfinite(score_batch(model, blobs(8).cuda()).scores).all()
+
+
+def test_save_load_gives_identical_scores(trained, tmp_path):
+    path = tmp_path / "m.pgf"
+    trained.save(path)
+    loaded = PatchGAN.load(path)
+    x = blobs(12, seed=9)
+    assert torch.equal(score_batch(trained, x).scores, score_batch(loaded, x).scores)
+    assert loaded.config == trained.config and loaded.score_stats == trained.score_stats
+    assert loaded.mean == trained.mean and loaded.std == trained.std
+    assert not list(tmp_path.glob(".*.tmp")), "the temporary file of the atomic write was left behind"
+
+
+def test_corrupt_truncated_foreign_and_newer_files_raise(trained, tmp_path):
+    good = tmp_path / "m.pgf"
+    trained.save(good)
+    data = good.read_bytes()
+    (tmp_path / "trunc.pgf").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"'.*trunc.pgf' is not a readable patchgan_fast model file \(corrupt, truncated"):
+        PatchGAN.load(tmp_path / "trunc.pgf")
+    (tmp_path / "junk.pgf").write_bytes(b"not a model at all")
+    with pytest.raises(ValueError, match=r"not a readable patchgan_fast model file"):
+        PatchGAN.load(tmp_path / "junk.pgf")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"is not a patchgan_fast model file \(no 'patchgan_fast.PatchGAN' header\)"):
+        PatchGAN.load(tmp_path / "other.pt")
+    state = trained.state()
+    state["format_version"] = 99
+    torch.save(state, tmp_path / "new.pgf")
+    with pytest.raises(ValueError, match=r"has model format 99.*reads formats up to 1: upgrade patchgan_fast"):
+        PatchGAN.load(tmp_path / "new.pgf")
+    with pytest.raises(FileNotFoundError, match=r"model file '.*missing.pgf' does not exist"):
+        PatchGAN.load(tmp_path / "missing.pgf")
+
+
+_TRAIN_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from helpers import blobs
+    from patchgan_fast import TrainConfig
+    from patchgan_fast.training import train
+    cfg = TrainConfig(steps={steps}, checkpoint_every=5, val_every=20, checkpoint_dir={ckpt!r}, **{small!r})
+    train(blobs(160), cfg, {out!r}, resume=True)
+""")
+
+
+def _script(tmp_path, steps, name):
+    script = tmp_path / f"{name}.py"
+    script.write_text(_TRAIN_SCRIPT.format(tests=str(ROOT / "tests"), steps=steps, ckpt=str(tmp_path / name),
+                                           small=SMALL, out=str(tmp_path / f"{name}.pgf")))
+    return script
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout=120):
+    t0 = time.time()
+    while not path.exists():
+        assert proc.poll() is None, f"training exited early: {proc.communicate()}"
+        assert time.time() - t0 < timeout, "no checkpoint appeared"
+        time.sleep(0.02)
+
+
+def test_killed_run_resumes_to_the_same_model(tmp_path):
+    steps = 120
+    ref = subprocess.run([sys.executable, _script(tmp_path, steps, "ref")], capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    proc = subprocess.Popen([sys.executable, _script(tmp_path, steps, "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ckpt = tmp_path / "run" / T.CHECKPOINT
+    _wait_for(ckpt, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "run.pgf").exists(), "the run finished before it was killed; the test proves nothing"
+    killed_at = torch.load(ckpt, weights_only=True)["step"]
+    assert 0 < killed_at < steps
+    resumed = subprocess.run([sys.executable, _script(tmp_path, steps, "run")], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = PatchGAN.load(tmp_path / "ref.pgf"), PatchGAN.load(tmp_path / "run.pgf")
+    assert torch.load(ckpt, weights_only=True)["step"] == steps
+    for (k, va), vb in zip(a.reconstructor.state_dict().items(), b.reconstructor.state_dict().values()):
+        torch.testing.assert_close(va, vb, atol=1e-6, rtol=1e-5, msg=f"{k} differs after resume")
+    x = blobs(8, seed=3)
+    torch.testing.assert_close(score_batch(a, x).scores, score_batch(b, x).scores, atol=1e-6, rtol=1e-5)
+
+
+def test_sigterm_writes_a_checkpoint_before_stopping(tmp_path):
+    proc = subprocess.Popen([sys.executable, _script(tmp_path, 100_000, "term")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ckpt = tmp_path / "term" / T.CHECKPOINT
+    _wait_for(ckpt, proc)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    match = re.search(rb"stopped by signal 15 at step (\d+)", err)
+    assert match, err[-2000:]
+    assert torch.load(ckpt, weights_only=True)["step"] == int(match.group(1)) > 0  # written at the stop itself
+
+
+def test_resume_refuses_a_different_schedule(tmp_path):
+    cfg = TrainConfig(steps=10, checkpoint_every=5, checkpoint_dir=str(tmp_path), val_fraction=0, **SMALL)
+    PatchGAN.fit(blobs(32), cfg)
+    other = TrainConfig(steps=10, checkpoint_every=5, checkpoint_dir=str(tmp_path), val_fraction=0, **{**SMALL, "lr": 1e-4})
+    with pytest.raises(ValueError, match=r"cannot resume from .*checkpoint.pt': the config differs in lr \(0.002 -> 0.0001\)"):
+        PatchGAN.fit(blobs(32), other, resume=True)
+
+
+def test_ranks_read_disjoint_shards_of_each_global_batch():
+    order = T._Order(torch.arange(100), seed=0)
+    for step in (0, 7):
+        parts = [order.take(T._positions(step, rank, 2, 16)) for rank in (0, 1)]
+        assert not set(parts[0].tolist()) & set(parts[1].tolist())
+    epoch = torch.cat([order.take(T._positions(s, r, 2, 10)) for s in range(5) for r in (0, 1)])
+    assert sorted(epoch.tolist()) == list(range(100))  # one epoch = every training image once
+
+
+def test_torchrun_two_processes_gloo(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT / 'tests')!r})
+        import torch.distributed as dist
+        from helpers import blobs
+        from patchgan_fast import TrainConfig
+        from patchgan_fast.training import train
+        cfg = TrainConfig(steps=6, checkpoint_every=3, val_every=3, checkpoint_dir={str(tmp_path / 'ckpt')!r}, **{SMALL!r})
+        model = train(blobs(64), cfg, {str(tmp_path / 'ddp.pgf')!r})
+        with open({str(tmp_path)!r} + f"/rank{{dist.get_rank()}}.txt", "w") as f:
+            f.write(f"world {{dist.get_world_size()}} steps {{len(model.history)}}")
+        dist.destroy_process_group()
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}.txt").read_text() == "world 2 steps 6"
+    assert [p.name for p in tmp_path.glob("*.pgf")] == ["ddp.pgf"]
+    model = PatchGAN.load(tmp_path / "ddp.pgf")
+    assert torch.isfinite(score_batch(model, blobs(4)).scores).all()
+
+
+def test_training_input_errors():
+    with pytest.raises(ValueError, match=r"training images are 16x16 but TrainConfig.image_size is 32"):
+        PatchGAN.fit(blobs(8, size=16), TrainConfig(**SMALL))
+    with pytest.raises(ValueError, match=r"image_size 40 must be a multiple of patch_size 8 and of the network stride 2\*\*depth = 16"):
+        TrainConfig(image_size=40, patch_size=8, depth=4)
+    with pytest.raises(ValueError, match=r"unknown loss preset 'gan'; expected one of paper, default, reconstruction"):
+        TrainConfig(loss="gan")
+    with pytest.raises(TypeError, match=r"expected training data as a Tensor \[N, C, H, W\] or a map-style Dataset, got int"):
+        PatchGAN.fit(3, TrainConfig(**SMALL))
+
+
+def test_paper_loss_preset():
+    assert TrainConfig(loss="paper").loss_weights == (0.2, 1.0)
+    assert TrainConfig(loss="paper", adv_weight=0.5).loss_weights == (0.2, 0.5)
