@@ -51,6 +51,17 @@ class PatchGAN(nn.Module):
             channels_last=next(self.parameters()).is_cuda,
         )
 
+    def normalize(self, scores: Tensor) -> Tensor:
+        """Scores in units of the normal validation scores: ``(s - mean) / std``; about 0 for normal
+        images, and comparable across models.
+
+        Raises:
+            RuntimeError: the model has no validation statistics (trained with ``val_fraction=0``).
+        """
+        if not self.score_stats or not self.score_stats.get("std"):
+            raise RuntimeError("this model has no validation score statistics; train it with val_fraction > 0")
+        return (scores - self.score_stats["mean"]) / self.score_stats["std"]
+
     @classmethod
     def fit(cls, data, config: Optional[TrainConfig] = None, *, resume: bool = False) -> "PatchGAN":
         """Trains on normal images only; see :func:`patchgan_fast.training.fit`."""

@@ -96,6 +96,38 @@ def _positions(step: int, rank: int, world: int, batch: int) -> Tensor:
     return torch.arange(start, start + batch, dtype=torch.int64)
 
 
+class _StepSampler(torch.utils.data.Sampler):
+    """Batch sampler of the schedule: the dataset indices of this rank for steps start..end-1."""
+
+    def __init__(self, order: _Order, start: int, end: int, rank: int, world: int, batch: int):
+        self.order, self.start, self.end, self.rank, self.world, self.batch = order, start, end, rank, world, batch
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def __iter__(self):
+        for step in range(self.start, self.end):
+            yield self.order.take(_positions(step, self.rank, self.world, self.batch)).tolist()
+
+
+def _batches(src: _Source, order: _Order, start: int, config: TrainConfig, rank: int, world: int, pin: bool):
+    """Yields (dataset indices, images) per step from ``start``; datasets decode in DataLoader workers."""
+    if isinstance(src.data, Tensor) or config.num_workers == 0:
+        for step in range(start, config.steps):
+            keys = order.take(_positions(step, rank, world, config.batch_size))
+            yield keys, src.batch(keys)
+        return
+    sampler = _StepSampler(order, start, config.steps, rank, world, config.batch_size)
+
+    def collate(items):
+        return torch.stack([it[0] if isinstance(it, (tuple, list)) else it for it in items])
+
+    loader = torch.utils.data.DataLoader(src.data, batch_sampler=sampler, num_workers=config.num_workers,
+                                         collate_fn=collate, pin_memory=pin)
+    for keys, x in zip(sampler, loader):
+        yield torch.tensor(keys, dtype=torch.int64), x
+
+
 # ----------------------------------------------------------------------------- distributed
 
 
@@ -143,6 +175,45 @@ def _masked_inputs(x: Tensor, keys: Tensor, model: PatchGAN, step: int) -> tuple
 
 def _bce(logits: Tensor, real: bool) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), torch.full_like(logits, 1.0 if real else 0.0, dtype=torch.float32))
+
+
+_LOG_EVERY = 10  # steps between loss read-backs (each is a device synchronization)
+
+
+def train_step(model: PatchGAN, recon_net, disc_net, opt_r, opt_d, x: Tensor, keys: Tensor, step: int) -> Tensor:
+    """One alternating update: D on real vs reconstructed patches, then R on eq. 4.
+
+    ``recon_net``/``disc_net`` are the networks or their DDP wrappers. Returns the losses
+    ``[reconstruction, adversarial, discriminator]`` as a device tensor (no synchronization).
+    """
+    rec_w, adv_w = model.config.loss_weights
+    on_gpu = x.is_cuda
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu)
+    z, target = _masked_inputs(x, keys, model, step)
+    if on_gpu:
+        z = z.contiguous(memory_format=torch.channels_last)
+        target = target.contiguous(memory_format=torch.channels_last)
+    with autocast:
+        recon = recon_net(z)
+    loss_rec = F.mse_loss(recon.float(), target)
+    loss_d = loss_adv = torch.zeros((), device=x.device)
+    if adv_w > 0:
+        with autocast:  # D step: real vs reconstructed patches, one forward for both
+            logits = disc_net(torch.cat([target, recon.detach().to(target.dtype)]))
+        n = target.shape[0]
+        loss_d = 0.5 * (_bce(logits[:n], True) + _bce(logits[n:], False))
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        model.discriminator.requires_grad_(False)  # R's adversarial term: gradients reach R only
+        with autocast:
+            loss_adv = _bce(model.discriminator(recon), True)
+    loss = rec_w * loss_rec + adv_w * loss_adv
+    opt_r.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_r.step()
+    model.discriminator.requires_grad_(True)
+    return torch.stack([loss_rec.detach(), loss_adv.detach(), loss_d.detach()])
 
 
 # ----------------------------------------------------------------------------- validation
@@ -279,7 +350,6 @@ def fit(data, config: TrainConfig, *, resume: bool = False) -> PatchGAN:
         except ImportError:
             bar = None
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else torch.autocast("cpu", enabled=False)
     step = start
     stop = {"signal": None}
 
@@ -289,51 +359,32 @@ def fit(data, config: TrainConfig, *, resume: bool = False) -> PatchGAN:
     old_term = signal.signal(signal.SIGTERM, on_term) if rank == 0 or world == 1 else None
     model.train()
     try:
-        while step < config.steps:
-            keys = order.take(_positions(step, rank, world, config.batch_size))
-            x = src.batch(keys).to(device, non_blocking=True)
+        for keys, x in _batches(src, order, start, config, rank, world, pin=on_gpu):
+            x = x.to(device, non_blocking=True)
             keys = keys.to(device)
-            z, target = _masked_inputs(x, keys, model, step)
-            if on_gpu:
-                z = z.contiguous(memory_format=torch.channels_last)
-                target = target.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                recon = recon_net(z)
-            loss_rec = F.mse_loss(recon.float(), target)
-            loss_d = torch.zeros((), device=device)
-            loss_adv = torch.zeros((), device=device)
-            if adv_w > 0:
-                with autocast:  # D step: real vs reconstructed patches, one forward for both
-                    logits = disc_net(torch.cat([target, recon.detach().to(target.dtype)]))
-                n = target.shape[0]
-                loss_d = 0.5 * (_bce(logits[:n], True) + _bce(logits[n:], False))
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                opt_d.step()
-                model.discriminator.requires_grad_(False)  # R's adversarial term: gradients reach R only
-                with autocast:
-                    loss_adv = _bce(model.discriminator(recon), True)
-            loss = rec_w * loss_rec + adv_w * loss_adv
-            opt_r.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_r.step()
-            model.discriminator.requires_grad_(True)
+            losses = train_step(model, recon_net, disc_net, opt_r, opt_d, x, keys, step)
             step += 1
-            if not math.isfinite(float(loss.detach())):
-                save_checkpoint(step - 1)
-                raise FloatingPointError(f"training diverged at step {step}: loss {float(loss)}; lower lr or the adversarial weight")
-            record = {"step": step, "rec": float(loss_rec.detach()), "adv": float(loss_adv.detach()), "d": float(loss_d.detach())}
-            if n_val and rank == 0 and (step % config.val_every == 0 or step == config.steps):
-                model.eval()
-                record["val"] = _val_error(model, val_images, device, config.batch_size)
-                model.train()
-                if best is None or record["val"] < best[0]:
-                    best = (record["val"], {k: v.detach().cpu().clone() for k, v in model.reconstructor.state_dict().items()})
-            history.append(record)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "step"}, refresh=False)
-            if step % config.checkpoint_every == 0 or step == config.steps:
+            checkpoint = step % config.checkpoint_every == 0 or step == config.steps
+            validate = n_val and rank == 0 and (step % config.val_every == 0 or step == config.steps)
+            if checkpoint or validate or step % _LOG_EVERY == 0 or step == start + 1 or stop["signal"] is not None:
+                rec, adv, d = losses.tolist()  # one synchronization per logged step
+                if not math.isfinite(rec + adv + d):
+                    raise FloatingPointError(
+                        f"training diverged by step {step} (losses rec={rec}, adv={adv}, d={d}); the last checkpoint "
+                        "holds the weights before it; lower lr or the adversarial weight"
+                    )
+                record = {"step": step, "rec": rec, "adv": adv, "d": d}
+                if validate:
+                    model.eval()
+                    record["val"] = _val_error(model, val_images, device, config.batch_size)
+                    model.train()
+                    if best is None or record["val"] < best[0]:
+                        best = (record["val"], {k: v.detach().cpu().clone() for k, v in model.reconstructor.state_dict().items()})
+                history.append(record)
+                if bar is not None:
+                    bar.update(step - bar.n)
+                    bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "step"}, refresh=False)
+            if checkpoint:
                 save_checkpoint(step)
             if stop["signal"] is not None:
                 save_checkpoint(step)
