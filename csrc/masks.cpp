@@ -47,11 +47,23 @@ MaskArgs check_mask_args(const at::Tensor& keys, int64_t height, int64_t width, 
   return a;
 }
 
-void check_images(const at::Tensor& images, const at::Tensor& keys, const MaskArgs& a,
-                  at::ArrayRef<double> mean, at::ArrayRef<double> std, at::ScalarType dtype,
-                  std::vector<float>* mean_out, std::vector<float>* std_out) {
+MaskArgs check_assignment_args(const at::Tensor& keys, int64_t grid_h, int64_t grid_w, int64_t layout,
+                               int64_t num_copies, int64_t seed) {
+  TORCH_CHECK(layout == kPhases || layout == kRandom,
+              "patch_assignment needs a scoring layout (1 = phases, 2 = random), got ", layout);
+  TORCH_CHECK(grid_h > 0 && grid_w > 0, "expected a positive patch grid, got ", grid_h, "x", grid_w);
+  return check_mask_args(keys, grid_h, grid_w, layout, 1, num_copies, seed, 0, 0, 1, 1);
+}
+
+MaskImagesCall prepare_mask_images(const at::Tensor& images, const at::Tensor& keys, int64_t layout,
+                                   int64_t patch_size, int64_t num_copies, int64_t seed, int64_t min_boxes,
+                                   int64_t max_boxes, int64_t min_size, int64_t max_size, at::ArrayRef<double> mean,
+                                   at::ArrayRef<double> std, at::ScalarType dtype, bool channels_last) {
   TORCH_CHECK(images.dim() == 4, "expected images of shape [B, C, H, W], got ", images.dim(), "-D ",
               images.sizes());
+  MaskImagesCall call;
+  call.args = check_mask_args(keys, images.size(2), images.size(3), layout, patch_size, num_copies, seed,
+                              min_boxes, max_boxes, min_size, max_size);
   TORCH_CHECK(images.size(0) == keys.numel(), "expected one key per image: ", images.size(0), " images, ",
               keys.numel(), " keys");
   TORCH_CHECK(images.device() == keys.device(), "images are on ", images.device(), " but keys on ",
@@ -60,23 +72,19 @@ void check_images(const at::Tensor& images, const at::Tensor& keys, const MaskAr
   TORCH_CHECK(t == at::kByte || at::isFloatingType(t), "expected uint8 or floating images, got ", t);
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
               "expected output dtype float32, float16 or bfloat16, got ", dtype);
-  const int64_t channels = images.size(1);
-  TORCH_CHECK(mean.size() == std.size(), "mean and std differ in length: ", mean.size(), " vs ", std.size());
-  TORCH_CHECK(mean.empty() || static_cast<int64_t>(mean.size()) == channels,
-              "expected mean/std with one value per channel (", channels, "), got ", mean.size());
-  for (size_t c = 0; c < mean.size(); ++c) {
-    TORCH_CHECK(std[c] > 0, "expected positive std, got ", std[c], " for channel ", c);
-    mean_out->push_back(static_cast<float>(mean[c]));
-    std_out->push_back(static_cast<float>(std[c]));
-  }
-}
-
-at::Tensor empty_masked(const at::Tensor& images, int64_t num_copies, at::ScalarType dtype,
-                        bool channels_last) {
   const int64_t b = images.size(0), c = images.size(1), h = images.size(2), w = images.size(3);
-  auto out = at::empty({num_copies * b, c, h, w}, images.options().dtype(dtype),
-                       channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
-  return out.view({num_copies, b, c, h, w});
+  TORCH_CHECK(mean.size() == std.size(), "mean and std differ in length: ", mean.size(), " vs ", std.size());
+  TORCH_CHECK(mean.empty() || static_cast<int64_t>(mean.size()) == c,
+              "expected mean/std with one value per channel (", c, "), got ", mean.size());
+  for (size_t i = 0; i < mean.size(); ++i) {
+    TORCH_CHECK(std[i] > 0, "expected positive std, got ", std[i], " for channel ", i);
+    call.mean.push_back(static_cast<float>(mean[i]));
+    call.std.push_back(static_cast<float>(std[i]));
+  }
+  call.out = at::empty({num_copies * b, c, h, w}, images.options().dtype(dtype),
+                       channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous)
+                 .view({num_copies, b, c, h, w});
+  return call;
 }
 
 }  // namespace patchgan_fast

@@ -26,15 +26,21 @@ MaskArgs check_mask_args(const at::Tensor& keys, int64_t height, int64_t width, 
                          int64_t patch_size, int64_t num_copies, int64_t seed, int64_t min_boxes,
                          int64_t max_boxes, int64_t min_size, int64_t max_size);
 
-// Checks the image batch and normalization arguments of mask_images; returns per-channel
-// (mean, std) as floats (empty mean/std: no normalization).
-void check_images(const at::Tensor& images, const at::Tensor& keys, const MaskArgs& a,
-                  at::ArrayRef<double> mean, at::ArrayRef<double> std, at::ScalarType dtype,
-                  std::vector<float>* mean_out, std::vector<float>* std_out);
+// Checks the arguments of patch_assignment (scoring layouts on a Gh x Gw grid).
+MaskArgs check_assignment_args(const at::Tensor& keys, int64_t grid_h, int64_t grid_w, int64_t layout,
+                               int64_t num_copies, int64_t seed);
 
-// Empty output of mask_images: [K, B, C, H, W], a view of a [K*B, C, H, W] tensor in the requested
-// memory format.
-at::Tensor empty_masked(const at::Tensor& images, int64_t num_copies, at::ScalarType dtype,
-                        bool channels_last);
+// A checked mask_images call: its arguments, per-channel normalization as floats (empty: none),
+// and the output [K, B, C, H, W], a view of a [K*B, C, H, W] tensor in the requested memory format.
+struct MaskImagesCall {
+  MaskArgs args;
+  std::vector<float> mean, std;
+  at::Tensor out;
+};
+
+MaskImagesCall prepare_mask_images(const at::Tensor& images, const at::Tensor& keys, int64_t layout,
+                                   int64_t patch_size, int64_t num_copies, int64_t seed, int64_t min_boxes,
+                                   int64_t max_boxes, int64_t min_size, int64_t max_size, at::ArrayRef<double> mean,
+                                   at::ArrayRef<double> std, at::ScalarType dtype, bool channels_last);
 
 }  // namespace patchgan_fast

@@ -90,6 +90,15 @@ class TrainConfig:
             if value is not None:
                 object.__setattr__(self, name, tuple(value))
 
+    @classmethod
+    def for_image_size(cls, size: int, **overrides) -> "TrainConfig":
+        """Sensible defaults for 64, 128 and 256 pixel images (and sizes near them): patches of
+        size/8, and enough stride-2 stages to bring the bottleneck to 8x8 or less."""
+        patch = max(4, size // 8)
+        depth = max(2, (size // 8).bit_length() - 1)  # 64 -> 3, 128 -> 4, 256 -> 5
+        batch = 32 if size <= 128 else 16
+        return cls(**{"image_size": size, "patch_size": patch, "depth": depth, "batch_size": batch, **overrides})
+
     @property
     def loss_weights(self) -> tuple[float, float]:
         rec, adv = LOSS_PRESETS[self.loss]

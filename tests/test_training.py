@@ -254,3 +254,13 @@ def test_datasets_in_workers_train_exactly_like_tensors():
     for va, vb in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(va, vb)
     assert a.score_stats == b.score_stats
+
+
+@pytest.mark.parametrize("size,patch,depth", [(64, 8, 3), (128, 16, 4), (256, 32, 5)])
+def test_size_presets_build_models_that_fit_the_size(size, patch, depth):
+    cfg = TrainConfig.for_image_size(size, width=4, progress=False)
+    assert (cfg.patch_size, cfg.depth) == (patch, depth)
+    model = PatchGAN(cfg, 3, (0.5,) * 3, (0.25,) * 3)
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, size, size)).shape == (1, 3, size, size)
+        assert score_batch(model, torch.zeros(2, 3, size, size, dtype=torch.uint8)).patch_errors.shape == (2, 8, 8)

@@ -83,10 +83,7 @@ void mask_row(const MaskArgs& a, const Hidden& hidden, int64_t b, int64_t y, uin
 
 at::Tensor patch_assignment_kernel(const at::Tensor& keys, int64_t grid_h, int64_t grid_w, int64_t layout,
                                    int64_t num_copies, int64_t seed) {
-  TORCH_CHECK(layout == kPhases || layout == kRandom,
-              "patch_assignment needs a scoring layout (1 = phases, 2 = random), got ", layout);
-  TORCH_CHECK(grid_h > 0 && grid_w > 0, "expected a positive patch grid, got ", grid_h, "x", grid_w);
-  const MaskArgs a = check_mask_args(keys, grid_h, grid_w, layout, 1, num_copies, seed, 0, 0, 1, 1);
+  const MaskArgs a = check_assignment_args(keys, grid_h, grid_w, layout, num_copies, seed);
   return assignment_cpu(keys, a);
 }
 
@@ -117,13 +114,11 @@ at::Tensor mask_images_kernel(const at::Tensor& images, const at::Tensor& keys, 
                               int64_t patch_size, int64_t num_copies, int64_t seed, int64_t min_boxes,
                               int64_t max_boxes, int64_t min_size, int64_t max_size, at::ArrayRef<double> mean,
                               at::ArrayRef<double> std, double fill, at::ScalarType dtype, bool channels_last) {
-  TORCH_CHECK(images.dim() == 4, "expected images of shape [B, C, H, W], got ", images.dim(), "-D ",
-              images.sizes());
-  const MaskArgs a = check_mask_args(keys, images.size(2), images.size(3), layout, patch_size, num_copies,
-                                     seed, min_boxes, max_boxes, min_size, max_size);
-  std::vector<float> mu, sd;
-  check_images(images, keys, a, mean, std, dtype, &mu, &sd);
-  auto out = empty_masked(images, num_copies, dtype, channels_last);
+  auto call = prepare_mask_images(images, keys, layout, patch_size, num_copies, seed, min_boxes, max_boxes, min_size,
+                                  max_size, mean, std, dtype, channels_last);
+  const MaskArgs& a = call.args;
+  const std::vector<float>&mu = call.mean, &sd = call.std;
+  auto out = call.out;
   const int64_t channels = images.size(1), height = a.height, width = a.width;
   const float fill_f = static_cast<float>(fill);
   const auto is = images.strides();
