@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -55,8 +54,7 @@ def main(argv=None) -> int:
     images, labels = test.images.to(device), test.labels.numpy()
     results = {}
     for preset in ("paper", "none"):
-        cfg = model.score_config.with_ranking(preset)
-        results[preset] = score_batch(model, images, dataclasses.replace(cfg, channels_last=device == "cuda"))
+        results[preset] = score_batch(model, images, model.score_config.with_ranking(preset))
     scores = results["paper"].scores.cpu()
     heat = F.interpolate(results["paper"].patch_errors.cpu()[:, None], size=(args.size, args.size), mode="nearest")
     sick = test.labels == 1

@@ -111,27 +111,25 @@ def score_batch(
         config = getattr(model, "score_config", None) or ScoreConfig()
     if not isinstance(config, ScoreConfig):
         raise TypeError(f"expected config as a ScoreConfig, got {type(config).__name__}")
-    ops.check_images(images)
-    b, c, h, w = images.shape
     param_dtype, param_device = _model_dtype_device(model)
-    if param_device is not None and param_device != images.device:
+    if isinstance(images, Tensor) and param_device is not None and param_device != images.device:
         raise ValueError(f"images are on {images.device} but the model's parameters on {param_device}; move one of them")
-    dtype = config.dtype or param_dtype or torch.float32
-    if keys is None:
-        keys = torch.zeros(b, dtype=torch.int64, device=images.device)
-    k = config.num_copies
-    if h % config.patch_size == 0 and w % config.patch_size == 0:
-        patches = (h // config.patch_size) * (w // config.patch_size)
-        if len(config.top_weights) > patches:
-            raise ValueError(
-                f"{len(config.top_weights)} top weights given but {h}x{w} images have only {patches} patches "
-                f"of {config.patch_size}x{config.patch_size}"
-            )
-    masked = ops.mask_images(
-        images, keys, layout=config.layout, patch_size=config.patch_size, num_copies=k, seed=config.seed,
-        mean=config.mean, std=config.std, fill=config.fill, dtype=dtype,
+    masked = ops.mask_images(  # checks images and keys
+        images, keys, layout=config.layout, patch_size=config.patch_size, num_copies=config.num_copies,
+        seed=config.seed, mean=config.mean, std=config.std, fill=config.fill,
+        dtype=config.dtype or param_dtype or torch.float32,
         memory_format=torch.channels_last if config.channels_last else torch.contiguous_format,
     )
+    k, b, c, h, w = masked.shape
+    ops._check_patch_grid((h, w), config.patch_size)
+    patches = (h // config.patch_size) * (w // config.patch_size)
+    if len(config.top_weights) > patches:
+        raise ValueError(
+            f"{len(config.top_weights)} top weights given but {h}x{w} images have only {patches} patches "
+            f"of {config.patch_size}x{config.patch_size}"
+        )
+    if keys is None:
+        keys = torch.zeros(b, dtype=torch.int64, device=images.device)
     was_training = model.training
     model.eval()
     try:

@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -356,7 +357,8 @@ def fit(data, config: TrainConfig, *, resume: bool = False) -> PatchGAN:
     def on_term(signum, frame):  # SIGTERM: finish the step, checkpoint, stop
         stop["signal"] = signum
 
-    old_term = signal.signal(signal.SIGTERM, on_term) if rank == 0 or world == 1 else None
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, on_term) if in_main_thread else None
     model.train()
     try:
         for keys, x in _batches(src, order, start, config, rank, world, pin=on_gpu):

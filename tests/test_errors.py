@@ -136,3 +136,8 @@ def test_score_batch_errors():
         ScoreConfig(layout="boxes")
     with pytest.raises(TypeError, match=r"expected config as a ScoreConfig, got dict"):
         score_batch(WrongShape(), X, {"patch_size": 4})
+
+
+def test_score_batch_checks_the_patch_grid_for_plain_reconstruction():
+    with pytest.raises(ValueError, match=r"image size 16x16 is not divisible by patch_size 5"):
+        score_batch(nn.Identity(), X, ScoreConfig(patch_size=5, layout="none", num_copies=1))
