@@ -8,7 +8,7 @@ setup:
 
 demo:
 	bash scripts/setup.sh --data
-	$(PY) -m patchgan_fast.demo
+	.venv/bin/patchgan-fast demo
 
 test:
 	bash scripts/setup.sh

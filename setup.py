@@ -52,6 +52,9 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "nibabel",
+        "pydicom",
+        "pillow",
+        "matplotlib",
         "tqdm",
         "torch>=2.4",
         "numpy",
@@ -59,6 +62,7 @@ setup(
         "triton; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
     extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis"]},
+    entry_points={"console_scripts": ["patchgan-fast = patchgan_fast.cli:main"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,

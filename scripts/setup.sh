@@ -24,7 +24,7 @@ if ! "$py" -c "import torch" 2>/dev/null; then
   pip install "torch==$TORCH_VERSION"
 fi
 need=()
-for mod in numpy sklearn ninja setuptools wheel pytest pytest_benchmark hypothesis nibabel tqdm; do
+for mod in numpy sklearn ninja setuptools wheel pytest pytest_benchmark hypothesis nibabel pydicom PIL matplotlib tqdm; do
   "$py" -c "import $mod" 2>/dev/null || need+=("$mod")
 done
 if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] && ! "$py" -c "import triton" 2>/dev/null; then
@@ -33,11 +33,12 @@ fi
 if [ ${#need[@]} -gt 0 ]; then
   pkgs=("${need[@]/sklearn/scikit-learn}")
   pkgs=("${pkgs[@]/pytest_benchmark/pytest-benchmark}")
+  pkgs=("${pkgs[@]/PIL/pillow}")
   echo "==> installing ${pkgs[*]}"
   pip install "${pkgs[@]}"
 fi
 
-if ! "$py" -c "import patchgan_fast._C" 2>/dev/null; then
+if ! "$py" -c "import patchgan_fast._C" 2>/dev/null || [ ! -x "$VENV/bin/patchgan-fast" ]; then
   echo "==> installing patchgan_fast (editable) and building its ops against torch $("$py" -c 'import torch; print(torch.__version__)')"
   pip install --no-build-isolation --no-deps -e .
 fi

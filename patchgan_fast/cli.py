@@ -1,0 +1,229 @@
+"""The ``patchgan-fast`` command: train, screen, evaluate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from . import __version__
+
+
+def _load(paths: Sequence[str], size: int, channels: Optional[int], resize: str, workers: int):
+    """Reads files and folders into ``[N, C, size, size]`` float32; returns (images, ids, errors)."""
+    from .io import list_images
+    from .screening import _Files
+
+    files = sorted({f for p in paths for f in list_images(p)})
+    if not files:
+        raise SystemExit(f"error: no supported image files in {', '.join(paths)}")
+    if channels is None:  # the first readable file decides
+        from .io import ReadError, read_images
+
+        for f in files:
+            try:
+                channels = read_images(f)[0].pixels.shape[0]
+                break
+            except ReadError:
+                continue
+        else:
+            raise SystemExit("error: none of the input files could be read")
+    loader = torch.utils.data.DataLoader(_Files(files, size, channels, resize), batch_size=None, num_workers=workers)
+    images, ids, errors = [], [], []
+    for path, items, error in loader:
+        if error is not None:
+            errors.append((path, error))
+            continue
+        for s, pixels, _ in items:
+            images.append(pixels)
+            ids.append((path, s))
+    for path, error in errors:
+        print(f"skipped {error}", file=sys.stderr)
+    if not images:
+        raise SystemExit("error: none of the input files could be read")
+    return torch.stack(images), ids, errors
+
+
+def _workers(n: Optional[int]) -> int:
+    return n if n is not None else min(8, os.cpu_count() or 1)
+
+
+def cmd_train(a) -> int:
+    from .config import TrainConfig
+    from .training import train
+
+    images, _, errors = _load(a.data, a.size, a.channels, a.resize, _workers(a.workers))
+    overrides = {k: getattr(a, k) for k in ("patch_size", "steps", "batch_size", "lr", "loss", "ranking", "layout",
+                                            "num_copies", "width", "depth", "seed", "device", "checkpoint_dir")
+                 if getattr(a, k) is not None}
+    if a.skips:
+        overrides["skips"] = True
+    config = TrainConfig.for_image_size(a.size, **overrides)
+    print(f"training on {len(images)} normal images ({len(errors)} unreadable files skipped), "
+          f"{images.shape[1]}x{a.size}x{a.size}", file=sys.stderr)
+    train(images, config, a.out, resume=a.resume)
+    print(f"model written to {a.out}")
+    return 0
+
+
+def cmd_screen(a) -> int:
+    from .screening import screen
+
+    try:
+        s = screen(a.model, a.data, a.out, resume=a.resume, force=a.force, batch_size=a.batch_size,
+                   num_workers=a.workers, top=a.top, resize=a.resize, device=a.device)
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    total = s.scored + s.skipped
+    print(f"scored {s.scored} images ({s.skipped} already done), {s.errors} unreadable files; "
+          f"ranked list {s.out / 'scores.csv'}, report {s.out / 'report.html'}")
+    has_scores = (s.out / "scores.csv").exists() and sum(1 for _ in open(s.out / "scores.csv")) > 1
+    return 0 if total or has_scores else 1
+
+
+def _score_all(model, images: torch.Tensor, ids, batch: int, device) -> torch.Tensor:
+    from .scoring import score_batch
+    from .screening import image_key
+
+    out = []
+    for i in range(0, len(images), batch):
+        keys = torch.tensor([image_key(p, s) for p, s in ids[i:i + batch]], dtype=torch.int64, device=device)
+        out.append(score_batch(model, images[i:i + batch].to(device), keys=keys).scores.cpu())
+    return torch.cat(out)
+
+
+def cmd_evaluate(a) -> int:
+    from .evaluation import image_metrics, plot_distributions, plot_roc
+    from .model import PatchGAN
+
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = PatchGAN.load(a.model).to(device)
+    size, ch = model.config.image_size, model.channels
+    if a.labels:
+        with open(a.labels, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows or not {"path", "label"} <= set(rows[0]):
+            raise SystemExit(f"error: {a.labels} needs the columns path,label")
+        groups = {0: [r["path"] for r in rows if int(r["label"]) == 0], 1: [r["path"] for r in rows if int(r["label"]) == 1]}
+    else:
+        if not a.normal or not a.abnormal:
+            raise SystemExit("error: give --normal and --abnormal folders, or --labels CSV")
+        groups = {0: a.normal, 1: a.abnormal}
+    scores, labels = [], []
+    for label, paths in groups.items():
+        images, ids, _ = _load(paths, size, ch, a.resize, _workers(a.workers))
+        scores += _score_all(model, images, ids, a.batch_size, device).tolist()
+        labels += [label] * len(ids)
+    metrics = image_metrics(scores, labels)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_roc({"Patch-GAN": (scores, labels)}, out / "roc.png")
+    plot_distributions(scores, labels, out / "scores.png")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    print(f"image AUROC {metrics['auroc']:.4f}, AUPRC {metrics['auprc']:.4f} "
+          f"({metrics['normal']} normal, {metrics['abnormal']} abnormal); plots in {out}")
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from .demo import run
+
+    return run(a)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="patchgan-fast", description="Patch-GAN novelty detection for medical images.")
+    p.add_argument("--version", action="version", version=f"patchgan_fast {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common_io(q, with_size=True):
+        if with_size:
+            q.add_argument("--size", type=int, default=128, help="model image size in pixels (default 128)")
+        q.add_argument("--resize", choices=["resize", "pad", "crop"], default="resize",
+                       help="how images are brought to the model's size: resample (default), keep the aspect ratio "
+                            "and pad, or centre-crop; what was done is recorded per image")
+        q.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count, at most 8)")
+        q.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+
+    t = sub.add_parser("train", help="train a model on normal images", description=(
+        "Train a Patch-GAN on a collection of NORMAL images (folders or files: PNG, JPEG, BMP, TIFF, NIfTI, DICOM, "
+        "npy/npz) and write the model file. Sensible defaults follow the image size."))
+    t.add_argument("data", nargs="+", help="files or folders of normal images")
+    t.add_argument("--out", required=True, help="model file to write (e.g. model.pgf)")
+    t.add_argument("--channels", type=int, choices=[1, 3], default=None, help="1 or 3 (default: as the first image)")
+    t.add_argument("--patch-size", type=int, default=None, help="scoring patch size (default size/8)")
+    t.add_argument("--steps", type=int, default=None, help="optimizer steps (default 2000)")
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--loss", choices=["default", "paper", "reconstruction"], default=None,
+                   help="loss weights preset: paper = eq. 4 with lambda 0.2 (default: default)")
+    t.add_argument("--ranking", choices=["paper", "none"], default=None, help="ranking preset used for scoring")
+    t.add_argument("--layout", choices=["phases", "random", "none"], default=None, help="scoring masks layout")
+    t.add_argument("--num-copies", type=int, default=None, help="K masked copies per image (square for phases)")
+    t.add_argument("--width", type=int, default=None, help="reconstructor width")
+    t.add_argument("--depth", type=int, default=None, help="reconstructor stride-2 stages")
+    t.add_argument("--skips", action="store_true", help="U-Net skip connections in the reconstructor")
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--checkpoint-dir", default=None, help="write resumable checkpoints here")
+    t.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir's checkpoint")
+    common_io(t)
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("screen", help="rank a collection by anomaly score", description=(
+        "Score every image in DATA with MODEL and write to --out: scores.csv (ranked: path, slice, score, top patch), "
+        "written as it goes so an interrupted run keeps its work; heatmaps/ for the top images; report.html; "
+        "errors.csv naming every unreadable file. Exit status is non-zero only when nothing could be scored."))
+    s.add_argument("model", help="model file from `patchgan-fast train`")
+    s.add_argument("data", nargs="+", help="files or folders to screen")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted run in --out, skipping what is done")
+    s.add_argument("--force", action="store_true", help="overwrite the outputs of an earlier run in --out")
+    s.add_argument("--top", type=int, default=20, help="heatmaps and report entries for the N highest scores (default 20)")
+    s.add_argument("--batch-size", type=int, default=64)
+    common_io(s, with_size=False)
+    s.set_defaults(func=cmd_screen)
+
+    e = sub.add_parser("evaluate", help="AUROC and plots on labelled data", description=(
+        "Score normal and abnormal images and report the image AUROC and AUPRC, with a ROC curve (roc.png) and "
+        "score distributions (scores.png) like the paper's Fig. 6 and Fig. 3."))
+    e.add_argument("model")
+    e.add_argument("--normal", nargs="+", help="files or folders of normal images")
+    e.add_argument("--abnormal", nargs="+", help="files or folders of abnormal images")
+    e.add_argument("--labels", help="CSV with columns path,label (1 = abnormal) instead of the two folders")
+    e.add_argument("--out", default="evaluation", help="folder for metrics.json and the plots (default evaluation/)")
+    e.add_argument("--batch-size", type=int, default=64)
+    common_io(e, with_size=False)
+    e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("demo", help="the whole loop on built-in real brain MRI", description=(
+        "Train on normal axial slices of a real T1 brain MRI (Debian package mricron-data), screen held-out normal "
+        "and lesioned slices, print the AUROC and where the report is."))
+    d.add_argument("--size", type=int, default=64, help="slice size (default 64)")
+    d.add_argument("--patch-size", type=int, default=8)
+    d.add_argument("--steps", type=int, default=300, help="training steps (default 300, about 2 minutes on 2 CPU cores)")
+    d.add_argument("--batch-size", type=int, default=32)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--data", default=None, help="folder or file of ch2bet.nii.gz (default: mricron-data's)")
+    d.add_argument("--out", default="demo-output", help="output folder (default demo-output/, replaced)")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted; finished work is kept (rerun with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
