@@ -88,15 +88,41 @@ def cmd_screen(a) -> int:
     return 0 if total or has_scores else 1
 
 
-def _score_all(model, images: torch.Tensor, ids, batch: int, device) -> torch.Tensor:
+def _score_all(model, images: torch.Tensor, ids, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores [N], patch errors [N, Gh, Gw]) on the CPU, with each image's mask key from its path."""
     from .scoring import score_batch
     from .screening import image_key
 
-    out = []
+    scores, errors = [], []
     for i in range(0, len(images), batch):
         keys = torch.tensor([image_key(p, s) for p, s in ids[i:i + batch]], dtype=torch.int64, device=device)
-        out.append(score_batch(model, images[i:i + batch].to(device), keys=keys).scores.cpu())
-    return torch.cat(out)
+        res = score_batch(model, images[i:i + batch].to(device), keys=keys)
+        scores.append(res.scores.cpu())
+        errors.append(res.patch_errors.cpu())
+    return torch.cat(scores), torch.cat(errors)
+
+
+def _pixel_metrics(model, ids, errors: torch.Tensor, masks_dir: str, resize: str) -> dict:
+    """Pixel AUROC/AUPRC of the upsampled patch-error maps against the masks of the same file names."""
+    from .evaluation import pixel_metrics
+    from .io import ReadError, fit_to_size, read_images
+
+    size = model.config.image_size
+    heat, truth, missing = [], [], 0
+    for (path, s), err in zip(ids, errors):
+        mask_path = Path(masks_dir) / Path(path).name
+        try:
+            frames = read_images(mask_path)
+        except ReadError:
+            missing += 1
+            continue
+        frame = next((m for m in frames if m.slice == s), frames[0])
+        mask, _ = fit_to_size(frame.pixels[:1], size, 1, resize)
+        truth.append((mask[0] > 0.5).numpy())
+        heat.append(torch.nn.functional.interpolate(err[None, None], size=(size, size), mode="nearest")[0, 0].numpy())
+    if not heat:
+        raise SystemExit(f"error: no mask in {masks_dir} matches the abnormal file names")
+    return {**pixel_metrics(heat, truth), "masks_found": len(heat), "masks_missing": missing}
 
 
 def cmd_evaluate(a) -> int:
@@ -119,9 +145,14 @@ def cmd_evaluate(a) -> int:
     scores, labels = [], []
     for label, paths in groups.items():
         images, ids, _ = _load(paths, size, ch, a.resize, _workers(a.workers))
-        scores += _score_all(model, images, ids, a.batch_size, device).tolist()
+        group_scores, group_errors = _score_all(model, images, ids, a.batch_size, device)
+        scores += group_scores.tolist()
         labels += [label] * len(ids)
+        if label == 1 and a.masks:
+            pixel = _pixel_metrics(model, ids, group_errors, a.masks, a.resize)
     metrics = image_metrics(scores, labels)
+    if a.masks:
+        metrics.update(pixel)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     plot_roc({"Patch-GAN": (scores, labels)}, out / "roc.png")
@@ -129,6 +160,9 @@ def cmd_evaluate(a) -> int:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     print(f"image AUROC {metrics['auroc']:.4f}, AUPRC {metrics['auprc']:.4f} "
           f"({metrics['normal']} normal, {metrics['abnormal']} abnormal); plots in {out}")
+    if a.masks:
+        print(f"pixel AUROC {metrics['pixel_auroc']:.4f}, AUPRC {metrics['pixel_auprc']:.4f} "
+              f"({metrics['masks_found']} masks, {metrics['masks_missing']} abnormal images without one)")
     return 0
 
 
@@ -197,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--normal", nargs="+", help="files or folders of normal images")
     e.add_argument("--abnormal", nargs="+", help="files or folders of abnormal images")
     e.add_argument("--labels", help="CSV with columns path,label (1 = abnormal) instead of the two folders")
+    e.add_argument("--masks", help="folder of ground-truth lesion masks named like the abnormal files (nonzero = "
+                                   "lesion): adds pixel AUROC and AUPRC of the patch-error maps")
     e.add_argument("--out", default="evaluation", help="folder for metrics.json and the plots (default evaluation/)")
     e.add_argument("--batch-size", type=int, default=64)
     common_io(e, with_size=False)

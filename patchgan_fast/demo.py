@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from . import PatchGAN, TrainConfig, score_batch
-from .datasets import load_brain_mri
+from .datasets import SIZE_BINS, load_brain_mri
 from .evaluation import image_metrics, pixel_metrics, plot_distributions, plot_roc
 from .screening import image_key, screen
 
@@ -79,6 +79,14 @@ def run(args) -> int:
     print(f"image AUROC, unranked (sum of all patch errors):     {m_unranked['auroc']:.3f}")
     print(f"pixel AUROC / AUPRC of the patch-error map (lesioned slices): "
           f"{m_pixel['pixel_auroc']:.3f} / {m_pixel['pixel_auprc']:.3f}")
+    bins, ranked_scores = test.size_bins, ranked.scores.cpu().tolist()
+    per_bin = []
+    for name, _ in SIZE_BINS:
+        sel = [i for i, b in enumerate(bins) if b in ("", name)]
+        if any(bins[i] == name for i in sel):
+            m = image_metrics([ranked_scores[i] for i in sel], [labels[i] for i in sel])
+            per_bin.append(f"{name} {m['auroc']:.3f} ({m['abnormal']})")
+    print(f"image AUROC by lesion size (lesioned slices): {', '.join(per_bin)}")
     print(f"top 10 by score: {sum(labels[i] for i in order)} of 10 have a lesion")
     print(f"report: {(out / 'screening' / 'report.html').resolve()}   plots: {out / 'roc.png'}, {out / 'scores.png'}")
     return 0

@@ -4,7 +4,7 @@
 # tools, and the package itself with its compiled ops built against that torch.
 #
 #   bash scripts/setup.sh          # the package, its ops and the test tools
-#   bash scripts/setup.sh --data   # also the built-in real data (Debian package mricron-data)
+#   bash scripts/setup.sh --data   # also the built-in real data (Debian packages mricron-data, dataset-fashion-mnist)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,13 +46,18 @@ fi
 "$py" setup.py -q build_ext --inplace >/dev/null
 
 if [ "${1:-}" = "--data" ]; then
-  if [ ! -f /usr/share/mricron/templates/ch2bet.nii.gz ] && ! dpkg -s mricron-data >/dev/null 2>&1; then
+  # the built-in real data: T1 brain MRI (mricron-data) and Fashion-MNIST (dataset-fashion-mnist)
+  missing=()
+  for pkg in mricron-data dataset-fashion-mnist; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-      echo "==> installing the Debian package mricron-data (real T1 brain MRI volumes)"
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mricron-data >/dev/null
+      echo "==> installing the Debian packages ${missing[*]} (built-in real data)"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-      echo "mricron-data is missing: run 'sudo apt-get install mricron-data' (Debian/Ubuntu)," \
-           "or set PATCHGAN_FAST_BRAIN_MRI to a folder holding ch2bet.nii.gz" >&2
+      echo "missing data packages: run 'sudo apt-get install ${missing[*]}' (Debian/Ubuntu), or point" \
+           "PATCHGAN_FAST_BRAIN_MRI / PATCHGAN_FAST_FASHION_MNIST at folders holding the files" >&2
     fi
   fi
 fi

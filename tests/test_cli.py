@@ -131,11 +131,15 @@ def test_train_screen_evaluate_end_to_end(tmp_path, model_file):
         (tmp_path / name).mkdir()
         for i, im in enumerate(blobs(20, seed=40 + abnormal, abnormal=abnormal)):
             _png(tmp_path / name / f"{i}.png", im[0].numpy())
+    (tmp_path / "masks").mkdir()
+    for i, im in enumerate(blobs(20, seed=41, abnormal=True)):  # the bright square is the lesion
+        _png(tmp_path / "masks" / f"{i}.png", ((im[0] == 255).numpy() * 255).astype(np.uint8))
     ev = tmp_path / "ev"
     assert main(["evaluate", model_file, "--normal", str(tmp_path / "normal"), "--abnormal", str(tmp_path / "abnormal"),
-                 "--out", str(ev), "--workers", "0"]) == 0
+                 "--masks", str(tmp_path / "masks"), "--out", str(ev), "--workers", "0"]) == 0
     metrics = json.loads((ev / "metrics.json").read_text())
     assert metrics["normal"] == metrics["abnormal"] == 20 and metrics["auroc"] > 0.9
+    assert metrics["masks_found"] == 20 and metrics["pixel_auroc"] > 0.8
     assert (ev / "roc.png").stat().st_size > 0 and (ev / "scores.png").stat().st_size > 0
 
 
@@ -232,7 +236,7 @@ def _idx(path, array, code):
         f.write(header + array.astype(">u1" if code == 8 else ">i4").tobytes())
 
 
-def test_fashion_mnist_one_class_protocol_on_small_idx_files(tmp_path):
+def test_fashion_mnist_one_class_protocol_on_small_idx_files(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     for split, n in (("train", 60), ("t10k", 30)):
         _idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)), 8)
@@ -245,6 +249,8 @@ def test_fashion_mnist_one_class_protocol_on_small_idx_files(tmp_path):
     (tmp_path / "broken-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + (5).to_bytes(4, "big") * 3 + b"\x00" * 10)
     with pytest.raises(ValueError, match=r"expected 125 values for shape \(5, 5, 5\), found 10 \(truncated\?\)"):
         read_idx(tmp_path / "broken-idx3-ubyte")
+    monkeypatch.setattr("patchgan_fast.datasets.fashion_mnist._SEARCH", ())  # whatever this machine has installed
+    monkeypatch.delenv("PATCHGAN_FAST_FASHION_MNIST", raising=False)
     with pytest.raises(FileNotFoundError, match=r"dataset-fashion-mnist"):
         one_class_split(0, tmp_path / "nowhere")
 

@@ -56,13 +56,21 @@ def _axial_slices(volume_path: Path) -> np.ndarray:
 @dataclass
 class BrainMRISplit:
     """Images in [0, 1], ``[N, 1, S, S]`` float32, with brain masks, slice indices and, for the test
-    split, lesion masks (all zero for normal slices) and labels (1 = lesion)."""
+    split, lesion masks (all zero for normal slices), labels (1 = lesion) and lesion size bins."""
 
     images: Tensor
     brain: Tensor
     slices: Tensor
     lesions: Optional[Tensor] = None
     labels: Optional[Tensor] = None
+
+    @property
+    def size_bins(self) -> list[str]:
+        """Per test image: '' for normal slices, else the lesion's size bin (``SIZE_BINS``)."""
+        if self.lesions is None:
+            return [""] * len(self.images)
+        area = self.lesions.flatten(1).float().mean(1).tolist()
+        return [size_bin(a) if a > 0 else "" for a in area]
 
 
 def _augment(x: Tensor, brain: Tensor, gen: torch.Generator) -> Tensor:
@@ -75,26 +83,45 @@ def _augment(x: Tensor, brain: Tensor, gen: torch.Generator) -> Tensor:
     return torch.where(brain, (x * scale * field + noise), x).clamp(0, 1)
 
 
-def insert_lesions(images: Tensor, brain: Tensor, gen: torch.Generator, radius: tuple[float, float] = (1.5, 10.0)):
+#: Lesion size bins by area, as a share of the image: (name, upper bound).
+SIZE_BINS = (("small", 0.005), ("medium", 0.02), ("large", 1.0))
+
+
+def size_bin(area_fraction: float) -> str:
+    """The size bin of a lesion covering ``area_fraction`` of the image."""
+    return next(name for name, upper in SIZE_BINS if area_fraction <= upper)
+
+
+def insert_lesions(images: Tensor, brain: Tensor, gen: torch.Generator, radius: tuple[float, float] = (0.012, 0.12)):
     """Adds one synthetic lesion per image, inside the brain.
 
-    Each lesion is an ellipse with a random centre on a brain pixel, random radii in ``radius`` (pixels),
-    orientation, a soft rim, an intensity change of random sign (0.15 to 0.35, brighter or darker than
-    tissue) and a texture. Returns ``(lesioned images, lesion masks bool [N, 1, S, S])``; a mask marks
-    exactly the pixels whose value changed.
+    A lesion is the union of 1 to 3 overlapping ellipses around a random brain pixel (radii drawn
+    log-uniformly in ``radius``, as fractions of the image side, so sizes run from a few pixels to
+    large; random orientations), with a soft rim, an intensity change of random sign (0.15 to 0.35:
+    brighter or darker than tissue) and a multiplicative texture. It is cut to the brain mask.
+
+    Returns:
+        (lesioned images, lesion masks bool [N, 1, S, S]); a mask marks exactly the pixels whose
+        value changed.
     """
     n, _, s, _ = images.shape
     yy, xx = torch.meshgrid(torch.arange(s, dtype=torch.float32), torch.arange(s, dtype=torch.float32), indexing="ij")
     out, masks = images.clone(), torch.zeros_like(images, dtype=torch.bool)
+    lo, hi = np.log(radius[0] * s), np.log(radius[1] * s)
     for i in range(n):
         inside = brain[i, 0].nonzero()
         cy, cx = inside[int(torch.randint(len(inside), (1,), generator=gen))].float().tolist()
-        ry, rx = (radius[0] + (radius[1] - radius[0]) * torch.rand(2, generator=gen)).tolist()
-        theta = float(torch.rand(1, generator=gen)) * np.pi
-        dy, dx = yy - cy, xx - cx
-        u = (dy * np.cos(theta) + dx * np.sin(theta)) / ry
-        v = (-dy * np.sin(theta) + dx * np.cos(theta)) / rx
-        weight = (1.5 - (u * u + v * v).sqrt()).clamp(0, 1) * brain[i, 0]  # 1 inside, soft rim to r = 1.5
+        weight = torch.zeros(s, s)
+        for j in range(1 + int(torch.randint(3, (1,), generator=gen))):
+            ry, rx = torch.exp(lo + (hi - lo) * torch.rand(2, generator=gen)).tolist()
+            if j:  # further lobes start within the first one
+                cy, cx = cy + (float(torch.rand(1, generator=gen)) - 0.5) * ry, cx + (float(torch.rand(1, generator=gen)) - 0.5) * rx
+            theta = float(torch.rand(1, generator=gen)) * np.pi
+            dy, dx = yy - cy, xx - cx
+            u = (dy * np.cos(theta) + dx * np.sin(theta)) / ry
+            v = (-dy * np.sin(theta) + dx * np.cos(theta)) / rx
+            weight = torch.maximum(weight, (1.5 - (u * u + v * v).sqrt()).clamp(0, 1))  # 1 inside, soft rim
+        weight = weight * brain[i, 0]
         sign = 1.0 if float(torch.rand(1, generator=gen)) < 0.5 else -1.0
         amp = 0.15 + 0.2 * float(torch.rand(1, generator=gen))
         texture = 1 + 0.3 * torch.randn(s, s, generator=gen)
