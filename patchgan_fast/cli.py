@@ -43,7 +43,7 @@ def _load(paths: Sequence[str], size: int, channels: Optional[int], resize: str,
         for s, pixels, _ in items:
             images.append(pixels)
             ids.append((path, s))
-    for path, error in errors:
+    for _, error in errors:
         print(f"skipped {error}", file=sys.stderr)
     if not images:
         raise SystemExit("error: none of the input files could be read")
@@ -135,9 +135,9 @@ def cmd_evaluate(a) -> int:
     if a.labels:
         with open(a.labels, newline="") as f:
             rows = list(csv.DictReader(f))
-        if not rows or not {"path", "label"} <= set(rows[0]):
-            raise SystemExit(f"error: {a.labels} needs the columns path,label")
-        groups = {0: [r["path"] for r in rows if int(r["label"]) == 0], 1: [r["path"] for r in rows if int(r["label"]) == 1]}
+        if not rows or not {"path", "label"} <= set(rows[0]) or any(r["label"] not in ("0", "1") for r in rows):
+            raise SystemExit(f"error: {a.labels} needs the columns path,label with label 0 (normal) or 1 (abnormal)")
+        groups = {k: [r["path"] for r in rows if r["label"] == str(k)] for k in (0, 1)}
     else:
         if not a.normal or not a.abnormal:
             raise SystemExit("error: give --normal and --abnormal folders, or --labels CSV")

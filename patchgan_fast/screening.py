@@ -15,7 +15,6 @@ import math
 import os
 import re
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ._runtime import distributed, progress_bar
 from .io import ReadError, fit_to_size, list_images, read_images, suffix
 from .model import PatchGAN
 from .scoring import score_batch
@@ -70,14 +70,6 @@ class _Files(torch.utils.data.Dataset):
             return path, out, None
         except (ReadError, ValueError, OSError) as exc:
             return path, None, str(exc)
-
-
-def _distributed() -> tuple[int, int]:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
 
 
 def _prepare_out(out: Path, resume: bool, force: bool) -> None:
@@ -143,7 +135,7 @@ def screen(
     Raises:
         FileExistsError: ``out`` holds files and neither ``resume`` nor ``force`` is set.
     """
-    world, rank = _distributed()
+    world, rank = distributed()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -168,7 +160,7 @@ def screen(
     errors_out = _Appender(out / (ERRORS if world == 1 else f"errors.rank{rank}.csv"), ["path", "error"])
     scored = skipped = n_err = 0
     pending: list[tuple[str, Optional[int], torch.Tensor, str]] = []
-    bar = _bar(len(todo), progress and rank == 0)
+    bar = progress_bar(len(todo), "screening", "file", enabled=progress and rank == 0)
     p = model.config.patch_size
 
     def flush():
@@ -224,16 +216,6 @@ def _read_rows_errors(path: Path) -> list[dict]:
             with open(p, newline="") as f:
                 rows += list(csv.DictReader(f))
     return rows
-
-
-def _bar(total: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="screening", unit="file", file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 15.0)
 
 
 def _finish(model: PatchGAN, out: Path, top: int, resize: str, dev: torch.device) -> None:

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from . import ops
 from .config import TrainConfig
+from ._runtime import distributed, progress_bar
 from .model import PatchGAN, atomic_save
 from .scoring import score_batch
 
@@ -130,15 +131,6 @@ def _batches(src: _Source, order: _Order, start: int, config: TrainConfig, rank:
 
 
 # ----------------------------------------------------------------------------- distributed
-
-
-def _distributed() -> tuple[int, int]:
-    """(world size, rank); initializes the process group under torchrun (NCCL on GPU, gloo on CPU)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
 
 
 def _device(config: TrainConfig) -> torch.device:
@@ -287,7 +279,7 @@ def fit(data, config: TrainConfig, *, resume: bool = False) -> PatchGAN:
         The trained :class:`PatchGAN` in eval mode: the reconstructor with the best validation error
         (the last one without validation data), with the score statistics of the validation images.
     """
-    world, rank = _distributed()
+    world, rank = distributed()
     device = _device(config)
     src = _Source(data, config)
     g = torch.Generator().manual_seed(config.seed)
@@ -341,15 +333,8 @@ def fit(data, config: TrainConfig, *, resume: bool = False) -> PatchGAN:
         if rank == 0 and ckpt_path is not None:
             _write_checkpoint(ckpt_path, step, model, opt_r, opt_d, best, history)
 
-    bar = None
-    if config.progress and rank == 0 and start < config.steps:
-        try:
-            from tqdm import tqdm
-
-            bar = tqdm(total=config.steps, initial=start, desc="training", unit="step", dynamic_ncols=True, file=sys.stderr,
-                       mininterval=1.0 if sys.stderr.isatty() else 15.0)
-        except ImportError:
-            bar = None
+    bar = progress_bar(config.steps, "training", "step", initial=start,
+                       enabled=config.progress and rank == 0 and start < config.steps)
 
     step = start
     stop = {"signal": None}
@@ -414,7 +399,7 @@ def fit(data, config: TrainConfig, *, resume: bool = False) -> PatchGAN:
 def train(data, config: TrainConfig, out: str | os.PathLike, *, resume: bool = False) -> PatchGAN:
     """Trains and writes the model file (rank 0); the entry point of ``patchgan-fast train``."""
     model = fit(data, config, resume=resume)
-    world, rank = _distributed()
+    world, rank = distributed()
     if rank == 0:
         model.save(out)
     if world > 1:

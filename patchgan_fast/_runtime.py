@@ -1,0 +1,30 @@
+"""Process-level helpers shared by training and screening: torch.distributed and progress bars."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+
+def distributed() -> tuple[int, int]:
+    """(world size, rank); initializes the process group under torchrun (NCCL on GPU, gloo on CPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def progress_bar(total: int, desc: str, unit: str, initial: int = 0, enabled: bool = True):
+    """A tqdm bar on stderr (sparse updates when stderr is not a terminal), or None."""
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr,
+                mininterval=1.0 if sys.stderr.isatty() else 15.0)
