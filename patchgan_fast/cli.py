@@ -64,6 +64,7 @@ def cmd_train(a) -> int:
                  if getattr(a, k) is not None}
     if a.skips:
         overrides["skips"] = True
+    overrides.setdefault("checkpoint_dir", f"{a.out}.checkpoints")  # an interrupted run can --resume
     config = TrainConfig.for_image_size(a.size, **overrides)
     print(f"training on {len(images)} normal images ({len(errors)} unreadable files skipped), "
           f"{images.shape[1]}x{a.size}x{a.size}", file=sys.stderr)
@@ -205,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--depth", type=int, default=None, help="reconstructor stride-2 stages")
     t.add_argument("--skips", action="store_true", help="U-Net skip connections in the reconstructor")
     t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--checkpoint-dir", default=None, help="write resumable checkpoints here")
-    t.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir's checkpoint")
+    t.add_argument("--checkpoint-dir", default=None, help="where resumable checkpoints go (default OUT.checkpoints/)")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     common_io(t)
     t.set_defaults(func=cmd_train)
 

@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -23,6 +22,8 @@ from patchgan_fast.cli import main
 from patchgan_fast.datasets import insert_lesions, load_brain_mri, one_class_split, read_idx
 from patchgan_fast.io import fit_to_size, read_images
 from patchgan_fast.screening import safe_name
+
+nib = pytest.importorskip("nibabel")  # installed by scripts/setup.sh; carried as a wheel to a GPU machine
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "patchgan_fast.cli"]
@@ -42,6 +43,7 @@ def _png(path, array):
 
 
 def _dicom(path, frames=1, photometric="MONOCHROME2"):
+    pytest.importorskip("pydicom")
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -151,6 +153,7 @@ def test_train_command_writes_a_loadable_model(tmp_path):
                  "--width", "8", "--depth", "2", "--batch-size", "8", "--workers", "0"]) == 0
     model = PatchGAN.load(out)
     assert model.config.image_size == 32 and model.config.patch_size == 4 and model.channels == 1
+    assert (tmp_path / "m.pgf.checkpoints" / "checkpoint.pt").exists()  # so an interrupted run can --resume
 
 
 def test_output_folder_is_not_overwritten_by_accident(tmp_path, model_file):
@@ -267,6 +270,8 @@ def test_brain_mri_from_a_small_volume(tmp_path):
     sick = test.labels == 1
     assert bool((test.lesions[~sick] == 0).all()) and bool((test.lesions[sick].flatten(1).sum(1) > 0).all())
     assert bool((test.lesions <= test.brain).all())  # lesions only inside the brain
+    assert [b == "" for b in test.size_bins] == [not x for x in sick.tolist()]
+    assert set(test.size_bins) <= {"", "small", "medium", "large"}
     g = torch.Generator().manual_seed(3)
     lesioned, masks = insert_lesions(test.images[:4], test.brain[:4], g)
     assert torch.equal(masks, lesioned != test.images[:4])  # ground truth = exactly the changed pixels
