@@ -1,0 +1,151 @@
+"""Novelty-detection methods behind one interface, resolved by name: the Patch-GAN and the baselines
+it is compared with (paper Table 1).
+
+Every method has ``fit(normal_images)`` and ``score(images) -> (scores [B], maps [B, H, W] or None)``
+with images ``[N, C, H, W]`` uint8 or float in [0, 1]; higher scores are more abnormal, and a map
+(where the method has one) localizes the abnormality for pixel metrics. Hyperparameters are fixed
+here or chosen on normal data only, never on test labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import TrainConfig
+from .model import PatchGAN
+from .scoring import score_batch
+
+
+def _unit(images: Tensor) -> Tensor:
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+
+
+def _batched(fn, images: Tensor, batch: int = 256):
+    outs = [fn(images[i:i + batch]) for i in range(0, len(images), batch)]
+    scores = torch.cat([s for s, _ in outs])
+    maps = None if outs[0][1] is None else torch.cat([m for _, m in outs])
+    return scores, maps
+
+
+class PatchGANMethod:
+    """The Patch-GAN: masked reconstruction, ranked patch errors (eq. 5)."""
+
+    name = "patchgan"
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.model: Optional[PatchGAN] = None
+
+    def fit(self, images: Tensor) -> "PatchGANMethod":
+        self.model = PatchGAN.fit(images, self.config)
+        return self
+
+    def _device(self):
+        return next(self.model.parameters()).device
+
+    def score(self, images: Tensor, ranking: Optional[str] = None):
+        cfg = self.model.score_config if ranking is None else self.model.score_config.with_ranking(ranking)
+        size = images.shape[-2:]
+
+        def one(x):
+            r = score_batch(self.model, x.to(self._device()), cfg)
+            return r.scores.cpu(), F.interpolate(r.patch_errors.cpu()[:, None], size=size, mode="nearest")[:, 0]
+
+        return _batched(one, images)
+
+
+class AutoencoderMethod(PatchGANMethod):
+    """Plain convolutional autoencoder: no masks, no adversarial term, whole-image error."""
+
+    name = "ae"
+
+    def __init__(self, config: TrainConfig):
+        super().__init__(dataclasses.replace(config, layout="none", num_copies=1, box_count=(0, 0), loss="reconstruction",
+                                             rec_weight=None, adv_weight=None, skips=False, ranking="none"))
+
+
+class ALOCCMethod(PatchGANMethod):
+    """ALOCC (Sabokrou et al.): adversarially trained reconstructor R and discriminator D; the score is
+    how fake D finds the reconstruction, -mean(D(R(x))) over D's patch logits."""
+
+    name = "alocc"
+
+    def __init__(self, config: TrainConfig):
+        super().__init__(dataclasses.replace(config, layout="none", num_copies=1, loss="paper", rec_weight=None,
+                                             adv_weight=None, skips=False))
+
+    def score(self, images: Tensor, ranking: Optional[str] = None):
+        m = self.model
+        dev = self._device()
+
+        def one(x):
+            masked = score_batch(m, x.to(dev), m.score_config).reconstructions[0]
+            with torch.inference_mode():
+                logits = m.discriminator(masked.float())
+            return -logits.flatten(1).mean(1).cpu(), None
+
+        return _batched(one, images)
+
+
+class OCSVMMethod:
+    """One-class SVM on raw pixels in [-1, 1] (scikit-learn; nu = 0.1, gamma = 'scale', fixed)."""
+
+    name = "ocsvm"
+
+    def __init__(self, config: TrainConfig, nu: float = 0.1, max_train: int = 6000):
+        self.nu, self.max_train, self.seed = nu, max_train, config.seed
+
+    def fit(self, images: Tensor) -> "OCSVMMethod":
+        from sklearn.svm import OneClassSVM
+
+        x = _unit(images).flatten(1) * 2 - 1
+        if len(x) > self.max_train:
+            g = torch.Generator().manual_seed(self.seed)
+            x = x[torch.randperm(len(x), generator=g)[: self.max_train]]
+        self.svm = OneClassSVM(nu=self.nu, gamma="scale").fit(x.numpy())
+        return self
+
+    def score(self, images: Tensor, ranking: Optional[str] = None):
+        x = (_unit(images).flatten(1) * 2 - 1).numpy()
+        return torch.from_numpy(-self.svm.decision_function(x).astype(np.float32)), None
+
+
+class ThresholdMethod:
+    """Intensity threshold: the share of pixels outside the [0.5, 99.5] percentile range of the normal
+    training images' nonzero intensities (the classic baseline for bright or dark lesions)."""
+
+    name = "threshold"
+
+    def __init__(self, config: TrainConfig, lo: float = 0.5, hi: float = 99.5):
+        self.lo, self.hi = lo, hi
+
+    def fit(self, images: Tensor) -> "ThresholdMethod":
+        x = _unit(images)
+        nz = x[x > 0.02]
+        sample = nz[torch.randperm(len(nz), generator=torch.Generator().manual_seed(0))[:1_000_000]]
+        self.range = torch.quantile(sample, torch.tensor([self.lo / 100, self.hi / 100])).tolist()
+        return self
+
+    def score(self, images: Tensor, ranking: Optional[str] = None):
+        x = _unit(images).mean(1)
+        lo, hi = self.range
+        tissue = x > 0.02
+        outside = ((x < lo) | (x > hi)) & tissue
+        dist = torch.where(outside, torch.maximum(lo - x, x - hi), torch.zeros_like(x))
+        return outside.flatten(1).float().mean(1), dist
+
+
+REGISTRY = {cls.name: cls for cls in (PatchGANMethod, AutoencoderMethod, ALOCCMethod, OCSVMMethod, ThresholdMethod)}
+
+
+def get_method(name: str, config: TrainConfig):
+    """A method by its registry name, set up with ``config`` (image size, steps, seed, device...)."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown method {name!r}; expected one of {', '.join(REGISTRY)}")
+    return REGISTRY[name](config)
