@@ -167,6 +167,12 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
+def cmd_benchmark(a) -> int:
+    from .benchmark import main as benchmark_main
+
+    return benchmark_main(a)
+
+
 def cmd_demo(a) -> int:
     from .demo import run
 
@@ -238,6 +244,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=64)
     common_io(e, with_size=False)
     e.set_defaults(func=cmd_evaluate)
+
+    b = sub.add_parser("benchmark", help="every method on a built-in dataset: tables, plots, JSON", description=(
+        "Train and evaluate each method on a built-in dataset and write table.md (paper-style Tables 1 and 2), "
+        "roc.png, scores.png and results.json (every figure with the seed, versions and hardware)."))
+    b.add_argument("dataset", choices=["fashion-mnist", "brain-mri"])
+    b.add_argument("--methods", default="patchgan,ae,ocsvm,alocc",
+                   help="comma-separated names from: patchgan, ae, alocc, ocsvm, threshold (default patchgan,ae,ocsvm,alocc)")
+    b.add_argument("--quick", action="store_true", help="a reduced run (2 classes, subsets, 60 steps) for a CPU")
+    b.add_argument("--steps", type=int, default=None, help="training steps per model (default 3000, 60 with --quick)")
+    b.add_argument("--classes", default=None, help="Fashion-MNIST normal classes, e.g. 0,3,7 (default all; 0,1 quick)")
+    b.add_argument("--size", type=int, default=64, help="brain MRI slice size (default 64)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--data", default=None, help="dataset folder (default: where the Debian package installs it)")
+    b.add_argument("--out", default="benchmark-output", help="output folder (default benchmark-output/)")
+    b.set_defaults(func=cmd_benchmark)
 
     d = sub.add_parser("demo", help="the whole loop on built-in real brain MRI", description=(
         "Train on normal axial slices of a real T1 brain MRI (Debian package mricron-data), screen held-out normal "

@@ -1,5 +1,7 @@
 """Shared helpers of the test suite."""
 
+import gzip
+
 import torch
 
 from patchgan_fast import _backend
@@ -33,3 +35,10 @@ def blobs(n, size=32, seed=0, abnormal=False):
             out[i, 0, y:y + 6, x:x + 6] = 1.0
     out += 0.02 * torch.randn(out.shape, generator=g)
     return (out.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def write_idx(path, array, code):
+    """Writes a gzipped idx file (code 8: uint8, 12: int32), like the MNIST distribution's."""
+    header = bytes([0, 0, code, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(">u1" if code == 8 else ">i4").tobytes())

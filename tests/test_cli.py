@@ -2,7 +2,6 @@
 distributed screening, and the built-in dataset loaders, on files the tests make."""
 
 import csv
-import gzip
 import json
 import os
 import signal
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import blobs
+from helpers import blobs, write_idx
 from PIL import Image
 
 from patchgan_fast import PatchGAN, TrainConfig
@@ -232,17 +231,11 @@ def test_torchrun_screening_equals_single_process(tmp_path, model_file):
     assert not list((tmp_path / "ddp").glob("*rank*"))
 
 
-def _idx(path, array, code):
-    header = bytes([0, 0, code, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(">u1" if code == 8 else ">i4").tobytes())
-
-
 def test_fashion_mnist_one_class_protocol_on_small_idx_files(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     for split, n in (("train", 60), ("t10k", 30)):
-        _idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)), 8)
-        _idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10, 8)
+        write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)), 8)
+        write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10, 8)
     train, test, labels = one_class_split(3, tmp_path)
     assert train.shape == (6, 1, 32, 32) and test.shape == (30, 1, 32, 32) and train.dtype == torch.uint8
     assert int((labels == 0).sum()) == 3 and bool((train[:, :, :2] == 0).all())  # zero padding

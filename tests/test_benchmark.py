@@ -1,0 +1,47 @@
+"""The --quick benchmark produces the tables, the plots and the JSON (on small files made here)."""
+
+import json
+
+import numpy as np
+import pytest
+from helpers import write_idx
+
+from patchgan_fast.cli import main
+
+nib = pytest.importorskip("nibabel")
+
+
+def test_quick_fashion_mnist_benchmark(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 200), ("t10k", 100)):
+        write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)), 8)
+        write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10, 8)
+    out = tmp_path / "out"
+    assert main(["benchmark", "fashion-mnist", "--quick", "--steps", "4", "--data", str(tmp_path), "--out", str(out),
+                 "--methods", "patchgan,ae,ocsvm"]) == 0
+    table = (out / "table.md").read_text()
+    assert "## Table 1" in table and "| patchgan |" in table and "| ocsvm |" in table and "ranking off" in table
+    records = json.loads((out / "results.json").read_text())
+    means = [r for r in records if r["metric"] == "mean_image_auroc"]
+    assert {r["config"]["method"] for r in means} == {"patchgan", "ae", "ocsvm"}
+    assert all(0 <= r["value"] <= 1 and r["versions"]["torch"] and r["command"] for r in records)
+    assert (out / "roc.png").stat().st_size > 0 and (out / "scores.png").stat().st_size > 0
+
+
+def test_quick_brain_mri_benchmark(tmp_path):
+    z, y, x = np.mgrid[0:40, 0:48, 0:40]
+    brain = ((x - 20) / 16) ** 2 + ((y - 24) / 20) ** 2 + ((z - 20) / 18) ** 2 < 1
+    vol = np.where(brain, 60 + 40 * np.sin(x / 3.0) * np.cos(y / 4.0), 0)
+    nib.save(nib.Nifti1Image(vol.transpose(2, 1, 0).astype(np.float32), np.eye(4)), tmp_path / "ch2bet.nii.gz")
+    out = tmp_path / "out"
+    assert main(["benchmark", "brain-mri", "--quick", "--steps", "4", "--size", "32", "--data", str(tmp_path),
+                 "--out", str(out), "--methods", "patchgan,threshold"]) == 0
+    table = (out / "table.md").read_text()
+    assert "pixel AUROC" in table and "| threshold |" in table
+    metrics = {(r["metric"], r["config"]["method"]) for r in json.loads((out / "results.json").read_text())}
+    assert ("pixel_auroc", "patchgan") in metrics and ("image_auroc", "threshold") in metrics
+
+
+def test_unknown_method_or_dataset(tmp_path, capsys):
+    assert main(["benchmark", "brain-mri", "--methods", "patchgan,svdd", "--out", str(tmp_path)]) == 2
+    assert "unknown method 'svdd'; expected one of patchgan, ae, alocc, ocsvm, threshold" in capsys.readouterr().err
