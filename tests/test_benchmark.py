@@ -45,3 +45,16 @@ def test_quick_brain_mri_benchmark(tmp_path):
 def test_unknown_method_or_dataset(tmp_path, capsys):
     assert main(["benchmark", "brain-mri", "--methods", "patchgan,svdd", "--out", str(tmp_path)]) == 2
     assert "unknown method 'svdd'; expected one of patchgan, ae, alocc, ocsvm, threshold" in capsys.readouterr().err
+
+
+def test_full_run_adds_the_ablations(tmp_path):
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 60), ("t10k", 40)):
+        write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)), 8)
+        write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10, 8)
+    out = tmp_path / "out"
+    assert main(["benchmark", "fashion-mnist", "--classes", "2", "--steps", "2", "--data", str(tmp_path),
+                 "--out", str(out), "--methods", "patchgan"]) == 0
+    table = (out / "table.md").read_text()
+    for variant in ("loss paper", "no masks at scoring", "random layout K = 4", "phases K = 9", "ranking off"):
+        assert variant in table
