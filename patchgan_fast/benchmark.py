@@ -61,12 +61,15 @@ ABLATIONS = {
 }
 
 
-def _run_methods(methods, config, train_x, test_x, quick: bool):
-    """{method: (scores, maps)} plus the Patch-GAN's ablations {variant: scores}."""
+def _run_methods(methods, config, train_x, test_x, quick: bool, seconds: dict):
+    """{method: (scores, maps)} plus the Patch-GAN's ablations {variant: scores}; adds each method's
+    training + scoring time to ``seconds``."""
     results, ablations = {}, {}
     for name in methods:
+        t0 = time.perf_counter()
         m = get_method(name, config).fit(train_x)
         results[name] = m.score(test_x)
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
         if name == "patchgan":
             ablations["patchgan, ranking on (paper 1.1, 1.0)"] = results[name][0]
             ablations["patchgan, ranking off (sum)"] = m.score(test_x, ranking="none")[0]
@@ -90,6 +93,7 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
     out.mkdir(parents=True, exist_ok=True)
     config = _config(dataset, quick, steps, seed, size)
     records: list[dict] = []
+    seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     lines = [f"# Benchmark: {dataset}{' (--quick)' if quick else ''}", "", f"Command: `{command}`  ",
              f"Steps {config.steps}, seed {seed}, device {'cuda' if torch.cuda.is_available() else 'cpu'}", ""]
@@ -106,7 +110,7 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
                 train_x = train_x[_subset(len(train_x), 500, seed)]
                 keep = _subset(len(test_x), 1000, seed + 1)
                 test_x, labels = test_x[keep], labels[keep]
-            results, ablations = _run_methods(methods, config, train_x, test_x, quick)
+            results, ablations = _run_methods(methods, config, train_x, test_x, quick, seconds)
             y = labels.tolist()
             for m, (scores, _) in results.items():
                 auroc = image_metrics(scores.tolist(), y)["auroc"]
@@ -132,7 +136,7 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
 
         train, test = load_brain_mri(size=config.image_size, path=data, seed=seed,
                                      train_copies=2 if quick else 4, test_copies=4 if quick else 8)
-        results, ablations = _run_methods(methods, config, train.images, test.images, quick)
+        results, ablations = _run_methods(methods, config, train.images, test.images, quick, seconds)
         y = test.labels.tolist()
         sick = test.labels == 1
         bins = test.size_bins
@@ -157,6 +161,9 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
             lines.append(f"| {v} | {image_metrics(scores.tolist(), y)['auroc']:.3f} |")
         curves = {m: (s.tolist(), y) for m, (s, _) in results.items()}
         title = "brain MRI, synthetic lesions"
+    lines += ["", "Training + scoring time per method (s): " + ", ".join(f"{m} {t:.0f}" for m, t in seconds.items())]
+    for m, t in seconds.items():
+        _record(records, "train_and_score_seconds", t, "s", {"dataset": dataset, "method": m}, command)
     plot_roc(curves, out / "roc.png", title)
     main_method = "patchgan" if "patchgan" in curves else next(iter(curves))
     plot_distributions(*curves[main_method], out / "scores.png", f"{title}: {main_method}")
