@@ -152,13 +152,15 @@ def screen(
     done = {(r["path"], r["slice"]) for p in [out / PARTIAL, *out.glob("scores.rank*.partial.csv")] for r in _read_rows(p)}
     error_rows = _read_rows_errors(out / ERRORS)
     failed = {r["path"] for r in error_rows}
-    todo = [f for f in files[rank::world] if f not in failed]
+    mine = [f for f in files[rank::world] if f not in failed]
+    single_done = {path for path, sl in done if sl == ""}  # single-image files already scored: not decoded again
+    todo = [f for f in mine if f not in single_done]
     size, channels = model.config.image_size, model.channels
     workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
     loader = torch.utils.data.DataLoader(_Files(todo, size, channels, resize), batch_size=None, num_workers=workers)
     scores_out = _Appender(partial, _FIELDS)
     errors_out = _Appender(out / (ERRORS if world == 1 else f"errors.rank{rank}.csv"), ["path", "error"])
-    scored = skipped = n_err = 0
+    scored, skipped, n_err = 0, len(mine) - len(todo), 0
     pending: list[tuple[str, Optional[int], torch.Tensor, str]] = []
     bar = progress_bar(len(todo), "screening", "file", enabled=progress and rank == 0)
     p = model.config.patch_size
