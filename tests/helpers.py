@@ -42,3 +42,13 @@ def write_idx(path, array, code):
     header = bytes([0, 0, code, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     with gzip.open(path, "wb") as f:
         f.write(header + array.astype(">u1" if code == 8 else ">i4").tobytes())
+
+
+def write_fashion_mnist(folder, n_train, n_test, seed=0):
+    """Random idx files laid out like Fashion-MNIST's (labels cycle through the 10 classes)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)), 8)
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10, 8)

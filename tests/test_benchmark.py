@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import write_idx
+from helpers import write_fashion_mnist
 
 from patchgan_fast.cli import main
 
@@ -12,10 +12,7 @@ nib = pytest.importorskip("nibabel")
 
 
 def test_quick_fashion_mnist_benchmark(tmp_path):
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 200), ("t10k", 100)):
-        write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)), 8)
-        write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10, 8)
+    write_fashion_mnist(tmp_path, 200, 100)
     out = tmp_path / "out"
     assert main(["benchmark", "fashion-mnist", "--quick", "--steps", "4", "--data", str(tmp_path), "--out", str(out),
                  "--methods", "patchgan,ae,ocsvm"]) == 0
@@ -50,10 +47,7 @@ def test_unknown_method_or_dataset(tmp_path, capsys):
 
 
 def test_full_run_adds_the_ablations(tmp_path):
-    rng = np.random.default_rng(1)
-    for split, n in (("train", 60), ("t10k", 40)):
-        write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)), 8)
-        write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10, 8)
+    write_fashion_mnist(tmp_path, 60, 40, seed=1)
     out = tmp_path / "out"
     assert main(["benchmark", "fashion-mnist", "--classes", "2", "--steps", "2", "--data", str(tmp_path),
                  "--out", str(out), "--methods", "patchgan"]) == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import blobs, write_idx
+from helpers import blobs, write_fashion_mnist
 from PIL import Image
 
 from patchgan_fast import PatchGAN, TrainConfig
@@ -232,10 +232,7 @@ def test_torchrun_screening_equals_single_process(tmp_path, model_file):
 
 
 def test_fashion_mnist_one_class_protocol_on_small_idx_files(tmp_path, monkeypatch):
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 60), ("t10k", 30)):
-        write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)), 8)
-        write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10, 8)
+    write_fashion_mnist(tmp_path, 60, 30)
     train, test, labels = one_class_split(3, tmp_path)
     assert train.shape == (6, 1, 32, 32) and test.shape == (30, 1, 32, 32) and train.dtype == torch.uint8
     assert int((labels == 0).sum()) == 3 and bool((train[:, :, :2] == 0).all())  # zero padding
