@@ -26,6 +26,7 @@ from .evaluation import image_metrics, pixel_metrics, plot_distributions, plot_r
 from .methods import REGISTRY, get_method
 
 DATASETS = ("fashion-mnist", "brain-mri")
+DEFAULT_METHODS = ("patchgan", "ae", "ocsvm", "alocc", "fanogan", "perceptual_ae")
 
 
 def _config(dataset: str, quick: bool, steps: Optional[int], seed: int, size: int) -> TrainConfig:
@@ -61,13 +62,13 @@ ABLATIONS = {
 }
 
 
-def _run_methods(methods, config, train_x, test_x, quick: bool, seconds: dict):
+def _run_methods(methods, config, train_x, test_x, quick: bool, seconds: dict, options: dict):
     """{method: (scores, maps)} plus the Patch-GAN's ablations {variant: scores}; adds each method's
     training + scoring time to ``seconds``."""
     results, ablations = {}, {}
     for name in methods:
         t0 = time.perf_counter()
-        m = get_method(name, config).fit(train_x)
+        m = get_method(name, config, **options.get(name, {})).fit(train_x)
         results[name] = m.score(test_x)
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
         if name == "patchgan":
@@ -82,8 +83,10 @@ def _run_methods(methods, config, train_x, test_x, quick: bool, seconds: dict):
 
 def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = False, steps: Optional[int] = None,
         classes: Optional[Sequence[int]] = None, seed: int = 0, size: int = 64, data: Optional[str] = None,
-        command: str = "") -> dict:
-    """Runs the benchmark and writes table.md, results.json, roc.png and scores.png to ``out``."""
+        perceptual: Optional[torch.nn.Module] = None, command: str = "") -> dict:
+    """Runs the benchmark and writes table.md, results.json, roc.png and scores.png to ``out``.
+
+    ``perceptual`` is the feature network of the deep perceptual AE (default: a random-init stand-in)."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
     for name in methods:
@@ -97,6 +100,11 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
     t0 = time.perf_counter()
     lines = [f"# Benchmark: {dataset}{' (--quick)' if quick else ''}", "", f"Command: `{command}`  ",
              f"Steps {config.steps}, seed {seed}, device {'cuda' if torch.cuda.is_available() else 'cpu'}", ""]
+    options = {"perceptual_ae": {"perceptual": perceptual}}
+    if "perceptual_ae" in methods:
+        lines += ["perceptual_ae features: " + ("the network given with --perceptual-net" if perceptual is not None else
+                  "a random-init VGG-style stand-in (the published method uses ImageNet VGG19 weights; pass them with "
+                  "--perceptual-net)"), ""]
     if dataset == "fashion-mnist":
         from .datasets import FASHION_MNIST_CLASSES, one_class_split
 
@@ -110,7 +118,7 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
                 train_x = train_x[_subset(len(train_x), 500, seed)]
                 keep = _subset(len(test_x), 1000, seed + 1)
                 test_x, labels = test_x[keep], labels[keep]
-            results, ablations = _run_methods(methods, config, train_x, test_x, quick, seconds)
+            results, ablations = _run_methods(methods, config, train_x, test_x, quick, seconds, options)
             y = labels.tolist()
             for m, (scores, _) in results.items():
                 auroc = image_metrics(scores.tolist(), y)["auroc"]
@@ -136,7 +144,7 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
 
         train, test = load_brain_mri(size=config.image_size, path=data, seed=seed,
                                      train_copies=2 if quick else 4, test_copies=4 if quick else 8)
-        results, ablations = _run_methods(methods, config, train.images, test.images, quick, seconds)
+        results, ablations = _run_methods(methods, config, train.images, test.images, quick, seconds, options)
         y = test.labels.tolist()
         sick = test.labels == 1
         bins = test.size_bins
@@ -174,11 +182,43 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
     return {"records": records, "table": "\n".join(lines)}
 
 
+class _Exported(torch.nn.Module):
+    """An exported program's module, which refuses ``train``/``eval`` (its mode was fixed at export)."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def train(self, mode: bool = True) -> "_Exported":
+        self.training = mode
+        return self
+
+    def forward(self, x):
+        return self.module(x)
+
+
+def _load_perceptual(path: Optional[str]) -> Optional[torch.nn.Module]:
+    """A feature network saved with ``torch.export.save`` (a .pt2 file; batch, height and width
+    exported as dynamic dimensions)."""
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--perceptual-net: {path!r} does not exist")
+    if not str(path).endswith(".pt2"):
+        raise ValueError(f"--perceptual-net: expected a .pt2 file written by torch.export.save, got {path!r}")
+    try:
+        return _Exported(torch.export.load(path).module())
+    except Exception as exc:  # zip and deserialization errors: not an exported program
+        raise ValueError(f"--perceptual-net: {path!r} is not a readable torch.export program ({type(exc).__name__}: "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from exc
+
+
 def main(args) -> int:
     try:
+        perceptual = _load_perceptual(args.perceptual_net)
         run(args.dataset, [m.strip() for m in args.methods.split(",") if m.strip()], args.out, quick=args.quick,
             steps=args.steps, classes=[int(c) for c in args.classes.split(",")] if args.classes else None,
-            seed=args.seed, size=args.size, data=args.data, command=" ".join(["patchgan-fast", *sys.argv[1:]]))
+            seed=args.seed, size=args.size, data=args.data, perceptual=perceptual, command=" ".join(["patchgan-fast", *sys.argv[1:]]))
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

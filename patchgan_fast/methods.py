@@ -1,5 +1,5 @@
 """Novelty-detection methods behind one interface, resolved by name: the Patch-GAN and the baselines
-it is compared with (paper Table 1).
+it is compared with (paper Table 1; f-AnoGAN and the deep perceptual AE live in ``baselines``).
 
 Every method has ``fit(normal_images)`` and ``score(images) -> (scores [B], maps [B, H, W] or None)``
 with images ``[N, C, H, W]`` uint8 or float in [0, 1]; higher scores are more abnormal, and a map
@@ -17,13 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .baselines import FAnoGANMethod, PerceptualAEMethod, _unit
 from .config import TrainConfig
 from .model import PatchGAN
+from .pipeline import Scorer
 from .scoring import score_batch
-
-
-def _unit(images: Tensor) -> Tensor:
-    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
 
 
 def _batched(fn, images: Tensor, batch: int = 256):
@@ -51,11 +49,12 @@ class PatchGANMethod:
 
     def score(self, images: Tensor, ranking: Optional[str] = None):
         cfg = self.model.score_config if ranking is None else self.model.score_config.with_ranking(ranking)
+        scorer = Scorer(self.model, cfg, compile="none")
         size = images.shape[-2:]
 
         def one(x):
-            r = score_batch(self.model, x.to(self._device()), cfg)
-            return r.scores.cpu(), F.interpolate(r.patch_errors.cpu()[:, None], size=size, mode="nearest")[:, 0]
+            scores, errors = scorer(x)
+            return scores.cpu(), F.interpolate(errors.cpu()[:, None], size=size, mode="nearest")[:, 0]
 
         return _batched(one, images)
 
@@ -141,11 +140,13 @@ class ThresholdMethod:
         return outside.flatten(1).float().mean(1), dist
 
 
-REGISTRY = {cls.name: cls for cls in (PatchGANMethod, AutoencoderMethod, ALOCCMethod, OCSVMMethod, ThresholdMethod)}
+REGISTRY = {cls.name: cls for cls in (PatchGANMethod, AutoencoderMethod, ALOCCMethod, FAnoGANMethod,
+                                      PerceptualAEMethod, OCSVMMethod, ThresholdMethod)}
 
 
-def get_method(name: str, config: TrainConfig):
-    """A method by its registry name, set up with ``config`` (image size, steps, seed, device...)."""
+def get_method(name: str, config: TrainConfig, **options):
+    """A method by its registry name, set up with ``config`` (image size, steps, seed, device...)
+    and method-specific ``options`` (e.g. ``perceptual=`` for ``perceptual_ae``)."""
     if name not in REGISTRY:
         raise ValueError(f"unknown method {name!r}; expected one of {', '.join(REGISTRY)}")
-    return REGISTRY[name](config)
+    return REGISTRY[name](config, **options)

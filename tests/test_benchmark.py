@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from helpers import write_fashion_mnist
 
 from patchgan_fast.cli import main
@@ -34,16 +35,38 @@ def test_quick_brain_mri_benchmark(tmp_path):
     nib.save(nib.Nifti1Image(vol.transpose(2, 1, 0).astype(np.float32), np.eye(4)), tmp_path / "ch2bet.nii.gz")
     out = tmp_path / "out"
     assert main(["benchmark", "brain-mri", "--quick", "--steps", "4", "--size", "32", "--data", str(tmp_path),
-                 "--out", str(out), "--methods", "patchgan,threshold"]) == 0
+                 "--out", str(out), "--methods", "patchgan,threshold,fanogan"]) == 0
     table = (out / "table.md").read_text()
     assert "pixel AUROC" in table and "| threshold |" in table
     metrics = {(r["metric"], r["config"]["method"]) for r in json.loads((out / "results.json").read_text())}
     assert ("pixel_auroc", "patchgan") in metrics and ("image_auroc", "threshold") in metrics
+    assert ("pixel_auroc", "fanogan") in metrics
+
+
+def test_perceptual_ae_takes_an_exported_network(tmp_path, capsys):
+    write_fashion_mnist(tmp_path, 60, 40, seed=2)
+    net = tmp_path / "features.pt2"
+    features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2))
+    dynamic = ({0: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO},)
+    torch.export.save(torch.export.export(features, (torch.randn(2, 3, 64, 64),), dynamic_shapes=dynamic), net)
+    out = tmp_path / "out"
+    args = ["benchmark", "fashion-mnist", "--quick", "--classes", "3", "--steps", "2", "--data", str(tmp_path),
+            "--out", str(out), "--methods", "perceptual_ae"]
+    assert main(args + ["--perceptual-net", str(net)]) == 0
+    assert "perceptual_ae features: the network given with --perceptual-net" in (out / "table.md").read_text()
+    assert main(args) == 0
+    assert "random-init VGG-style stand-in" in (out / "table.md").read_text()
+    capsys.readouterr()
+    assert main(args + ["--perceptual-net", str(tmp_path / "train-images-idx3-ubyte.gz")]) == 2
+    assert "expected a .pt2 file written by torch.export.save" in capsys.readouterr().err
+    (tmp_path / "junk.pt2").write_bytes(b"not a zip")
+    assert main(args + ["--perceptual-net", str(tmp_path / "junk.pt2")]) == 2
+    assert "is not a readable torch.export program" in capsys.readouterr().err
 
 
 def test_unknown_method_or_dataset(tmp_path, capsys):
     assert main(["benchmark", "brain-mri", "--methods", "patchgan,svdd", "--out", str(tmp_path)]) == 2
-    assert "unknown method 'svdd'; expected one of patchgan, ae, alocc, ocsvm, threshold" in capsys.readouterr().err
+    assert "unknown method 'svdd'; expected one of patchgan, ae, alocc, fanogan, perceptual_ae, ocsvm, threshold" in capsys.readouterr().err
 
 
 def test_full_run_adds_the_ablations(tmp_path):

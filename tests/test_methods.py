@@ -1,5 +1,7 @@
 """Every registered method trains and scores on a tiny dataset; unknown names list the valid ones."""
 
+import dataclasses
+
 import pytest
 import torch
 from helpers import blobs
@@ -12,9 +14,14 @@ CONFIG = TrainConfig(image_size=32, patch_size=8, width=8, depth=2, disc_width=8
                      lr=2e-3, steps=40, val_every=20, progress=False)
 
 
+#: A GAN needs more steps than 40 to draw blobs; these keep its test short.
+OPTIONS = {"fanogan": (dict(steps=100), dict(lr=5e-4, critic_steps=2))}
+
+
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_method_trains_and_scores(name):
-    method = get_method(name, CONFIG).fit(blobs(96))
+    overrides, options = OPTIONS.get(name, ({}, {}))
+    method = get_method(name, dataclasses.replace(CONFIG, **overrides), **options).fit(blobs(96))
     normal, abnormal = blobs(16, seed=5), blobs(16, seed=6, abnormal=True)
     scores, maps = method.score(torch.cat([normal, abnormal]))
     assert scores.shape == (32,) and torch.isfinite(scores).all()
@@ -25,7 +32,7 @@ def test_method_trains_and_scores(name):
 
 
 def test_unknown_method_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown method 'svdd'; expected one of patchgan, ae, alocc, ocsvm, threshold"):
+    with pytest.raises(ValueError, match=r"unknown method 'svdd'; expected one of patchgan, ae, alocc, fanogan, perceptual_ae, ocsvm, threshold"):
         get_method("svdd", CONFIG)
 
 
@@ -33,3 +40,31 @@ def test_baseline_configs_are_what_they_claim():
     ae = get_method("ae", CONFIG).config
     assert (ae.layout, ae.num_copies, ae.box_count, ae.loss_weights) == ("none", 1, (0, 0), (1.0, 0.0))
     assert get_method("alocc", CONFIG).config.loss_weights == (0.2, 1.0)
+
+
+def test_perceptual_ae_uses_the_network_it_is_given():
+    calls = []
+
+    class Features(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            calls.append(tuple(x.shape))
+            return self.conv(x)
+
+    method = get_method("perceptual_ae", dataclasses.replace(CONFIG, steps=2), perceptual=Features()).fit(blobs(8))
+    assert calls[0] == (16, 3, 32, 32)  # gray images repeated to 3 channels, batch of 16
+    scores, maps = method.score(blobs(4))
+    assert scores.shape == (4,) and maps.shape == (4, 32, 32)
+
+
+def test_perceptual_ae_rejects_a_network_that_returns_no_feature_map():
+    with pytest.raises(ValueError, match=r"perceptual network must return \[N, C, H, W\] features, got \(16, 10\)"):
+        get_method("perceptual_ae", CONFIG, perceptual=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))).fit(blobs(8))
+
+
+def test_baselines_reject_images_of_the_wrong_size():
+    with pytest.raises(ValueError, match=r"fanogan: expected 32x32 images \(config.image_size\), got 16x16"):
+        get_method("fanogan", CONFIG).fit(blobs(8, size=16))
