@@ -112,16 +112,21 @@ def record(request, device):
     return add
 
 
-def pytest_sessionfinish(session):
-    name = session.config.getoption("--record")
-    if not name or not _records:
-        return
+def write_results(name: str, records: list[dict]) -> None:
+    """Writes the records to benchmarks/results/NAME.json and a table to NAME.md."""
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(_records, indent=1) + "\n")
-    lines = [f"# {name}", "", f"Command: `{_records[0]['command']}`  ", f"Device: {_records[0]['device']}  ",
-             f"Versions: {json.dumps(_records[0]['versions'])}  ", f"Date: {_records[0]['date']}", "",
+    (RESULTS / f"{name}.json").write_text(json.dumps(records, indent=1) + "\n")
+    first = records[0]
+    lines = [f"# {name}", "", f"Command: `{first['command']}`  ", f"Device: {first['device']}  ",
+             f"Versions: {json.dumps(first['versions'])}  ", f"Date: {first['date']}", "",
              "| metric | config | value | unit |", "|---|---|---|---|"]
-    for r in _records:
+    for r in records:
         cfg = ", ".join(f"{k}={v}" for k, v in r["config"].items())
         lines.append(f"| {r['metric']} | {cfg} | {r['value']:.4g} | {r['unit']} |")
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+def pytest_sessionfinish(session):
+    name = session.config.getoption("--record")
+    if name and _records:
+        write_results(name, _records)

@@ -4,17 +4,19 @@
     model = PatchGAN.fit(normal_images, TrainConfig(image_size=128, patch_size=16))
     result = score_batch(model, images)
     result.scores, result.patch_errors
+    scores, patch_errors = Scorer(model)(images)   # the fast path for many batches
 """
 
 from . import ops
 from ._backend import info as backend_info
 from .config import LOSS_PRESETS, TrainConfig
 from .model import PatchGAN
+from .pipeline import Scorer
 from .scoring import RANKING_PRESETS, ScoreConfig, ScoreResult, score_batch
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ops", "score_batch", "ScoreConfig", "ScoreResult", "RANKING_PRESETS", "PatchGAN", "TrainConfig", "LOSS_PRESETS",
+    "ops", "score_batch", "Scorer", "ScoreConfig", "ScoreResult", "RANKING_PRESETS", "PatchGAN", "TrainConfig", "LOSS_PRESETS",
     "backend_info", "__version__",
 ]

@@ -209,3 +209,50 @@ def patch_scores_reference(
     scores = (ranked * weights).sum(dim=1)
     out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     return scores.to(out_dtype), err.to(out_dtype)
+
+
+def reference_pipeline(model, images: Tensor, config, keys: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """Scoring as a careful researcher writes it in plain eager fp32 PyTorch: masks built in Python,
+    one forward pass per copy, unfold-and-sort scoring. The baseline the fast pipeline is measured
+    and checked against (``benchmarks/test_bench_pipeline.py``, ``tests/test_pipeline.py``).
+
+    Args:
+        model: fp32 module ``[N, C, H, W] -> [N, C, H, W]`` (a PatchGAN runs its reconstructor).
+        images (Tensor[B, C, H, W]): uint8 or float in [0, 1], on the model's device.
+        config: a :class:`~patchgan_fast.ScoreConfig` (layout ``'phases'``, ``'random'`` or ``'none'``).
+        keys (Tensor[B] int64, optional): mask keys; default zeros.
+
+    Returns:
+        (scores [B], patch_errors [B, Gh, Gw]) float32.
+    """
+    import torch.nn.functional as F
+
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    b, c, h, w = x.shape
+    if config.mean is not None:
+        mean = torch.tensor(config.mean, device=x.device).view(1, c, 1, 1)
+        std = torch.tensor(config.std, device=x.device).view(1, c, 1, 1)
+        x = (x - mean) / std
+    p, k = config.patch_size, config.num_copies
+    gh, gw = h // p, w // p
+    if config.layout == "phases":
+        s = int(round(k**0.5))
+        gy, gx = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+        assignment = ((gy % s) * s + gx % s).expand(b, gh, gw).to(x.device)
+    elif config.layout == "random":
+        keys = torch.zeros(b, dtype=torch.int64, device=x.device) if keys is None else keys
+        assignment = patch_assignment_reference(keys, (gh, gw), "random", k, config.seed).long()
+    else:
+        assignment = torch.zeros(b, gh, gw, dtype=torch.long, device=x.device)
+    pixel_copy = assignment.repeat_interleave(p, 1).repeat_interleave(p, 2)[:, None]  # [B, 1, H, W]
+    errors = torch.zeros(b, gh * gw, device=x.device)
+    with torch.no_grad():
+        for copy in range(k):
+            hidden = pixel_copy == copy if config.layout != "none" else torch.zeros_like(pixel_copy, dtype=torch.bool)
+            recon = model(torch.where(hidden, torch.full_like(x, config.fill), x))
+            per_patch = F.unfold((x - recon) ** 2, kernel_size=p, stride=p).view(b, c * p * p, gh * gw).mean(1)
+            errors += torch.where(assignment.flatten(1) == copy, per_patch, torch.zeros_like(per_patch))
+    ranked = errors.sort(dim=1, descending=True).values
+    weights = torch.full((gh * gw,), float(config.rest_weight), device=x.device)
+    weights[: len(config.top_weights)] = torch.tensor(config.top_weights, device=x.device)
+    return (ranked * weights).sum(1), errors.view(b, gh, gw)

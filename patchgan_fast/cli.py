@@ -16,7 +16,7 @@ from . import __version__
 
 
 def _load(paths: Sequence[str], size: int, channels: Optional[int], resize: str, workers: int):
-    """Reads files and folders into ``[N, C, size, size]`` float32; returns (images, ids, errors)."""
+    """Reads files and folders into ``[N, C, size, size]`` uint8 (as screened); returns (images, ids, errors)."""
     from .io import list_images
     from .screening import _Files
 
@@ -78,7 +78,7 @@ def cmd_screen(a) -> int:
 
     try:
         s = screen(a.model, a.data, a.out, resume=a.resume, force=a.force, batch_size=a.batch_size,
-                   num_workers=a.workers, top=a.top, resize=a.resize, device=a.device)
+                   num_workers=a.workers, top=a.top, resize=a.resize, device=a.device, compile=a.compile)
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -91,15 +91,16 @@ def cmd_screen(a) -> int:
 
 def _score_all(model, images: torch.Tensor, ids, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores [N], patch errors [N, Gh, Gw]) on the CPU, with each image's mask key from its path."""
-    from .scoring import score_batch
+    from .pipeline import Scorer
     from .screening import image_key
 
+    scorer = Scorer(model, device=device, compile="none")
     scores, errors = [], []
     for i in range(0, len(images), batch):
-        keys = torch.tensor([image_key(p, s) for p, s in ids[i:i + batch]], dtype=torch.int64, device=device)
-        res = score_batch(model, images[i:i + batch].to(device), keys=keys)
-        scores.append(res.scores.cpu())
-        errors.append(res.patch_errors.cpu())
+        keys = torch.tensor([image_key(p, s) for p, s in ids[i:i + batch]], dtype=torch.int64)
+        s, e = scorer(images[i:i + batch], keys)
+        scores.append(s.cpu())
+        errors.append(e.cpu())
     return torch.cat(scores), torch.cat(errors)
 
 
@@ -228,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="overwrite the outputs of an earlier run in --out")
     s.add_argument("--top", type=int, default=20, help="heatmaps and report entries for the N highest scores (default 20)")
     s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--compile", choices=["auto", "none", "compile", "cudagraphs"], default="auto",
+                   help="how the reconstructor runs: torch.compile with CUDA graphs on CUDA for runs of 2,000 files "
+                        "or more, else eagerly (auto, the default); none; compile; cudagraphs (CUDA only)")
     common_io(s, with_size=False)
     s.set_defaults(func=cmd_screen)
 
@@ -245,12 +249,19 @@ def build_parser() -> argparse.ArgumentParser:
     common_io(e, with_size=False)
     e.set_defaults(func=cmd_evaluate)
 
+    from .benchmark import DEFAULT_METHODS
+    from .methods import REGISTRY
+
     b = sub.add_parser("benchmark", help="every method on a built-in dataset: tables, plots, JSON", description=(
         "Train and evaluate each method on a built-in dataset and write table.md (paper-style Tables 1 and 2), "
         "roc.png, scores.png and results.json (every figure with the seed, versions and hardware)."))
     b.add_argument("dataset", choices=["fashion-mnist", "brain-mri"])
-    b.add_argument("--methods", default="patchgan,ae,ocsvm,alocc",
-                   help="comma-separated names from: patchgan, ae, alocc, ocsvm, threshold (default patchgan,ae,ocsvm,alocc)")
+    b.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma-separated names from: {', '.join(REGISTRY)} (default {','.join(DEFAULT_METHODS)})")
+    b.add_argument("--perceptual-net", default=None, metavar="FILE",
+                   help="feature network for perceptual_ae as a .pt2 file from torch.export.save, e.g. ImageNet VGG19 "
+                        "features exported with dynamic batch, height and width (default: a random-init stand-in; "
+                        "nothing is downloaded)")
     b.add_argument("--quick", action="store_true", help="a reduced run (2 classes, subsets, 60 steps) for a CPU")
     b.add_argument("--steps", type=int, default=None, help="training steps per model (default 3000, 60 with --quick)")
     b.add_argument("--classes", default=None, help="Fashion-MNIST normal classes, e.g. 0,3,7 (default all; 0,1 quick)")

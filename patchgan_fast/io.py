@@ -238,6 +238,12 @@ def read_images(path: str | os.PathLike) -> list[Image]:
     return images
 
 
+def to_uint8(pixels: Tensor) -> Tensor:
+    """Pixels in [0, 1] as uint8 (``round(255 x)``): what screening moves to the device, 4x less than
+    float32. Exact for 8-bit files at the model's size; otherwise within 0.5/255 of the float value."""
+    return (pixels * 255).round_().clamp_(0, 255).to(torch.uint8)
+
+
 def fit_to_size(pixels: Tensor, size: int, channels: int, mode: str = "resize") -> tuple[Tensor, str]:
     """Brings ``[C, H, W]`` to ``[channels, size, size]``; returns the image and what was done.
 

@@ -24,9 +24,9 @@ import torch
 import torch.distributed as dist
 
 from ._runtime import distributed, progress_bar
-from .io import ReadError, fit_to_size, list_images, read_images, suffix
+from .io import ReadError, fit_to_size, list_images, read_images, suffix, to_uint8
 from .model import PatchGAN
-from .scoring import score_batch
+from .pipeline import BatchQueue, Scorer
 
 PARTIAL = "scores.partial.csv"
 SCORES = "scores.csv"
@@ -52,7 +52,8 @@ def image_key(path: str, slice_: Optional[int]) -> int:
 
 
 class _Files(torch.utils.data.Dataset):
-    """Decodes one file per item (in DataLoader workers): its images fitted to the model's size, or the error."""
+    """Decodes one file per item (in DataLoader workers): its images fitted to the model's size as
+    uint8, or the error."""
 
     def __init__(self, files: Sequence[str], size: int, channels: int, resize: str):
         self.files, self.size, self.channels, self.resize = list(files), size, channels, resize
@@ -66,7 +67,7 @@ class _Files(torch.utils.data.Dataset):
             out = []
             for im in read_images(path):
                 pixels, how = fit_to_size(im.pixels, self.size, self.channels, self.resize)
-                out.append((im.slice, pixels, "; ".join([*im.notes, how] if how else im.notes)))
+                out.append((im.slice, to_uint8(pixels), "; ".join([*im.notes, how] if how else im.notes)))
             return path, out, None
         except (ReadError, ValueError, OSError) as exc:
             return path, None, str(exc)
@@ -114,7 +115,7 @@ class _Appender:
 
 
 def screen(
-    model: PatchGAN | str | os.PathLike,
+    model: PatchGAN | Scorer | str | os.PathLike,
     inputs: Sequence[str | os.PathLike],
     out: str | os.PathLike,
     *,
@@ -125,9 +126,17 @@ def screen(
     top: int = 20,
     resize: str = "resize",
     device: Optional[str] = None,
+    compile: str = "auto",
     progress: bool = True,
 ) -> ScreenSummary:
     """Scores every image in ``inputs`` (files or folders) and writes the ranked outputs to ``out``.
+
+    Files are decoded in ``num_workers`` processes while the device scores the previous batch
+    (:class:`~patchgan_fast.pipeline.BatchQueue`); images travel to the device as uint8 (see
+    :func:`~patchgan_fast.io.to_uint8`). ``compile`` is the :class:`~patchgan_fast.Scorer`'s mode;
+    ``'auto'`` captures CUDA graphs only for runs of at least 2,000 files, where the compile time
+    pays for itself. ``model`` may be a Scorer built from a PatchGAN, to reuse its compiled
+    reconstructor across calls (``device`` and ``compile`` are then the Scorer's).
 
     Returns:
         counts of scored images, unreadable files and images skipped as already done.
@@ -139,7 +148,12 @@ def screen(
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if not isinstance(model, PatchGAN):
+    scorer = None
+    if isinstance(model, Scorer):
+        scorer, model, dev = model, model.source, model.device
+        if not isinstance(model, PatchGAN):
+            raise TypeError(f"screen needs a Scorer built from a PatchGAN, got one built from {type(model).__name__}")
+    elif not isinstance(model, PatchGAN):
         model = PatchGAN.load(model)
     model = model.to(dev).eval()
     out = Path(out)
@@ -164,22 +178,29 @@ def screen(
     pending: list[tuple[str, Optional[int], torch.Tensor, str]] = []
     bar = progress_bar(len(todo), "screening", "file", enabled=progress and rank == 0)
     p = model.config.patch_size
+    gw = size // p
+    if compile == "auto":
+        compile = "cudagraphs" if dev.type == "cuda" and len(todo) >= 2000 else "none"
+    if scorer is None:
+        scorer = Scorer(model, device=dev, compile=compile)
+    queue = BatchQueue(scorer, batch_size, (channels, size, size))
 
-    def flush():
+    def write(done_batch):
         nonlocal scored
-        if not pending:
+        if done_batch is None:
             return
-        x = torch.stack([t for _, _, t, _ in pending]).to(dev, non_blocking=True)
-        keys = torch.tensor([image_key(a, s) for a, s, _, _ in pending], dtype=torch.int64, device=dev)
-        res = score_batch(model, x, keys=keys)
-        top_idx = res.patch_errors.flatten(1).argmax(1).cpu()
-        gw = res.patch_errors.shape[-1]
+        batch, scores, top_idx = done_batch
         rows = [{"path": a, "slice": "" if s is None else s, "score": f"{float(v):.9g}",
                  "top_y": int(i // gw) * p, "top_x": int(i % gw) * p, "prepared": how}
-                for (a, s, _, how), v, i in zip(pending, res.scores.cpu(), top_idx)]
+                for (a, s, _, how), v, i in zip(batch, scores, top_idx)]
         scores_out.write(rows)
         scored += len(rows)
-        pending.clear()
+
+    def flush():
+        if pending:
+            keys = [image_key(a, s) for a, s, _, _ in pending]
+            write(queue.submit([t for _, _, t, _ in pending], keys, list(pending)))
+            pending.clear()
 
     try:
         for path, images, error in loader:
@@ -197,6 +218,10 @@ def screen(
             if bar is not None:
                 bar.update(1)
         flush()
+        write(queue.flush())
+    except KeyboardInterrupt:
+        write(queue.flush())  # that batch is scored already: keep it
+        raise
     finally:
         scores_out.close()
         errors_out.close()
@@ -274,6 +299,7 @@ def _heatmaps(model: PatchGAN, rows: list[dict], out: Path, resize: str, dev: to
     folder = out / HEATMAPS
     folder.mkdir(exist_ok=True)
     names = []
+    scorer = Scorer(model, device=dev, compile="none")
     size, channels = model.config.image_size, model.channels
     for i, r in enumerate(rows, 1):
         try:
@@ -283,12 +309,13 @@ def _heatmaps(model: PatchGAN, rows: list[dict], out: Path, resize: str, dev: to
             continue
         im = next((m for m in images if ("" if m.slice is None else str(m.slice)) == r["slice"]), images[0])
         pixels, _ = fit_to_size(im.pixels, size, channels, resize)
+        pixels = to_uint8(pixels)  # as screened
         s = None if r["slice"] == "" else int(r["slice"])
-        res = score_batch(model, pixels[None].to(dev), keys=torch.tensor([image_key(r["path"], s)], device=dev))
-        err = res.patch_errors[0].cpu()
+        _, errors = scorer(pixels[None], torch.tensor([image_key(r["path"], s)]))
+        err = errors[0].cpu()
         heat = torch.nn.functional.interpolate(err[None, None], size=(size, size), mode="nearest")[0, 0]
         heat = (heat / max(float(heat.max()), 1e-12)).numpy()
-        base = pixels.mean(0).numpy() if channels == 3 else pixels[0].numpy()
+        base = (pixels.float() / 255).mean(0).numpy()
         rgb = np.stack([base] * 3, -1)
         alpha = 0.6 * heat[..., None]
         red = np.array([1.0, 0.15, 0.0], dtype=np.float32)

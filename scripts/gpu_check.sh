@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA GPU and a CUDA build of torch: build the CUDA kernels, run the whole test
-# suite (CUDA tests included) and the benchmarks, and record the figures under benchmarks/results/.
+# suite (CUDA tests included), the benchmarks and the screening-throughput sweep, and record the figures
+# under benchmarks/results/ (NAME.{json,md} and NAME-pipeline-sweep.{json,md}).
 #
 #   bash scripts/gpu_check.sh [RESULTS_NAME]      # default name: the GPU model, e.g. h100
 #
@@ -21,4 +22,5 @@ python -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -3
 python -c "import patchgan_fast, json; info = patchgan_fast.backend_info(); print(json.dumps(info)); assert info['extension']['cuda'], 'built without CUDA'"
 python -m pytest -q tests -p no:cacheprovider 2>&1 | tee "$log/tests.log" | tail -5
 python -m pytest benchmarks --benchmark-only --record "$name" -p no:cacheprovider 2>&1 | tee "$log/benchmarks.log" | tail -60
-if [ -n "${OUT:-}" ]; then cp "benchmarks/results/$name.json" "benchmarks/results/$name.md" "$OUT/"; fi
+python benchmarks/sweep_pipeline.py --record "$name-pipeline-sweep" 2>&1 | tee "$log/sweep.log" | tail -80
+if [ -n "${OUT:-}" ]; then cp benchmarks/results/"$name".{json,md} benchmarks/results/"$name"-pipeline-sweep.{json,md} "$OUT/"; fi

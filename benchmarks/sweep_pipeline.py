@@ -1,0 +1,145 @@
+"""The full screening-throughput sweep: images/s for C in {1, 3}, K in {1, 4}, batch sizes 64-1024
+from uint8 tensors on the device, the reference pipeline at one batch size, GPU memory peaks, where
+the time of a batch goes (transfer, masks, model, kernel), and decoding from JPEG and PNG files.
+
+    python benchmarks/sweep_pipeline.py --record h100-pipeline-sweep   # -> benchmarks/results/NAME.{md,json}
+    python benchmarks/sweep_pipeline.py --quick                          # a small CPU run (CI runs it)
+
+The model is the package default for the image size (``TrainConfig.for_image_size``), randomly
+initialized. On a CPU only ratios within one run mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import device_name, versions, write_results  # noqa: E402
+from pipeline_common import default_model, seconds_per_call, smooth_images, write_files  # noqa: E402
+
+from patchgan_fast import Scorer, ops  # noqa: E402
+from patchgan_fast._reference import reference_pipeline  # noqa: E402
+from patchgan_fast.screening import _Files  # noqa: E402
+
+
+def _breakdown(scorer: Scorer, x_host: torch.Tensor, device, repeats: int) -> dict:
+    """Seconds per batch of each stage, each timed on its own."""
+    cfg = scorer.config
+    b, _, h, w = x_host.shape
+    pinned = x_host.pin_memory() if device.type == "cuda" else x_host
+    x = pinned.to(device)
+    keys = torch.zeros(b, dtype=torch.int64, device=device)
+    fmt = torch.channels_last if scorer.channels_last else torch.contiguous_format
+    k = cfg.num_copies
+
+    def masks():
+        return ops.mask_images(x, keys, layout=cfg.layout, patch_size=cfg.patch_size, num_copies=k, seed=cfg.seed,
+                               mean=cfg.mean, std=cfg.std, fill=cfg.fill, dtype=scorer.dtype, memory_format=fmt)
+
+    masked = masks()
+    n = scorer.chunk
+    chunks = [masked[:, i:i + n].flatten(0, 1) for i in range(0, b, n)]
+
+    def model():
+        with torch.inference_mode():
+            return [scorer._forward(c) for c in chunks]
+
+    recon = torch.cat([r.unflatten(0, (k, -1)) for r in model()], dim=1)
+    grid = (h // cfg.patch_size, w // cfg.patch_size)
+    assignment = ops.patch_assignment(keys, grid, layout=cfg.layout, num_copies=k, seed=cfg.seed) if k > 1 else None
+
+    def kernel():
+        return ops.patch_scores_unchecked(x, recon, assignment, patch_size=cfg.patch_size, top_weights=cfg.top_weights,
+                                          rest_weight=cfg.rest_weight, mean=cfg.mean, std=cfg.std)
+
+    return {
+        "transfer": seconds_per_call(lambda: pinned.to(device, non_blocking=True), device, repeats),
+        "masks": seconds_per_call(masks, device, repeats),
+        "model": seconds_per_call(model, device, repeats),
+        "kernel": seconds_per_call(kernel, device, repeats),
+    }
+
+
+def _decode_rate(files: list[str], size: int, channels: int, workers: int) -> float:
+    """Images/s of the screening decoders alone (DataLoader, ``workers`` processes)."""
+    loader = torch.utils.data.DataLoader(_Files(files, size, channels, "resize"), batch_size=None, num_workers=workers)
+    t0 = time.perf_counter()
+    for _ in loader:
+        pass
+    return len(files) / (time.perf_counter() - t0)
+
+
+def run(quick: bool) -> list[dict]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = device.type == "cuda"
+    size = 256 if not quick else 32
+    batches = (64, 256, 1024) if not quick else (4, 16)
+    repeats = 10 if gpu else 2
+    command = " ".join(["python", *sys.argv])
+    records = []
+
+    def add(metric, value, unit, config):
+        records.append({"metric": metric, "value": value, "unit": unit, "config": config, "device": device_name(device),
+                        "versions": versions(), "command": command,
+                        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+
+    for c in (1, 3):
+        for k in (1, 4):
+            model = default_model(size, c, k, device)
+            scorer = Scorer(model)
+            base = dict(channels=c, size=size, K=k, precision=str(scorer.dtype).replace("torch.", ""),
+                        compile=scorer.compile_mode)
+            for b in batches:
+                x_host = smooth_images(b, c, size, seed=b)
+                x = x_host.to(device)
+                cfg = {**base, "batch": b}
+                if gpu:
+                    torch.cuda.reset_peak_memory_stats(device)
+                sec = seconds_per_call(lambda: scorer(x, check_finite=False), device, repeats)
+                cfg["compiled"] = scorer.compiled
+                add("images_per_second", b / sec, "images/s", {**cfg, "path": "fast, uint8 on the device"})
+                if gpu:
+                    add("peak_memory", torch.cuda.max_memory_allocated(device) / 2**30, "GiB", cfg)
+                sec_host = seconds_per_call(lambda: scorer(x_host, check_finite=False), device, repeats)
+                add("images_per_second", b / sec_host, "images/s", {**cfg, "path": "fast, uint8 in host memory"})
+                if b == batches[1]:
+                    ref = seconds_per_call(lambda: reference_pipeline(model, x, model.score_config), device, max(2, repeats // 3))
+                    add("images_per_second", b / ref, "images/s", {**cfg, "path": "reference (eager fp32, K passes)"})
+                    add("speedup_over_reference", ref / sec, "x", cfg)
+                    for stage, t in _breakdown(scorer, x_host, device, repeats).items():
+                        add("stage_ms_per_batch", 1000 * t, "ms", {**cfg, "stage": stage})
+    workers = min(16, os.cpu_count() or 1)
+    n = 4096 if not quick else 32
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt in ("jpg", "png"):
+            files = [str(p) for p in write_files(Path(tmp) / fmt, smooth_images(n, 3, size, seed=7), fmt)]
+            _decode_rate(files[: 4 * workers], size, 3, workers)  # warm the page cache and the workers' imports
+            add("decode_images_per_second", _decode_rate(files, size, 3, workers), "images/s",
+                {"format": fmt, "files": n, "size": size, "channels": 3, "workers": workers})
+    return records
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="32x32 images, small batches (a CPU smoke run)")
+    p.add_argument("--record", default=None, help="write benchmarks/results/NAME.json and NAME.md")
+    a = p.parse_args(argv)
+    records = run(a.quick)
+    for r in records:
+        cfg = ", ".join(f"{k}={v}" for k, v in r["config"].items())
+        print(f"{r['metric']:26s} {r['value']:12.4g} {r['unit']:9s} {cfg}")
+    if a.record:
+        write_results(a.record, records)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

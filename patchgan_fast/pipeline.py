@@ -1,0 +1,251 @@
+"""The fast scoring path: :class:`Scorer` scores many batches with one model, as fast as the device allows.
+
+Per batch: uint8 images go to the device from pinned memory without blocking; the fused masks op writes
+the K masked copies in the model's dtype and memory format; the reconstructor (a private bf16,
+channels_last copy on CUDA) runs on chunks of images, all K copies of a chunk in one forward, so
+memory stays bounded for any batch size; the fused Triton kernel reads the K reconstructions in
+their own dtype and returns the ranked scores. No fp32 copy of the reconstructions is ever made.
+
+On CUDA the reconstructor is captured with CUDA graphs through ``torch.compile(mode='reduce-overhead')``
+(chunks are padded to one shape, so it compiles once); when compilation fails, the scorer warns once
+and runs eagerly. Scores equal :func:`score_batch`'s (bit for bit in fp32 on the CPU; within bf16
+rounding on the GPU, see ``tests/test_pipeline.py``).
+
+    scorer = Scorer(model)                 # PatchGAN or any [N, C, H, W] -> [N, C, H, W] module
+    scores, patch_errors = scorer(images)  # uint8 [B, C, H, W], on the CPU or the device
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from . import ops
+from .scoring import ScoreConfig
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+COMPILE_MODES = ("auto", "none", "compile", "cudagraphs")
+
+
+class Scorer:
+    """Scores batches with one model through the fast path (see the module docstring).
+
+    Args:
+        model: a :class:`~patchgan_fast.PatchGAN` or any module mapping ``[N, C, H, W] -> [N, C, H, W]``.
+            The scorer runs a private copy; the model itself is never changed.
+        config: masking and ranking; default ``model.score_config``, else ``ScoreConfig()``.
+        device: where to score; default the model's device.
+        precision: ``'auto'`` (bf16 on CUDA, fp32 elsewhere), ``'fp32'``, ``'bf16'`` or ``'fp16'``:
+            the dtype of the reconstructor's weights and of the masked copies.
+        compile: ``'auto'`` (``'cudagraphs'`` on CUDA, ``'none'`` elsewhere), ``'none'`` (eager),
+            ``'compile'`` (``torch.compile``) or ``'cudagraphs'`` (``torch.compile`` with CUDA graphs).
+        forward_batch: most images per reconstructor call (K copies of ``forward_batch // K``
+            images); default 256 on CUDA, 64 elsewhere.
+
+    Attributes:
+        source: the model it was built from.
+        compiled: whether the reconstructor runs compiled (False after a fallback).
+        fallback_reason: why compilation was abandoned, or None.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: Optional[ScoreConfig] = None,
+        *,
+        device: Optional[str | torch.device] = None,
+        precision: str = "auto",
+        compile: str = "auto",
+        forward_batch: Optional[int] = None,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"expected the model as a torch.nn.Module, got {type(model).__name__}")
+        if config is None:
+            config = getattr(model, "score_config", None) or ScoreConfig()
+        if not isinstance(config, ScoreConfig):
+            raise TypeError(f"expected config as a ScoreConfig, got {type(config).__name__}")
+        if precision != "auto" and precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; expected auto, {', '.join(PRECISIONS)}")
+        if compile not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {compile!r}; expected one of {', '.join(COMPILE_MODES)}")
+        if forward_batch is not None and (not isinstance(forward_batch, int) or forward_batch < 1):
+            raise ValueError(f"expected forward_batch a positive int, got {forward_batch!r}")
+        params = [p for p in model.parameters() if p.is_floating_point()]
+        if device is None:
+            device = params[0].device if params else torch.device("cpu")
+        self.device = torch.device(device)
+        on_gpu = self.device.type == "cuda"
+        self.dtype = PRECISIONS[precision] if precision != "auto" else (torch.bfloat16 if on_gpu else torch.float32)
+        if compile == "cudagraphs" and not on_gpu:
+            raise ValueError(f"compile='cudagraphs' needs a CUDA device, got {self.device}")
+        self.compile_mode = ("cudagraphs" if on_gpu else "none") if compile == "auto" else compile
+        self.channels_last = on_gpu
+        net = getattr(model, "reconstructor", model)  # a PatchGAN scores with its reconstructor only
+        net = copy.deepcopy(net).to(self.device).eval().requires_grad_(False)
+        net = net.to(dtype=self.dtype)
+        if self.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        self.net = net
+        self.source = model
+        self.config = config
+        self.forward_batch = forward_batch or (256 if on_gpu else 64)
+        self.compiled = self.compile_mode != "none"
+        self.fallback_reason: Optional[str] = None
+        self._run = self._compiled() if self.compiled else self.net
+
+    def _compiled(self):
+        mode = "reduce-overhead" if self.compile_mode == "cudagraphs" else None
+        return torch.compile(self.net, mode=mode, dynamic=False, fullgraph=False)
+
+    @property
+    def chunk(self) -> int:
+        """Images per reconstructor call."""
+        return max(1, self.forward_batch // self.config.num_copies)
+
+    def to_device(self, images: Tensor) -> Tensor:
+        """Moves a CPU batch to the scorer's device, through pinned memory and without blocking."""
+        if images.device == self.device:
+            return images
+        if self.device.type == "cuda" and images.device.type == "cpu":
+            if not images.is_pinned():
+                images = images.pin_memory()
+            return images.to(self.device, non_blocking=True)
+        return images.to(self.device)
+
+    def _forward(self, masked: Tensor) -> Tensor:
+        if self.compiled:
+            try:
+                if self.compile_mode == "cudagraphs":
+                    torch.compiler.cudagraph_mark_step_begin()  # each call is a new inference step
+                    return self._run(masked).clone()  # the graph's output buffer is reused by its next replay
+                return self._run(masked)
+            except Exception as exc:  # compilers fail in many ways; eager always works
+                self.compiled, self.fallback_reason = False, f"{type(exc).__name__}: {exc}".splitlines()[0]
+                warnings.warn(f"patchgan_fast.Scorer: torch.compile failed, scoring eagerly ({self.fallback_reason})",
+                              RuntimeWarning, stacklevel=3)
+        return self.net(masked)
+
+    def __call__(
+        self, images: Tensor, keys: Optional[Tensor] = None, *, check_finite: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """Scores a batch.
+
+        Args:
+            images (Tensor[B, C, H, W]): uint8 (or float in [0, 1]), on the CPU or the scorer's device.
+            keys (Tensor[B] int64, optional): per-image mask keys (layout ``'random'``); default zeros.
+            check_finite: raise on NaN/inf scores (a diverged model); this waits for the device, so
+                pipelined callers pass False and check the scores when they read them back.
+
+        Returns:
+            (scores Tensor[B] float32, patch_errors Tensor[B, Gh, Gw] float32), on the scorer's device.
+        """
+        cfg = self.config
+        ops.check_images(images)
+        b, c, h, w = images.shape
+        if keys is None:
+            keys = torch.zeros(b, dtype=torch.int64)
+        ops._check_keys(keys, b)
+        ops._check_layout(cfg.layout, cfg.num_copies, cfg.patch_size, (h, w))
+        gh, gw = h // cfg.patch_size, w // cfg.patch_size
+        if len(cfg.top_weights) > gh * gw:
+            raise ValueError(
+                f"{len(cfg.top_weights)} top weights given but {h}x{w} images have only {gh * gw} patches of "
+                f"{cfg.patch_size}x{cfg.patch_size}"
+            )
+        images, keys = self.to_device(images), self.to_device(keys)
+        n = self.chunk
+        if self.compiled and b % n:  # a compiled graph sees one chunk shape only
+            fill = n - b % n
+            images = torch.cat([images, images[-1:].expand(fill, -1, -1, -1)])
+            keys = torch.cat([keys, keys[-1:].expand(fill)])
+        scores, errors = [], []
+        with torch.inference_mode():
+            for i in range(0, len(images), n):
+                s, e = self._score_chunk(images[i:i + n], keys[i:i + n], (gh, gw))
+                scores.append(s)
+                errors.append(e)
+        scores, errors = torch.cat(scores)[:b], torch.cat(errors)[:b]
+        if check_finite:
+            ops._raise_if_not_finite(scores)
+        return scores, errors
+
+    def _score_chunk(self, x: Tensor, keys: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        cfg = self.config
+        k = cfg.num_copies
+        masked = ops.mask_images(
+            x, keys, layout=cfg.layout, patch_size=cfg.patch_size, num_copies=k, seed=cfg.seed, mean=cfg.mean,
+            std=cfg.std, fill=cfg.fill, dtype=self.dtype,
+            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format,
+        )
+        out = self._forward(masked.flatten(0, 1))
+        if not isinstance(out, Tensor) or tuple(out.shape) != (k * len(x), *x.shape[1:]):
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"the model must map [N, C, H, W] -> [N, C, H, W]; given {(k * len(x), *x.shape[1:])} "
+                             f"it returned {got}")
+        assignment = None
+        if k > 1:
+            assignment = ops.patch_assignment(keys, grid, layout=cfg.layout, num_copies=k, seed=cfg.seed)
+        return ops.patch_scores_unchecked(
+            x, out.unflatten(0, (k, len(x))), assignment, patch_size=cfg.patch_size, top_weights=cfg.top_weights,
+            rest_weight=cfg.rest_weight, mean=cfg.mean, std=cfg.std,
+        )
+
+
+class BatchQueue:
+    """Feeds a :class:`Scorer` and hands results back one batch late, so the host decodes and stacks
+    batch i+1 while the device scores batch i.
+
+    Images are stacked into one of two pinned uint8 staging buffers (on CUDA), copied to the device
+    without blocking, scored, and the scores and top-patch indices copied back without blocking; a
+    batch's results are read (and checked for NaN/inf) only when the next batch has been submitted.
+    A staging buffer is reused two batches later, after its batch's results were read, so its
+    transfer has finished.
+
+    Args:
+        scorer: the :class:`Scorer`.
+        batch_size: most images per batch.
+        shape: (C, H, W) of every image.
+    """
+
+    def __init__(self, scorer: Scorer, batch_size: int, shape: tuple[int, int, int]):
+        pinned = scorer.device.type == "cuda"
+        self.scorer = scorer
+        self.buffers = [torch.empty((batch_size, *shape), dtype=torch.uint8, pin_memory=pinned) for _ in range(2)]
+        self.turn = 0
+        self.waiting = None
+
+    def submit(self, images: list[Tensor], keys: list[int], meta) -> Optional[tuple]:
+        """Queues one batch (uint8 ``[C, H, W]`` tensors, their mask keys, anything the caller wants
+        back) and returns the previous batch's ``(meta, scores [B], top_patch [B])`` on the CPU, or None."""
+        buf = self.buffers[self.turn][: len(images)]
+        self.turn ^= 1
+        torch.stack(images, out=buf)
+        scores, errors = self.scorer(buf, torch.tensor(keys, dtype=torch.int64), check_finite=False)
+        top = errors.flatten(1).argmax(1)
+        on_gpu = scores.device.type == "cuda"
+        host = scores.to("cpu", non_blocking=on_gpu), top.to("cpu", non_blocking=on_gpu)
+        event = None
+        if on_gpu:
+            event = torch.cuda.Event()
+            event.record()
+        previous, self.waiting = self.waiting, (meta, host, event)
+        return self._read(previous)
+
+    def flush(self) -> Optional[tuple]:
+        """The last submitted batch's results, or None."""
+        previous, self.waiting = self.waiting, None
+        return self._read(previous)
+
+    @staticmethod
+    def _read(item) -> Optional[tuple]:
+        if item is None:
+            return None
+        meta, (scores, top), event = item
+        if event is not None:
+            event.synchronize()
+        ops._raise_if_not_finite(scores)
+        return meta, scores, top

@@ -1,0 +1,127 @@
+"""The fast scoring path (Scorer) against score_batch and the plain-PyTorch reference pipeline."""
+
+import dataclasses
+
+import pytest
+import torch
+from conftest import cpu_and_cuda
+from helpers import random_images
+
+from patchgan_fast import PatchGAN, ScoreConfig, Scorer, TrainConfig, score_batch
+from patchgan_fast._reference import reference_pipeline
+
+#: Stated tolerance of the bf16 fast path against the fp32 reference: relative score error.
+BF16_RTOL = 0.05
+
+
+def _model(channels=3, size=32, device="cpu", seed=0):
+    torch.manual_seed(seed)
+    cfg = TrainConfig(image_size=size, patch_size=8, width=8, depth=2, disc_width=8, disc_layers=2, progress=False)
+    model = PatchGAN(cfg, channels, mean=(0.4,) * channels, std=(0.25,) * channels).to(device).eval()
+    with torch.no_grad():  # a random init reconstructs poorly but not uniformly; perturb so scores differ
+        for p in model.reconstructor.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("layout,k", [("phases", 4), ("random", 4), ("none", 1), ("phases", 9)])
+def test_fp32_scorer_equals_score_batch_and_the_reference(layout, k):
+    model = _model()
+    cfg = dataclasses.replace(model.score_config, layout=layout, num_copies=k)
+    images = random_images((11, 3, 32, 32), torch.uint8, seed=3)
+    keys = torch.arange(11, dtype=torch.int64) * 7919
+    scorer = Scorer(model, cfg, forward_batch=2 * k)  # 2 images per forward: 6 chunks, the last one short
+    scores, errors = scorer(images, keys)
+    expected = score_batch(model, images, cfg, keys=keys)
+    torch.testing.assert_close(scores, expected.scores, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(errors, expected.patch_errors, rtol=1e-5, atol=1e-6)
+    ref_scores, ref_errors = reference_pipeline(model, images, cfg, keys)
+    torch.testing.assert_close(scores, ref_scores, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(errors, ref_errors, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_bf16_scorer_is_within_the_stated_tolerance_of_the_reference(device):
+    model = _model(device=device)
+    images = random_images((16, 3, 32, 32), torch.uint8, device=device, seed=4)
+    scores, _ = Scorer(model, precision="bf16", compile="none")(images)
+    ref, _ = reference_pipeline(model, images, model.score_config)
+    torch.testing.assert_close(scores, ref, rtol=BF16_RTOL, atol=0.0)
+
+
+def test_scorer_leaves_the_model_alone_and_accepts_cpu_batches():
+    model = _model().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    Scorer(model, precision="bf16")(random_images((2, 3, 32, 32), torch.uint8))
+    assert model.training and next(model.parameters()).dtype == torch.float32
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_any_module_can_be_scored():
+    net = torch.nn.Conv2d(1, 1, 3, padding=1)
+    scores, errors = Scorer(net, ScoreConfig(patch_size=8))(random_images((3, 1, 32, 32), torch.uint8))
+    assert scores.shape == (3,) and errors.shape == (3, 4, 4)
+
+
+def test_compiled_scorer_equals_eager():
+    model = _model(channels=1, seed=2)
+    images = random_images((5, 1, 32, 32), torch.uint8, seed=5)
+    eager, _ = Scorer(model, compile="none", forward_batch=8)(images)
+    scorer = Scorer(model, compile="compile", forward_batch=8)
+    compiled, _ = scorer(images)  # 2 images per call: the last chunk is padded to the compiled shape
+    assert scorer.compiled and scorer.fallback_reason is None
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-6)
+
+
+def test_a_failing_compiler_falls_back_to_eager_with_a_warning(monkeypatch):
+    model = _model(channels=1)
+    images = random_images((3, 1, 32, 32), torch.uint8)
+
+    def broken(*args, **kwargs):
+        def run(x):
+            raise RuntimeError("inductor exploded\nwith details")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    scorer = Scorer(model, compile="compile")
+    with pytest.warns(RuntimeWarning, match="torch.compile failed, scoring eagerly \\(RuntimeError: inductor exploded\\)"):
+        scores, _ = scorer(images)
+    assert not scorer.compiled and scorer.fallback_reason == "RuntimeError: inductor exploded"
+    torch.testing.assert_close(scores, Scorer(model, compile="none")(images)[0])
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(precision="fp64"), ValueError, "unknown precision 'fp64'; expected auto, fp32, bf16, fp16"),
+    (dict(compile="jit"), ValueError, "unknown compile mode 'jit'; expected one of auto, none, compile, cudagraphs"),
+    (dict(compile="cudagraphs", device="cpu"), ValueError, "compile='cudagraphs' needs a CUDA device, got cpu"),
+    (dict(forward_batch=0), ValueError, "expected forward_batch a positive int, got 0"),
+    (dict(config="paper"), TypeError, "expected config as a ScoreConfig, got str"),
+])
+def test_bad_arguments_are_named(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        Scorer(_model(), **kwargs)
+
+
+def test_bad_batches_are_named():
+    scorer = Scorer(_model())
+    with pytest.raises(ValueError, match=r"expected images of shape \[B, C, H, W\], got 3-D \(3, 32, 32\)"):
+        scorer(torch.zeros(3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"not divisible by patch_size 8"):
+        scorer(torch.zeros(1, 3, 30, 30, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"the model must map \[N, C, H, W\] -> \[N, C, H, W\]; given \(4, 1, 32, 32\)"):
+        Scorer(torch.nn.Conv2d(1, 2, 3, padding=1), ScoreConfig(patch_size=8))(torch.zeros(1, 1, 32, 32, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="expected the model as a torch.nn.Module, got function"):
+        Scorer(lambda x: x)
+
+
+@pytest.mark.cuda
+def test_cuda_graph_scorer_matches_the_reference_and_takes_pinned_cpu_batches():
+    model = _model(device="cuda")
+    images = random_images((70, 3, 32, 32), torch.uint8, seed=6)
+    scorer = Scorer(model, forward_batch=64)  # auto: bf16, channels_last, CUDA graphs; 16 images per call
+    assert scorer.compile_mode == "cudagraphs" and scorer.dtype == torch.bfloat16
+    for batch in (images, images.pin_memory(), images.cuda()):
+        scores, _ = scorer(batch)
+        ref, _ = reference_pipeline(model, images.cuda(), model.score_config)
+        torch.testing.assert_close(scores, ref, rtol=BF16_RTOL, atol=0.0)
+    assert scorer.compiled, scorer.fallback_reason
