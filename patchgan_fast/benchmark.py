@@ -12,9 +12,12 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import multiprocessing
+import os
 import platform
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -31,10 +34,10 @@ DEFAULT_METHODS = ("patchgan", "ae", "ocsvm", "alocc", "fanogan", "perceptual_ae
 
 def _config(dataset: str, quick: bool, steps: Optional[int], seed: int, size: int) -> TrainConfig:
     if dataset == "fashion-mnist":
-        base = dict(image_size=32, patch_size=8, depth=3, width=32, batch_size=64)
+        base = dict(image_size=32, patch_size=8, depth=3, width=32, batch_size=32 if quick else 64)
     else:
         base = dict(image_size=size, patch_size=max(4, size // 8), depth=3, width=16 if quick else 32, skips=True,
-                    loss="reconstruction", batch_size=32)
+                    loss="reconstruction", batch_size=16 if quick else 32)
     return TrainConfig(**base, steps=steps or (60 if quick else 3000), lr=1e-3, val_every=max(20, (steps or 3000) // 10),
                        seed=seed, progress=False)
 
@@ -62,31 +65,67 @@ ABLATIONS = {
 }
 
 
-def _run_methods(methods, config, train_x, test_x, quick: bool, seconds: dict, options: dict):
-    """{method: (scores, maps)} plus the Patch-GAN's ablations {variant: scores}; adds each method's
-    training + scoring time to ``seconds``."""
-    results, ablations = {}, {}
-    for name in methods:
-        t0 = time.perf_counter()
-        m = get_method(name, config, **options.get(name, {})).fit(train_x)
-        results[name] = m.score(test_x)
-        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
-        if name == "patchgan":
-            ablations["patchgan, ranking on (paper 1.1, 1.0)"] = results[name][0]
-            ablations["patchgan, ranking off (sum)"] = m.score(test_x, ranking="none")[0]
-            if not quick:
-                for variant, overrides in ABLATIONS.items():
-                    cfg = dataclasses.replace(config, **overrides)
-                    ablations[variant] = get_method("patchgan", cfg).fit(train_x).score(test_x)[0]
-    return results, ablations
+def _train_and_score(job: tuple) -> tuple:
+    """Trains one method on ``train_x`` and scores ``test_x``: (scores, maps, unranked scores or None,
+    seconds). Top-level, so that a process pool can run it."""
+    name, config, options, train_x, test_x, threads, unranked = job
+    if threads:
+        torch.set_num_threads(threads)
+    if isinstance(options.get("perceptual"), str):
+        options = {**options, "perceptual": _load_perceptual(options["perceptual"])}
+    t0 = time.perf_counter()
+    m = get_method(name, config, **options).fit(train_x)
+    scores, maps = m.score(test_x)
+    off = m.score(test_x, ranking="none")[0] if unranked else None
+    return scores, maps, off, time.perf_counter() - t0
+
+
+def _run_methods(groups, methods, config, quick: bool, options: dict, jobs: int, seconds: dict) -> list[tuple[dict, dict]]:
+    """Trains and scores every method (and, outside --quick, the Patch-GAN's ablations) on every
+    ``(train_x, test_x)`` group, in ``jobs`` processes at once (models this small leave a GPU mostly
+    idle, so several train side by side). Returns per group ``({method: (scores, maps)},
+    {variant: scores})`` and adds each method's training + scoring time to ``seconds``."""
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
+    work, index = [], []
+    for g, (train_x, test_x) in enumerate(groups):
+        for name in methods:
+            work.append((name, config, options.get(name, {}), train_x, test_x, threads, name == "patchgan"))
+            index.append((g, name, None))
+        if "patchgan" in methods and not quick:
+            for variant, overrides in ABLATIONS.items():
+                work.append(("patchgan", dataclasses.replace(config, **overrides), {}, train_x, test_x, threads, False))
+                index.append((g, "patchgan", variant))
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            outputs = list(pool.map(_train_and_score, work))
+    else:
+        outputs = [_train_and_score(w) for w in work]
+    out = [({}, {}) for _ in groups]
+    for (g, name, variant), (scores, maps, off, sec) in zip(index, outputs):
+        results, ablations = out[g]
+        if variant is not None:
+            ablations[variant] = scores
+            continue
+        results[name] = (scores, maps)
+        seconds[name] = seconds.get(name, 0.0) + sec
+        if off is not None:
+            ablations["patchgan, ranking on (paper 1.1, 1.0)"] = scores
+            ablations["patchgan, ranking off (sum)"] = off
+    for _, ablations in out:  # ranking rows first, then the ablations in ABLATIONS order
+        order = [k for k in ablations if k.startswith("patchgan, ranking")] + [k for k in ABLATIONS if k in ablations]
+        ablations.update({k: ablations.pop(k) for k in order})
+    return out
 
 
 def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = False, steps: Optional[int] = None,
         classes: Optional[Sequence[int]] = None, seed: int = 0, size: int = 64, data: Optional[str] = None,
-        perceptual: Optional[torch.nn.Module] = None, command: str = "") -> dict:
+        perceptual: Optional[str | torch.nn.Module] = None, jobs: int = 1, command: str = "") -> dict:
     """Runs the benchmark and writes table.md, results.json, roc.png and scores.png to ``out``.
 
-    ``perceptual`` is the feature network of the deep perceptual AE (default: a random-init stand-in)."""
+    ``perceptual`` is the feature network of the deep perceptual AE, or the path of a .pt2 file
+    (default: a random-init stand-in); ``jobs`` models train at once, in separate processes."""
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"expected jobs a positive int, got {jobs!r}")
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
     for name in methods:
@@ -112,14 +151,17 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
         table = {m: [] for m in methods}
         abl_table: dict[str, list[float]] = {}
         first = None
+        groups, labels_of = [], []
         for c in classes:
             train_x, test_x, labels = one_class_split(c, data)
             if quick:
                 train_x = train_x[_subset(len(train_x), 500, seed)]
                 keep = _subset(len(test_x), 1000, seed + 1)
                 test_x, labels = test_x[keep], labels[keep]
-            results, ablations = _run_methods(methods, config, train_x, test_x, quick, seconds, options)
-            y = labels.tolist()
+            groups.append((train_x, test_x))
+            labels_of.append(labels.tolist())
+        outputs = _run_methods(groups, methods, config, quick, options, jobs, seconds)
+        for c, y, (results, ablations) in zip(classes, labels_of, outputs):
             for m, (scores, _) in results.items():
                 auroc = image_metrics(scores.tolist(), y)["auroc"]
                 table[m].append(auroc)
@@ -144,7 +186,7 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
 
         train, test = load_brain_mri(size=config.image_size, path=data, seed=seed,
                                      train_copies=2 if quick else 4, test_copies=4 if quick else 8)
-        results, ablations = _run_methods(methods, config, train.images, test.images, quick, seconds, options)
+        [(results, ablations)] = _run_methods([(train.images, test.images)], methods, config, quick, options, jobs, seconds)
         y = test.labels.tolist()
         sick = test.labels == 1
         bins = test.size_bins
@@ -215,10 +257,11 @@ def _load_perceptual(path: Optional[str]) -> Optional[torch.nn.Module]:
 
 def main(args) -> int:
     try:
-        perceptual = _load_perceptual(args.perceptual_net)
+        if args.perceptual_net is not None:
+            _load_perceptual(args.perceptual_net)  # fail early; each job loads its own copy
         run(args.dataset, [m.strip() for m in args.methods.split(",") if m.strip()], args.out, quick=args.quick,
             steps=args.steps, classes=[int(c) for c in args.classes.split(",")] if args.classes else None,
-            seed=args.seed, size=args.size, data=args.data, perceptual=perceptual, command=" ".join(["patchgan-fast", *sys.argv[1:]]))
+            seed=args.seed, size=args.size, data=args.data, perceptual=args.perceptual_net, jobs=args.jobs, command=" ".join(["patchgan-fast", *sys.argv[1:]]))
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

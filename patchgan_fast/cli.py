@@ -262,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feature network for perceptual_ae as a .pt2 file from torch.export.save, e.g. ImageNet VGG19 "
                         "features exported with dynamic batch, height and width (default: a random-init stand-in; "
                         "nothing is downloaded)")
+    b.add_argument("--jobs", type=int, default=1,
+                   help="models trained at once, each in its own process (default 1); on a GPU 4-8 keep it busy")
     b.add_argument("--quick", action="store_true", help="a reduced run (2 classes, subsets, 60 steps) for a CPU")
     b.add_argument("--steps", type=int, default=None, help="training steps per model (default 3000, 60 with --quick)")
     b.add_argument("--classes", default=None, help="Fashion-MNIST normal classes, e.g. 0,3,7 (default all; 0,1 quick)")

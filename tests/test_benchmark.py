@@ -77,3 +77,16 @@ def test_full_run_adds_the_ablations(tmp_path):
     table = (out / "table.md").read_text()
     for variant in ("loss paper", "no masks at scoring", "random layout K = 4", "phases K = 9", "ranking off"):
         assert variant in table
+
+
+def test_jobs_train_side_by_side_with_the_same_results(tmp_path):
+    write_fashion_mnist(tmp_path, 60, 40, seed=3)
+    tables = []
+    for jobs in ("1", "2"):
+        out = tmp_path / f"out{jobs}"
+        assert main(["benchmark", "fashion-mnist", "--quick", "--classes", "1,4", "--steps", "3", "--data", str(tmp_path),
+                     "--out", str(out), "--methods", "patchgan,ae", "--jobs", jobs]) == 0
+        records = json.loads((out / "results.json").read_text())
+        tables.append({(r["metric"], r["config"].get("class"), r["config"]["method"]): r["value"]
+                       for r in records if r["unit"] == "ratio"})
+    assert len(tables[0]) == 6 and tables[0] == tables[1]
