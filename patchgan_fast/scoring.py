@@ -95,6 +95,9 @@ def score_batch(
 ) -> ScoreResult:
     """Scores a batch: K masked copies -> reconstructor -> fused patch errors and ranked scores.
 
+    Runs the model as it is and returns every intermediate (masked copies, reconstructions); for
+    throughput over many batches use :class:`~patchgan_fast.Scorer`, which returns the same scores.
+
     Args:
         model: any module mapping ``[N, C, H, W] -> [N, C, H, W]``; run in eval mode under
             ``torch.inference_mode`` (its training flag is restored afterwards).

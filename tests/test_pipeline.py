@@ -125,3 +125,21 @@ def test_cuda_graph_scorer_matches_the_reference_and_takes_pinned_cpu_batches():
         ref, _ = reference_pipeline(model, images.cuda(), model.score_config)
         torch.testing.assert_close(scores, ref, rtol=BF16_RTOL, atol=0.0)
     assert scorer.compiled, scorer.fallback_reason
+
+
+def test_screen_reuses_a_given_scorer_with_the_same_scores(tmp_path):
+    from PIL import Image
+
+    from patchgan_fast.screening import screen
+
+    (tmp_path / "data").mkdir()
+    for i, im in enumerate(random_images((5, 3, 32, 32), torch.uint8, seed=8)):
+        Image.fromarray(im.permute(1, 2, 0).numpy()).save(tmp_path / "data" / f"{i}.png")
+    model = _model()
+    rows = []
+    for name, source in (("a", model), ("b", Scorer(model, compile="none"))):
+        screen(source, [tmp_path / "data"], tmp_path / name, batch_size=2, num_workers=0, top=1, progress=False)
+        rows.append((tmp_path / name / "scores.csv").read_text())
+    assert rows[0] == rows[1] and rows[0].count("\n") == 6
+    with pytest.raises(TypeError, match="screen needs a Scorer built from a PatchGAN, got one built from Conv2d"):
+        screen(Scorer(torch.nn.Conv2d(3, 3, 1), ScoreConfig(patch_size=8)), [tmp_path / "data"], tmp_path / "c")
