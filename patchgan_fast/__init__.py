@@ -17,6 +17,6 @@ from .scoring import RANKING_PRESETS, ScoreConfig, ScoreResult, score_batch
 __version__ = "0.1.0"
 
 __all__ = [
-    "ops", "score_batch", "Scorer", "ScoreConfig", "ScoreResult", "RANKING_PRESETS", "PatchGAN", "TrainConfig", "LOSS_PRESETS",
-    "backend_info", "__version__",
+    "ops", "score_batch", "Scorer", "ScoreConfig", "ScoreResult", "RANKING_PRESETS", "PatchGAN", "TrainConfig",
+    "LOSS_PRESETS", "backend_info", "__version__",
 ]

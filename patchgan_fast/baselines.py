@@ -47,7 +47,9 @@ def _check_train_images(images: Tensor, config: TrainConfig, name: str) -> None:
         raise ValueError(f"{name}: expected training images as a tensor [N, C, H, W], got {got}")
     h, w = images.shape[-2:]
     if h != config.image_size or w != config.image_size:
-        raise ValueError(f"{name}: expected {config.image_size}x{config.image_size} images (config.image_size), got {h}x{w}")
+        raise ValueError(
+            f"{name}: expected {config.image_size}x{config.image_size} images (config.image_size), got {h}x{w}"
+        )
 
 
 def _batches(n: int, batch: int, steps: int, seed: int):
@@ -237,7 +239,8 @@ class PerceptualAEMethod:
         """(perceptual distance per image, distance map [B, H, W]) for x in [0, 1]."""
         rec = self.ae((x - 0.5) / 0.5) * 0.5 + 0.5
         diff = ((self._features(x) - self._features(rec)) ** 2).mean(1, keepdim=True)
-        return diff.flatten(1).mean(1), F.interpolate(diff, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        maps = F.interpolate(diff, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        return diff.flatten(1).mean(1), maps
 
     def fit(self, images: Tensor) -> "PerceptualAEMethod":
         cfg = self.config

@@ -96,7 +96,9 @@ def _train_and_score(job: tuple) -> tuple:
     return scores, maps, off, time.perf_counter() - t0
 
 
-def _run_methods(groups, methods, config, quick: bool, options: dict, jobs: int, seconds: dict) -> list[tuple[dict, dict]]:
+def _run_methods(
+    groups, methods, config, quick: bool, options: dict, jobs: int, seconds: dict
+) -> list[tuple[dict, dict]]:
     """Trains and scores every method (and, outside --quick, the Patch-GAN's ablations) on every
     ``(train_x, test_x)`` group, in ``jobs`` processes at once (models this small leave a GPU mostly
     idle, so several train side by side). Returns per group ``({method: (scores, maps)},
