@@ -143,3 +143,40 @@ def test_screen_reuses_a_given_scorer_with_the_same_scores(tmp_path):
     assert rows[0] == rows[1] and rows[0].count("\n") == 6
     with pytest.raises(TypeError, match="screen needs a Scorer built from a PatchGAN, got one built from Conv2d"):
         screen(Scorer(torch.nn.Conv2d(3, 3, 1), ScoreConfig(patch_size=8)), [tmp_path / "data"], tmp_path / "c")
+
+
+class _Interrupting(torch.nn.Module):
+    """Reconstructs by a 1x1 conv; the third call raises KeyboardInterrupt (Ctrl-C during batch 3)."""
+
+    calls = 0
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        type(self).calls += 1
+        if type(self).calls == 3:
+            raise KeyboardInterrupt
+        return self.conv(x)
+
+
+def test_ctrl_c_keeps_the_batch_already_scored_and_resume_finishes(tmp_path):
+    from PIL import Image
+
+    from patchgan_fast.screening import PARTIAL, screen
+
+    (tmp_path / "data").mkdir()
+    for i, im in enumerate(random_images((7, 3, 32, 32), torch.uint8, seed=9)):
+        Image.fromarray(im.permute(1, 2, 0).numpy()).save(tmp_path / "data" / f"{i}.png")
+    model = _model()
+    model.reconstructor = _Interrupting(3)
+    _Interrupting.calls = 0
+    with pytest.raises(KeyboardInterrupt):
+        screen(model, [tmp_path / "data"], tmp_path / "out", batch_size=2, num_workers=0, top=0, progress=False)
+    # batch 1 was read back when batch 2 was submitted; batch 2 when Ctrl-C hit batch 3
+    assert (tmp_path / "out" / PARTIAL).read_text().count("\n") == 1 + 4
+    summary = screen(model, [tmp_path / "data"], tmp_path / "out", resume=True, batch_size=2, num_workers=0, top=0,
+                     progress=False)
+    assert (summary.scored, summary.skipped) == (3, 4)
+    assert (tmp_path / "out" / "scores.csv").read_text().count("\n") == 1 + 7
