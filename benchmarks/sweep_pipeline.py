@@ -25,47 +25,33 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import device_name, versions, write_results  # noqa: E402
 from pipeline_common import default_model, seconds_per_call, smooth_images, write_files  # noqa: E402
 
-from patchgan_fast import Scorer, ops  # noqa: E402
+from patchgan_fast import Scorer  # noqa: E402
 from patchgan_fast._reference import reference_pipeline  # noqa: E402
 from patchgan_fast.screening import _Files  # noqa: E402
 
 
 def _breakdown(scorer: Scorer, x_host: torch.Tensor, device, repeats: int) -> dict:
-    """Seconds per batch of each stage, each timed on its own."""
-    cfg = scorer.config
+    """Seconds per batch of each stage, each timed on its own over the whole batch."""
     b, _, h, w = x_host.shape
     pinned = x_host.pin_memory() if device.type == "cuda" else x_host
     x = pinned.to(device)
     keys = torch.zeros(b, dtype=torch.int64, device=device)
-    fmt = torch.channels_last if scorer.channels_last else torch.contiguous_format
-    k = cfg.num_copies
-
-    def masks():
-        return ops.mask_images(x, keys, layout=cfg.layout, patch_size=cfg.patch_size, num_copies=k, seed=cfg.seed,
-                               mean=cfg.mean, std=cfg.std, fill=cfg.fill, dtype=scorer.dtype, memory_format=fmt)
-
-    masked = masks()
+    grid = (h // scorer.config.patch_size, w // scorer.config.patch_size)
     n = scorer.chunk
-    chunks = [masked[:, i:i + n].flatten(0, 1) for i in range(0, b, n)]
+    with torch.inference_mode():
+        masked = scorer._masks(x, keys)
+        chunks = [masked[:, i:i + n] for i in range(0, b, n)]
+        recon = torch.cat([scorer._reconstruct(c) for c in chunks], dim=1)
 
-    def model():
-        with torch.inference_mode():
-            return [scorer._forward(c) for c in chunks]
+        def model():
+            return [scorer._reconstruct(c) for c in chunks]
 
-    recon = torch.cat([r.unflatten(0, (k, -1)) for r in model()], dim=1)
-    grid = (h // cfg.patch_size, w // cfg.patch_size)
-    assignment = ops.patch_assignment(keys, grid, layout=cfg.layout, num_copies=k, seed=cfg.seed) if k > 1 else None
-
-    def kernel():
-        return ops.patch_scores_unchecked(x, recon, assignment, patch_size=cfg.patch_size, top_weights=cfg.top_weights,
-                                          rest_weight=cfg.rest_weight, mean=cfg.mean, std=cfg.std)
-
-    return {
-        "transfer": seconds_per_call(lambda: pinned.to(device, non_blocking=True), device, repeats),
-        "masks": seconds_per_call(masks, device, repeats),
-        "model": seconds_per_call(model, device, repeats),
-        "kernel": seconds_per_call(kernel, device, repeats),
-    }
+        return {
+            "transfer": seconds_per_call(lambda: pinned.to(device, non_blocking=True), device, repeats),
+            "masks": seconds_per_call(lambda: scorer._masks(x, keys), device, repeats),
+            "model": seconds_per_call(model, device, repeats),
+            "kernel": seconds_per_call(lambda: scorer._patch_scores(x, recon, keys, grid), device, repeats),
+        }
 
 
 def _decode_rate(files: list[str], size: int, channels: int, workers: int) -> float:

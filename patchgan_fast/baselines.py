@@ -63,6 +63,15 @@ def _batches(n: int, batch: int, steps: int, seed: int):
         yield idx
 
 
+def _minimize(distance, optimizer, x_all: Tensor, config: TrainConfig, device: torch.device, seed: int) -> None:
+    """``config.steps`` optimizer steps on the mean of ``distance(batch)[0]`` (the method's own score)."""
+    for idx in _batches(len(x_all), config.batch_size, config.steps, seed):
+        loss = distance(x_all[idx].to(device))[0].mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
 def _batched_score(fn, images: Tensor, device: torch.device, batch: int = 256) -> tuple[Tensor, Tensor]:
     scores, maps = [], []
     with torch.inference_mode():
@@ -160,11 +169,7 @@ class FAnoGANMethod:
         self.G.requires_grad_(False).eval()
         self.D.requires_grad_(False).eval()
         opt_e = torch.optim.Adam(self.E.parameters(), self.lr, betas=(0.0, 0.9))
-        for idx in _batches(len(x_all), cfg.batch_size, cfg.steps, cfg.seed + 1):
-            loss = self._distance(x_all[idx].to(dev))[0].mean()
-            opt_e.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_e.step()
+        _minimize(self._distance, opt_e, x_all, cfg, dev, cfg.seed + 1)
         self.E.eval()
         self.device = dev
         return self
@@ -252,12 +257,7 @@ class PerceptualAEMethod:
         for p in self.perceptual.parameters():  # (exported modules have no requires_grad_)
             p.requires_grad_(False)
         x_all = _unit(images)
-        opt = torch.optim.Adam(self.ae.parameters(), cfg.lr)
-        for idx in _batches(len(x_all), cfg.batch_size, cfg.steps, cfg.seed):
-            loss = self._distance(x_all[idx].to(dev))[0].mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        _minimize(self._distance, torch.optim.Adam(self.ae.parameters(), cfg.lr), x_all, cfg, dev, cfg.seed)
         self.ae.eval()
         self.device = dev
         return self

@@ -248,6 +248,30 @@ def mask_images(
         raise TypeError(f"expected dtype float32, bfloat16 or float16, got {dtype}")
     if memory_format not in (torch.contiguous_format, torch.channels_last):
         raise ValueError(f"expected memory_format contiguous_format or channels_last, got {memory_format}")
+    return mask_images_unchecked(
+        images, keys, layout=layout, patch_size=patch_size, num_copies=num_copies, seed=seed, box_count=box_count,
+        box_size=box_size, mean=mean, std=std, fill=fill, dtype=dtype, memory_format=memory_format,
+    )
+
+
+def mask_images_unchecked(
+    images: Tensor,
+    keys: Tensor,
+    *,
+    layout: str,
+    patch_size: int,
+    num_copies: int,
+    seed: int,
+    box_count: tuple[int, int] = (1, 4),
+    box_size: tuple[int, int] = (8, 32),
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+    fill: float = 0.0,
+    dtype: torch.dtype = torch.float32,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> Tensor:
+    """:func:`mask_images` without the checks, for callers that checked the batch and the settings once
+    (the scoring pipeline calls it per chunk)."""
     if _backend.use_native_masks(images.device):
         return torch.ops.patchgan_fast.mask_images(
             images, keys, LAYOUTS[layout], patch_size, num_copies, seed, box_count[0], box_count[1], box_size[0],

@@ -149,7 +149,9 @@ class Scorer:
         if keys is None:
             keys = torch.zeros(b, dtype=torch.int64)
         ops._check_keys(keys, b)
+        ops._check_seed(cfg.seed)
         ops._check_layout(cfg.layout, cfg.num_copies, cfg.patch_size, (h, w))
+        ops._check_normalization(cfg.mean, cfg.std, c)
         gh, gw = h // cfg.patch_size, w // cfg.patch_size
         if len(cfg.top_weights) > gh * gw:
             raise ValueError(
@@ -158,40 +160,53 @@ class Scorer:
             )
         images, keys = self.to_device(images), self.to_device(keys)
         n = self.chunk
-        if self.compiled and b % n:  # a compiled graph sees one chunk shape only
-            fill = n - b % n
-            images = torch.cat([images, images[-1:].expand(fill, -1, -1, -1)])
-            keys = torch.cat([keys, keys[-1:].expand(fill)])
         scores, errors = [], []
         with torch.inference_mode():
-            for i in range(0, len(images), n):
-                s, e = self._score_chunk(images[i:i + n], keys[i:i + n], (gh, gw))
-                scores.append(s)
-                errors.append(e)
-        scores, errors = torch.cat(scores)[:b], torch.cat(errors)[:b]
+            for i in range(0, b, n):
+                x, kx = images[i:i + n], keys[i:i + n]
+                short = n - len(x)
+                if self.compiled and short:  # a compiled graph sees one chunk shape only: pad the last chunk
+                    x = torch.cat([x, x[-1:].expand(short, -1, -1, -1)])
+                    kx = torch.cat([kx, kx[-1:].expand(short)])
+                recon = self._reconstruct(self._masks(x, kx))
+                s, e = self._patch_scores(x, recon, kx, (gh, gw))
+                scores.append(s[: n - short])
+                errors.append(e[: n - short])
+        scores, errors = torch.cat(scores), torch.cat(errors)
         if check_finite:
             ops._raise_if_not_finite(scores)
         return scores, errors
 
-    def _score_chunk(self, x: Tensor, keys: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    # The three stages of a chunk (also timed one by one in benchmarks/sweep_pipeline.py).
+
+    def _masks(self, x: Tensor, keys: Tensor) -> Tensor:
+        """[K, n, C, H, W] masked copies in the model's dtype and memory format."""
         cfg = self.config
-        k = cfg.num_copies
-        masked = ops.mask_images(
-            x, keys, layout=cfg.layout, patch_size=cfg.patch_size, num_copies=k, seed=cfg.seed, mean=cfg.mean,
-            std=cfg.std, fill=cfg.fill, dtype=self.dtype,
+        return ops.mask_images_unchecked(
+            x, keys, layout=cfg.layout, patch_size=cfg.patch_size, num_copies=cfg.num_copies, seed=cfg.seed,
+            mean=cfg.mean, std=cfg.std, fill=cfg.fill, dtype=self.dtype,
             memory_format=torch.channels_last if self.channels_last else torch.contiguous_format,
         )
+
+    def _reconstruct(self, masked: Tensor) -> Tensor:
+        """[K, n, C, H, W] reconstructions of the masked copies."""
+        k, n = masked.shape[:2]
         out = self._forward(masked.flatten(0, 1))
-        if not isinstance(out, Tensor) or tuple(out.shape) != (k * len(x), *x.shape[1:]):
+        if not isinstance(out, Tensor) or tuple(out.shape) != (k * n, *masked.shape[2:]):
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"the model must map [N, C, H, W] -> [N, C, H, W]; given {(k * len(x), *x.shape[1:])} "
+            raise ValueError(f"the model must map [N, C, H, W] -> [N, C, H, W]; given {(k * n, *masked.shape[2:])} "
                              f"it returned {got}")
+        return out.unflatten(0, (k, n))
+
+    def _patch_scores(self, x: Tensor, recon: Tensor, keys: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """(scores [n], patch errors [n, Gh, Gw]) from the fused kernel."""
+        cfg = self.config
         assignment = None
-        if k > 1:
-            assignment = ops.patch_assignment(keys, grid, layout=cfg.layout, num_copies=k, seed=cfg.seed)
+        if cfg.num_copies > 1:
+            assignment = ops.patch_assignment(keys, grid, layout=cfg.layout, num_copies=cfg.num_copies, seed=cfg.seed)
         return ops.patch_scores_unchecked(
-            x, out.unflatten(0, (k, len(x))), assignment, patch_size=cfg.patch_size, top_weights=cfg.top_weights,
-            rest_weight=cfg.rest_weight, mean=cfg.mean, std=cfg.std,
+            x, recon, assignment, patch_size=cfg.patch_size, top_weights=cfg.top_weights, rest_weight=cfg.rest_weight,
+            mean=cfg.mean, std=cfg.std,
         )
 
 

@@ -15,25 +15,20 @@ import time
 
 import torch
 
-from patchgan_fast import PatchGAN, Scorer, TrainConfig
-from patchgan_fast.datasets import one_class_split
-from patchgan_fast.evaluation import image_metrics
+from scoring_scale import CLASSES, split
 
-CLASSES = (0, 2, 4, 6)
+from patchgan_fast import PatchGAN, Scorer, TrainConfig
+from patchgan_fast.evaluation import image_metrics
 
 
 def main() -> None:
     res = {}
     for c in CLASSES:
-        tr, te, y = one_class_split(c)
-        g = torch.Generator().manual_seed(0)
-        tr = tr[torch.randperm(len(tr), generator=g)[:1500]]
-        keep = torch.randperm(len(te), generator=g)[:2000]
-        te, y = te[keep], y[keep].tolist()
+        fit_x, _, te, y = split(c)
         cfg = TrainConfig(image_size=32, patch_size=8, depth=3, width=32, batch_size=64, steps=200, lr=1e-3,
                           layout="random", num_copies=2, val_fraction=0.0, progress=False, seed=0)
         t = time.time()
-        m = PatchGAN.fit(tr[150:], cfg)
+        m = PatchGAN.fit(fit_x, cfg)
         for name, layout, k in (("random K=2", "random", 2), ("phases K=4", "phases", 4)):
             sc = dataclasses.replace(m.score_config, layout=layout, num_copies=k).with_ranking("none")
             keys = torch.arange(len(te), dtype=torch.int64)

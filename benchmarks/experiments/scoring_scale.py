@@ -23,16 +23,20 @@ from patchgan_fast.evaluation import image_metrics
 CLASSES = (0, 2, 4, 6)
 
 
+def split(c: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    """(1,350 training images, 150 held-out normal images, 2,000 test images, their labels) of class c."""
+    tr, te, y = one_class_split(c)
+    g = torch.Generator().manual_seed(0)
+    tr = tr[torch.randperm(len(tr), generator=g)[:1500]]
+    keep = torch.randperm(len(te), generator=g)[:2000]
+    return tr[150:], tr[:150], te[keep], y[keep].tolist()
+
+
 def main() -> None:
     res = {}
     for train_patch in (8, 16):
         for c in CLASSES:
-            tr, te, y = one_class_split(c)
-            g = torch.Generator().manual_seed(0)
-            tr = tr[torch.randperm(len(tr), generator=g)[:1500]]
-            keep = torch.randperm(len(te), generator=g)[:2000]
-            te, y = te[keep], y[keep].tolist()
-            val, fit_x = tr[:150], tr[150:]
+            fit_x, val, te, y = split(c)
             cfg = TrainConfig(image_size=32, patch_size=train_patch, depth=3, width=32, batch_size=64, steps=200,
                               lr=1e-3, val_fraction=0.0, progress=False, seed=0)
             t = time.time()
@@ -48,7 +52,8 @@ def main() -> None:
             for name, idx in (("p8+p16", [1, 2]), ("p4+p8+p16", [0, 1, 2])):
                 res[(train_patch, c, name)] = image_metrics(sum(zs[i] for i in idx).tolist(), y)["auroc"]
             if train_patch == 8:
-                svm = OneClassSVM(nu=0.1, gamma="scale").fit((tr.float().flatten(1) / 127.5 - 1).numpy())
+                train = torch.cat([val, fit_x])
+                svm = OneClassSVM(nu=0.1, gamma="scale").fit((train.float().flatten(1) / 127.5 - 1).numpy())
                 scores = -svm.decision_function((te.float().flatten(1) / 127.5 - 1).numpy())
                 res[(0, c, "ocsvm")] = image_metrics(scores.tolist(), y)["auroc"]
             print(train_patch, c, {k[2]: round(v, 4) for k, v in res.items() if k[1] == c and k[0] in (train_patch, 0)},
