@@ -262,6 +262,11 @@ def test_brain_mri_from_a_small_volume(tmp_path):
     assert bool((test.lesions <= test.brain).all())  # lesions only inside the brain
     assert [b == "" for b in test.size_bins] == [not x for x in sick.tolist()]
     assert set(test.size_bins) <= {"", "small", "medium", "large"}
+    # every copy gets its own rotation and scaling: two copies of one slice have different outlines
+    first = (train.slices == train.slices[0]).nonzero().flatten()
+    assert len(first) == 2 and not torch.equal(train.brain[first[0]], train.brain[first[1]])
+    again, _ = load_brain_mri(size=32, path=tmp_path, train_copies=2, test_copies=4)
+    assert torch.equal(again.images, train.images)  # seeded
     g = torch.Generator().manual_seed(3)
     lesioned, masks = insert_lesions(test.images[:4], test.brain[:4], g)
     assert torch.equal(masks, lesioned != test.images[:4])  # ground truth = exactly the changed pixels

@@ -3,8 +3,8 @@ seeded synthetic lesions and their ground truth.
 
 Both volumes in that package are one subject, so the split guards against memorization: training
 and test slices come from interleaved blocks of axial slices with gaps between them, and every slice
-gets its own random intensity scale, bias field and noise, drawn with different seeds for the
-training and the test split. Everything is seeded; the same arguments give the same tensors.
+gets its own random rotation, scaling, intensity scale, bias field and noise, drawn with different
+seeds for the training and the test split. Everything is seeded; the same arguments give the same tensors.
 """
 
 from __future__ import annotations
@@ -71,6 +71,17 @@ class BrainMRISplit:
             return [""] * len(self.images)
         area = self.lesions.flatten(1).float().mean(1).tolist()
         return [size_bin(a) if a > 0 else "" for a in area]
+
+
+def _warp(x: Tensor, gen: torch.Generator, degrees: float = 10.0, scale: tuple[float, float] = (0.9, 1.1)) -> Tensor:
+    """Per-slice random rotation (uniform in +-``degrees``) and scaling about the image centre."""
+    n = len(x)
+    angle = (2 * torch.rand(n, generator=gen) - 1) * np.deg2rad(degrees)
+    zoom = scale[0] + (scale[1] - scale[0]) * torch.rand(n, generator=gen)
+    cos, sin, zero = angle.cos() / zoom, angle.sin() / zoom, torch.zeros(n)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def _augment(x: Tensor, brain: Tensor, gen: torch.Generator) -> Tensor:
@@ -144,8 +155,9 @@ def load_brain_mri(
     Slices with less than ``min_brain`` of the frame inside the brain are dropped. The rest are cut
     into blocks of 8: slices 0-4 of a block train, 5 is a gap, 6 is a test slice, 7 is a gap, so no
     test slice touches a training slice. Each training slice appears ``train_copies`` times and each
-    test slice ``test_copies`` times, every copy with its own intensity augmentation; alternate test
-    copies get a lesion (label 1), so the test split is balanced.
+    test slice ``test_copies`` times, every copy with its own rotation (+-10 degrees), scaling (0.9 to
+    1.1) and intensity augmentation; alternate test copies get a lesion (label 1), so the test split
+    is balanced.
 
     Returns:
         (train, test) :class:`BrainMRISplit`.
@@ -165,10 +177,12 @@ def load_brain_mri(
     te = (keep & (block == 6)).nonzero().flatten().repeat_interleave(test_copies)
     train_gen = torch.Generator().manual_seed(seed)
     test_gen = torch.Generator().manual_seed(seed + 1_000_003)
-    train = BrainMRISplit(_augment(x[tr], brain[tr], train_gen), brain[tr], idx[tr])
-    test_x = _augment(x[te], brain[te], test_gen)
+    train_x, test_x = _warp(x[tr], train_gen), _warp(x[te], test_gen)
+    train_brain, test_brain = train_x > 0.02, test_x > 0.02
+    train = BrainMRISplit(_augment(train_x, train_brain, train_gen), train_brain, idx[tr])
+    test_x = _augment(test_x, test_brain, test_gen)
     labels = (torch.arange(len(te)) % 2 == 1).long()
     lesions = torch.zeros_like(test_x, dtype=torch.bool)
     sick = labels == 1
-    test_x[sick], lesions[sick] = insert_lesions(test_x[sick], brain[te][sick], test_gen)
-    return train, BrainMRISplit(test_x, brain[te], idx[te], lesions, labels)
+    test_x[sick], lesions[sick] = insert_lesions(test_x[sick], test_brain[sick], test_gen)
+    return train, BrainMRISplit(test_x, test_brain, idx[te], lesions, labels)
