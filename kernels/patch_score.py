@@ -10,7 +10,8 @@ error is written to the patch map. When one program owns a whole image (the usua
 much larger than the number of SMs) it then ranks that image's patch errors itself, re-reading only
 its own [G] errors after a block barrier; otherwise a second tiny kernel ranks them.
 
-Ranking: score = sum_{i<T} w_i * e_(i) + rest_weight * sum_{i>=T} e_(i), with e_(i) sorted descending.
+Ranking: score = sum_{i<T} w_i * e_(i) + rest_weight * sum_{i>=T} e_(i), with e_(i) sorted descending
+(each patch error first multiplied by its position's weight when patch weights are given).
 It is computed as rest_weight * sum(e) + sum_{i<T} (w_i - rest_weight) * e_(i); for T <= 8 the top T
 values come from T max-reductions (ties remove one element at a time, so equal values give equal
 scores whichever index is taken), for larger T from a bitonic sort of the padded row.
@@ -30,11 +31,14 @@ _TILE = 4096  # pixels per loaded tile
 
 
 @triton.jit
-def _rank_image(E_row, W_ptr, G, rest_weight, T: tl.constexpr, BLOCK_G: tl.constexpr):
-    """Ranked score of one image from its G patch errors at E_row."""
+def _rank_image(E_row, W_ptr, PW_ptr, G, rest_weight, T: tl.constexpr, BLOCK_G: tl.constexpr, HAS_PW: tl.constexpr):
+    """Ranked score of one image from its G patch errors at E_row (times the position weights at
+    PW_ptr when HAS_PW)."""
     offs = tl.arange(0, BLOCK_G)
     valid = offs < G
     e = tl.load(E_row + offs, mask=valid, other=0.0)
+    if HAS_PW:
+        e = e * tl.load(PW_ptr + offs, mask=valid, other=0.0)
     score = rest_weight * tl.sum(e, axis=0)
     if T > 0:
         if T <= 8:
@@ -53,13 +57,13 @@ def _rank_image(E_row, W_ptr, G, rest_weight, T: tl.constexpr, BLOCK_G: tl.const
 
 @triton.jit
 def _patch_error_kernel(
-    X_ptr, R_ptr, A_ptr, MEAN_ptr, ISTD_ptr, W_ptr, E_ptr, S_ptr,
+    X_ptr, R_ptr, A_ptr, MEAN_ptr, ISTD_ptr, W_ptr, PW_ptr, E_ptr, S_ptr,
     C, Gh, Gw, rows_per_prog, rest_weight, inv_count,
     stride_xb, stride_xc, stride_xh, stride_xw,
     stride_rk, stride_rb, stride_rc, stride_rh, stride_rw,
     P: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_GW: tl.constexpr, BLOCK_P: tl.constexpr,
     X_IS_U8: tl.constexpr, HAS_NORM: tl.constexpr, HAS_ASSIGN: tl.constexpr,
-    FUSE_RANK: tl.constexpr, T: tl.constexpr, BLOCK_G: tl.constexpr,
+    FUSE_RANK: tl.constexpr, T: tl.constexpr, BLOCK_G: tl.constexpr, HAS_PW: tl.constexpr,
 ):
     b = tl.program_id(0)
     gy_lo = tl.program_id(1) * rows_per_prog
@@ -105,13 +109,14 @@ def _patch_error_kernel(
             tl.store(e_img + gy * Gw + gx, err, mask=gx < Gw)
     if FUSE_RANK:
         tl.debug_barrier()  # the patch errors written above by other threads of this program
-        tl.store(S_ptr + b, _rank_image(e_img, W_ptr, G, rest_weight, T, BLOCK_G))
+        tl.store(S_ptr + b, _rank_image(e_img, W_ptr, PW_ptr, G, rest_weight, T, BLOCK_G, HAS_PW))
 
 
 @triton.jit
-def _rank_kernel(E_ptr, W_ptr, S_ptr, G, rest_weight, T: tl.constexpr, BLOCK_G: tl.constexpr):
+def _rank_kernel(E_ptr, W_ptr, PW_ptr, S_ptr, G, rest_weight, T: tl.constexpr, BLOCK_G: tl.constexpr,
+                 HAS_PW: tl.constexpr):
     b = tl.program_id(0)
-    tl.store(S_ptr + b, _rank_image(E_ptr + b.to(tl.int64) * G, W_ptr, G, rest_weight, T, BLOCK_G))
+    tl.store(S_ptr + b, _rank_image(E_ptr + b.to(tl.int64) * G, W_ptr, PW_ptr, G, rest_weight, T, BLOCK_G, HAS_PW))
 
 
 @functools.lru_cache(maxsize=64)
@@ -136,6 +141,7 @@ def patch_scores_triton(
     rest_weight: float,
     mean: Optional[Sequence[float]] = None,
     std: Optional[Sequence[float]] = None,
+    patch_weights: Optional[Tensor] = None,
     rows_per_program: Optional[int] = None,
 ) -> tuple[Tensor, Tensor]:
     """Launches the fused kernel; arguments are assumed checked (see ``patchgan_fast.ops.patch_scores``).
@@ -144,6 +150,7 @@ def patch_scores_triton(
         images (Tensor[B, C, H, W]): uint8 or float, any strides.
         reconstructions (Tensor[K, B, C, H, W] or Tensor[B, C, H, W]): fp32/bf16/fp16, any strides.
         assignment (Tensor[B, Gh, Gw] uint8, optional): copy that hid each patch; needed when K > 1.
+        patch_weights (Tensor[Gh, Gw] fp32 contiguous, optional): multiply the patch errors before ranking.
         rows_per_program: patch rows per program; default: a whole image per program when the batch
             fills the device, fewer otherwise (then a second kernel does the ranking).
 
@@ -181,17 +188,19 @@ def patch_scores_triton(
     else:
         mean_t = istd_t = weights  # unused
     a = assignment.contiguous() if has_assign else weights  # unused when not has_assign
+    has_pw = patch_weights is not None
+    pw = patch_weights if has_pw else weights  # unused when not has_pw
     tile = block_y * block_gw * block_p
     _patch_error_kernel[(b, splits)](
-        images, r, a, mean_t, istd_t, weights, errors, scores,
+        images, r, a, mean_t, istd_t, weights, pw, errors, scores,
         c, gh, gw, rows_per_program, float(rest_weight), 1.0 / (c * p * p),
         *images.stride(), *r.stride(),
         P=p, BLOCK_Y=block_y, BLOCK_GW=block_gw, BLOCK_P=block_p,
         X_IS_U8=images.dtype == torch.uint8, HAS_NORM=has_norm, HAS_ASSIGN=has_assign,
-        FUSE_RANK=fuse, T=t, BLOCK_G=block_g,
+        FUSE_RANK=fuse, T=t, BLOCK_G=block_g, HAS_PW=has_pw,
         num_warps=8 if tile >= 2048 else 4,
     )
     if not fuse:
-        _rank_kernel[(b,)](errors, weights, scores, g, float(rest_weight), T=t, BLOCK_G=block_g,
+        _rank_kernel[(b,)](errors, weights, pw, scores, g, float(rest_weight), T=t, BLOCK_G=block_g, HAS_PW=has_pw,
                            num_warps=4 if block_g <= 1024 else 8)
     return scores, errors

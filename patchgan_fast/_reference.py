@@ -185,9 +185,11 @@ def patch_scores_reference(
     rest_weight: float,
     mean: Optional[Sequence[float]] = None,
     std: Optional[Sequence[float]] = None,
+    patch_weights: Optional[Tensor] = None,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[Tensor, Tensor]:
-    """Ranked patch scores, computed in ``dtype`` (the tests use float64).
+    """Ranked patch scores, computed in ``dtype`` (the tests use float64); ``patch_weights`` [Gh, Gw]
+    multiply the patch errors before ranking.
 
     Returns ``(scores [B], patch_errors [B, Gh, Gw])``; both are float32 unless ``dtype`` is float64.
     """
@@ -201,7 +203,8 @@ def patch_scores_reference(
     b, c, h, w = x.shape
     p = patch_size
     err = (x - r).square().view(b, c, h // p, p, w // p, p).mean(dim=(1, 3, 5))
-    ranked = err.flatten(1).sort(dim=1, descending=True).values
+    weighted = err if patch_weights is None else err * patch_weights.to(dtype)
+    ranked = weighted.flatten(1).sort(dim=1, descending=True).values
     weights = torch.full((ranked.shape[1],), float(rest_weight), dtype=dtype, device=x.device)
     t = len(top_weights)
     if t:
@@ -252,7 +255,10 @@ def reference_pipeline(model, images: Tensor, config, keys: Optional[Tensor] = N
             recon = model(torch.where(hidden, torch.full_like(x, config.fill), x))
             per_patch = F.unfold((x - recon) ** 2, kernel_size=p, stride=p).view(b, c * p * p, gh * gw).mean(1)
             errors += torch.where(assignment.flatten(1) == copy, per_patch, torch.zeros_like(per_patch))
-    ranked = errors.sort(dim=1, descending=True).values
+    weighted = errors
+    if config.patch_weights is not None:
+        weighted = errors * torch.tensor(config.patch_weights, device=x.device).flatten()
+    ranked = weighted.sort(dim=1, descending=True).values
     weights = torch.full((gh * gw,), float(config.rest_weight), device=x.device)
     weights[: len(config.top_weights)] = torch.tensor(config.top_weights, device=x.device)
     return (ranked * weights).sum(1), errors.view(b, gh, gw)

@@ -2,9 +2,10 @@
 and a JSON record of every figure.
 
 Table 1: image AUROC per method (Fashion-MNIST: per class of the one-class protocol and the mean;
-brain MRI: image AUROC, pixel AUROC/AUPRC and image AUROC per lesion-size bin). Table 2: the
-Patch-GAN's ablations (ranking on/off; outside --quick also the loss preset, the masking layout, K
-and the patch size, see ``ABLATIONS``). Nothing is tuned on test labels: every hyperparameter is fixed below.
+brain MRI: image AUROC, pixel AUROC (all pixels and brain pixels only), AUPRC and image AUROC per
+lesion-size bin). Table 2: the Patch-GAN's ablations (ranking on/off and position weights on/off,
+from the same model; outside --quick also the loss preset, the masking layout, K and the patch
+size, see ``ABLATIONS``). Nothing is tuned on test labels: every hyperparameter is fixed below.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def _record(records, metric, value, unit, config, command):
     })
 
 
+DEFAULT_VARIANT = "patchgan (ranking paper 1.1, 1.0; position weights)"
+
 #: Table 2 variants trained besides the default Patch-GAN (full runs only): config overrides, or a
 #: function of the config that returns them. A variant that the image grid cannot hold (K larger than
 #: the patch count) is left out.
@@ -82,9 +85,9 @@ def _ablations(config: TrainConfig) -> dict[str, TrainConfig]:
 
 
 def _train_and_score(job: tuple) -> tuple:
-    """Trains one method on ``train_x`` and scores ``test_x``: (scores, maps, unranked scores or None,
-    seconds). Top-level, so that a process pool can run it."""
-    name, config, options, train_x, test_x, threads, unranked = job
+    """Trains one method on ``train_x`` and scores ``test_x``: (scores, maps, {variant: scores} of the
+    scoring ablations, seconds). Top-level, so that a process pool can run it."""
+    name, config, options, train_x, test_x, threads, scoring_ablations = job
     if threads:
         torch.set_num_threads(threads)
     if isinstance(options.get("perceptual"), str):
@@ -92,8 +95,11 @@ def _train_and_score(job: tuple) -> tuple:
     t0 = time.perf_counter()
     m = get_method(name, config, **options).fit(train_x)
     scores, maps = m.score(test_x)
-    off = m.score(test_x, ranking="none")[0] if unranked else None
-    return scores, maps, off, time.perf_counter() - t0
+    extra = {}
+    if scoring_ablations:  # the same model scored other ways
+        extra["patchgan, ranking off (sum)"] = m.score(test_x, ranking="none", maps=False)[0]
+        extra["patchgan, no position weights"] = m.score(test_x, position_weights=False, maps=False)[0]
+    return scores, maps, extra, time.perf_counter() - t0
 
 
 def _run_methods(
@@ -119,18 +125,18 @@ def _run_methods(
     else:
         outputs = [_train_and_score(w) for w in work]
     out = [({}, {}) for _ in groups]
-    for (g, name, variant), (scores, maps, off, sec) in zip(index, outputs):
+    for (g, name, variant), (scores, maps, extra, sec) in zip(index, outputs):
         results, ablations = out[g]
         if variant is not None:
             ablations[variant] = scores
             continue
         results[name] = (scores, maps)
         seconds[name] = seconds.get(name, 0.0) + sec
-        if off is not None:
-            ablations["patchgan, ranking on (paper 1.1, 1.0)"] = scores
-            ablations["patchgan, ranking off (sum)"] = off
-    for _, ablations in out:  # ranking rows first, then the ablations in ABLATIONS order
-        order = [k for k in ablations if k.startswith("patchgan, ranking")] + [k for k in ABLATIONS if k in ablations]
+        if extra:
+            ablations[DEFAULT_VARIANT] = scores
+            ablations.update(extra)
+    for _, ablations in out:  # the default and its scoring ablations first, then those of ABLATIONS in order
+        order = [k for k in ablations if k not in ABLATIONS] + [k for k in ABLATIONS if k in ablations]
         ablations.update({k: ablations.pop(k) for k in order})
     return out
 
@@ -203,26 +209,31 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
         from .datasets import SIZE_BINS, load_brain_mri
 
         train, test = load_brain_mri(size=config.image_size, path=data, seed=seed,
-                                     train_copies=2 if quick else 4, test_copies=4 if quick else 8)
+                                     train_copies=2 if quick else 4, test_copies=4 if quick else 16)
         [(results, ablations)] = _run_methods([(train.images, test.images)], methods, config, quick, options, jobs, seconds)
         y = test.labels.tolist()
         sick = test.labels == 1
         bins = test.size_bins
         lines += ["## Table 1: brain MRI with synthetic lesions", "",
-                  "| method | image AUROC | pixel AUROC | pixel AUPRC | " + " | ".join(f"AUROC {b}" for b, _ in SIZE_BINS) + " |",
-                  "|" + "---|" * (4 + len(SIZE_BINS))]
+                  "| method | image AUROC | pixel AUROC | pixel AUROC in the brain | pixel AUPRC | "
+                  + " | ".join(f"AUROC {b}" for b, _ in SIZE_BINS) + " |",
+                  "|" + "---|" * (5 + len(SIZE_BINS))]
         for m, (scores, maps) in results.items():
             row = {"image_auroc": image_metrics(scores.tolist(), y)["auroc"]}
             if maps is not None:
-                px = pixel_metrics(list(maps[sick].numpy()), list(test.lesions[sick, 0].numpy()))
-                row.update(px)
+                heat, truth, inside = maps[sick].numpy(), test.lesions[sick, 0].numpy(), test.brain[sick, 0].numpy()
+                row.update(pixel_metrics(list(heat), list(truth)))
+                # without the easy background: how well the map separates lesion from normal tissue
+                row["pixel_auroc_brain"] = pixel_metrics([h[b] for h, b in zip(heat, inside)],
+                                                         [t[b] for t, b in zip(truth, inside)])["pixel_auroc"]
             for b, _ in SIZE_BINS:
                 sel = [i for i, name in enumerate(bins) if name in ("", b)]
                 if any(bins[i] == b for i in sel):
                     row[f"image_auroc_{b}"] = image_metrics([scores[i].item() for i in sel], [y[i] for i in sel])["auroc"]
             for k, v in row.items():
                 _record(records, k, v, "ratio", {"dataset": dataset, "method": m}, command)
-            cells = [row.get(k) for k in ("image_auroc", "pixel_auroc", "pixel_auprc", *[f"image_auroc_{b}" for b, _ in SIZE_BINS])]
+            cells = [row.get(k) for k in ("image_auroc", "pixel_auroc", "pixel_auroc_brain", "pixel_auprc",
+                                          *[f"image_auroc_{b}" for b, _ in SIZE_BINS])]
             lines.append(f"| {m} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
         lines += ["", "## Table 2: Patch-GAN ablations, image AUROC", "", "| variant | image AUROC |", "|---|---|"]
         for v, scores in ablations.items():

@@ -64,6 +64,8 @@ def cmd_train(a) -> int:
                  if getattr(a, k) is not None}
     if a.skips:
         overrides["skips"] = True
+    if a.no_position_weights:
+        overrides["position_weights"] = False
     overrides.setdefault("checkpoint_dir", f"{a.out}.checkpoints")  # an interrupted run can --resume
     config = TrainConfig.for_image_size(a.size, **overrides)
     print(f"training on {len(images)} normal images ({len(errors)} unreadable files skipped), "
@@ -89,29 +91,30 @@ def cmd_screen(a) -> int:
     return 0 if total or has_scores else 1
 
 
-def _score_all(model, images: torch.Tensor, ids, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores [N], patch errors [N, Gh, Gw]) on the CPU, with each image's mask key from its path."""
+def _score_all(model, images: torch.Tensor, ids, batch: int, device) -> torch.Tensor:
+    """Scores [N] on the CPU, with each image's mask key from its path."""
     from .pipeline import Scorer
     from .screening import image_key
 
     scorer = Scorer(model, device=device, compile="none")
-    scores, errors = [], []
+    scores = []
     for i in range(0, len(images), batch):
         keys = torch.tensor([image_key(p, s) for p, s in ids[i:i + batch]], dtype=torch.int64)
-        s, e = scorer(images[i:i + batch], keys)
-        scores.append(s.cpu())
-        errors.append(e.cpu())
-    return torch.cat(scores), torch.cat(errors)
+        scores.append(scorer(images[i:i + batch], keys)[0].cpu())
+    return torch.cat(scores)
 
 
-def _pixel_metrics(model, ids, errors: torch.Tensor, masks_dir: str, resize: str) -> dict:
-    """Pixel AUROC/AUPRC of the upsampled patch-error maps against the masks of the same file names."""
+def _pixel_metrics(model, images: torch.Tensor, ids, masks_dir: str, resize: str, device) -> dict:
+    """Pixel AUROC/AUPRC of the error maps (:func:`~patchgan_fast.error_maps`) against the masks of the
+    same file names."""
     from .evaluation import pixel_metrics
     from .io import ReadError, fit_to_size, read_images
+    from .scoring import error_maps
+    from .screening import image_key
 
     size = model.config.image_size
-    heat, truth, missing = [], [], 0
-    for (path, s), err in zip(ids, errors):
+    found, truth, missing = [], [], 0
+    for i, (path, s) in enumerate(ids):
         mask_path = Path(masks_dir) / Path(path).name
         try:
             frames = read_images(mask_path)
@@ -121,10 +124,12 @@ def _pixel_metrics(model, ids, errors: torch.Tensor, masks_dir: str, resize: str
         frame = next((m for m in frames if m.slice == s), frames[0])
         mask, _ = fit_to_size(frame.pixels[:1], size, 1, resize)
         truth.append((mask[0] > 0.5).numpy())
-        heat.append(torch.nn.functional.interpolate(err[None, None], size=(size, size), mode="nearest")[0, 0].numpy())
-    if not heat:
+        found.append(i)
+    if not found:
         raise SystemExit(f"error: no mask in {masks_dir} matches the abnormal file names")
-    return {**pixel_metrics(heat, truth), "masks_found": len(heat), "masks_missing": missing}
+    keys = torch.tensor([image_key(*ids[i]) for i in found], dtype=torch.int64, device=device)
+    heat = error_maps(model, images[found].to(device), keys=keys).cpu()
+    return {**pixel_metrics(list(heat.numpy()), truth), "masks_found": len(found), "masks_missing": missing}
 
 
 def cmd_evaluate(a) -> int:
@@ -147,11 +152,10 @@ def cmd_evaluate(a) -> int:
     scores, labels = [], []
     for label, paths in groups.items():
         images, ids, _ = _load(paths, size, ch, a.resize, _workers(a.workers))
-        group_scores, group_errors = _score_all(model, images, ids, a.batch_size, device)
-        scores += group_scores.tolist()
+        scores += _score_all(model, images, ids, a.batch_size, device).tolist()
         labels += [label] * len(ids)
         if label == 1 and a.masks:
-            pixel = _pixel_metrics(model, ids, group_errors, a.masks, a.resize)
+            pixel = _pixel_metrics(model, images, ids, a.masks, a.resize, device)
     metrics = image_metrics(scores, labels)
     if a.masks:
         metrics.update(pixel)
@@ -212,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--width", type=int, default=None, help="reconstructor width")
     t.add_argument("--depth", type=int, default=None, help="reconstructor stride-2 stages")
     t.add_argument("--skips", action="store_true", help="U-Net skip connections in the reconstructor")
+    t.add_argument("--no-position-weights", action="store_true",
+                   help="rank raw patch errors, without weighting each position by its normal validation error")
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--checkpoint-dir", default=None, help="where resumable checkpoints go (default OUT.checkpoints/)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
@@ -243,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--abnormal", nargs="+", help="files or folders of abnormal images")
     e.add_argument("--labels", help="CSV with columns path,label (1 = abnormal) instead of the two folders")
     e.add_argument("--masks", help="folder of ground-truth lesion masks named like the abnormal files (nonzero = "
-                                   "lesion): adds pixel AUROC and AUPRC of the patch-error maps")
+                                   "lesion): adds pixel AUROC and AUPRC of the error maps")
     e.add_argument("--out", default="evaluation", help="folder for metrics.json and the plots (default evaluation/)")
     e.add_argument("--batch-size", type=int, default=64)
     common_io(e, with_size=False)

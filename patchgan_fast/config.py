@@ -30,6 +30,8 @@ class TrainConfig:
             boxes of image_size/16 to image_size/3.
         loss: a ``LOSS_PRESETS`` name; ``rec_weight``/``adv_weight`` override it when set.
         ranking: a ``RANKING_PRESETS`` name for scoring.
+        position_weights: weight each patch error by how hard its position is for normal images
+            before ranking (``PatchGAN.patch_weights``, from the validation images).
         steps, batch_size, lr, weight_decay, betas: AdamW schedule (batch_size per process).
         val_fraction: share of the normal images held out for model selection and score statistics.
         val_every, checkpoint_every: in steps; checkpoints need ``checkpoint_dir``.
@@ -54,6 +56,7 @@ class TrainConfig:
     rec_weight: Optional[float] = None
     adv_weight: Optional[float] = None
     ranking: str = "paper"
+    position_weights: bool = True
     steps: int = 2000
     batch_size: int = 32
     lr: float = 2e-4
@@ -120,6 +123,7 @@ class TrainConfig:
     def schedule_fields(self) -> dict:
         """The fields a resumed run must share with the run that wrote the checkpoint."""
         d = self.to_dict()
-        for k in ("progress", "checkpoint_dir", "num_workers", "device", "val_every", "checkpoint_every"):
+        for k in ("progress", "checkpoint_dir", "num_workers", "device", "val_every", "checkpoint_every",
+                  "position_weights"):
             d.pop(k)
         return d

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from . import PatchGAN, TrainConfig, score_batch
+from . import PatchGAN, TrainConfig, error_maps, score_batch
 from .datasets import SIZE_BINS, load_brain_mri
 from .evaluation import image_metrics, pixel_metrics, plot_distributions, plot_roc
 from .screening import image_key, screen
@@ -67,17 +66,17 @@ def run(args) -> int:
     unranked = score_batch(model, images, model.score_config.with_ranking("none"), keys=keys)
     m_ranked = image_metrics(ranked.scores.cpu().tolist(), labels)
     m_unranked = image_metrics(unranked.scores.cpu().tolist(), labels)
-    heat = F.interpolate(ranked.patch_errors.cpu()[:, None], size=(args.size, args.size), mode="nearest")
+    heat = error_maps(model, images, keys=keys).cpu()
     sick = test.labels == 1
-    m_pixel = pixel_metrics(list(heat[sick].numpy()), list(test.lesions[sick].numpy()))
+    m_pixel = pixel_metrics(list(heat[sick].numpy()), list(test.lesions[sick, 0].numpy()))
     plot_roc({"ranked (paper 1.1, 1.0)": (ranked.scores.cpu().tolist(), labels),
               "unranked (sum)": (unranked.scores.cpu().tolist(), labels)}, out / "roc.png", "brain MRI, synthetic lesions")
     plot_distributions(ranked.scores.cpu().tolist(), labels, out / "scores.png", "brain MRI, ranked scores")
     order = torch.argsort(ranked.scores.cpu(), descending=True)[:10].tolist()
 
     print(f"\nimage AUROC, ranked patches (paper weights 1.1, 1.0): {m_ranked['auroc']:.3f}")
-    print(f"image AUROC, unranked (sum of all patch errors):     {m_unranked['auroc']:.3f}")
-    print(f"pixel AUROC / AUPRC of the patch-error map (lesioned slices): "
+    print(f"image AUROC, unranked (sum of the patch errors):     {m_unranked['auroc']:.3f}")
+    print(f"pixel AUROC / AUPRC of the error map (lesioned slices): "
           f"{m_pixel['pixel_auroc']:.3f} / {m_pixel['pixel_auprc']:.3f}")
     bins, ranked_scores = test.size_bins, ranked.scores.cpu().tolist()
     per_bin = []

@@ -14,14 +14,13 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .baselines import FAnoGANMethod, PerceptualAEMethod, _unit
 from .config import TrainConfig
 from .model import PatchGAN
 from .pipeline import Scorer
-from .scoring import score_batch
+from .scoring import error_maps, score_batch
 
 
 def _batched(fn, images: Tensor, batch: int = 256):
@@ -47,14 +46,19 @@ class PatchGANMethod:
     def _device(self):
         return next(self.model.parameters()).device
 
-    def score(self, images: Tensor, ranking: Optional[str] = None):
+    def score(self, images: Tensor, ranking: Optional[str] = None, position_weights: bool = True, maps: bool = True):
+        """Scores (eq. 5) from the fast scorer; maps: :func:`~patchgan_fast.error_maps` (pixel errors in the
+        copy that hid each pixel, smoothed), finer than the patch grid, or None with ``maps=False``.
+        ``ranking`` overrides the model's preset; ``position_weights=False`` scores without its patch weights."""
         cfg = self.model.score_config if ranking is None else self.model.score_config.with_ranking(ranking)
+        if not position_weights:
+            cfg = dataclasses.replace(cfg, patch_weights=None)
         scorer = Scorer(self.model, cfg, compile="none")
-        size = images.shape[-2:]
+        dev = self._device()
 
         def one(x):
-            scores, errors = scorer(x)
-            return scores.cpu(), F.interpolate(errors.cpu()[:, None], size=size, mode="nearest")[:, 0]
+            x = x.to(dev)
+            return scorer(x)[0].cpu(), error_maps(self.model, x, cfg).cpu() if maps else None
 
         return _batched(one, images)
 
@@ -66,7 +70,8 @@ class AutoencoderMethod(PatchGANMethod):
 
     def __init__(self, config: TrainConfig):
         super().__init__(dataclasses.replace(config, layout="none", num_copies=1, box_count=(0, 0), loss="reconstruction",
-                                             rec_weight=None, adv_weight=None, skips=False, ranking="none"))
+                                             rec_weight=None, adv_weight=None, skips=False, ranking="none",
+                                             position_weights=False))
 
 
 class ALOCCMethod(PatchGANMethod):

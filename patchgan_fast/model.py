@@ -28,6 +28,10 @@ class PatchGAN(nn.Module):
         mean, std: per-channel normalization of its inputs (from the training images).
         score_stats: statistics of the scores of the normal validation images (mean, std, p50,
             p95, p99), for normalizing and thresholding scores; empty before training.
+        patch_weights: per-position weights of the patch errors before ranking (Gh rows of Gw
+            floats), from the mean patch error of the normal validation images at each position:
+            ``1.1 m / (m_pos + 0.1 m)``, so positions where normal images are hard to reconstruct
+            count less; None without validation images. Used when ``config.position_weights`` is on.
     """
 
     def __init__(self, config: TrainConfig, channels: int, mean: tuple[float, ...], std: tuple[float, ...]):
@@ -38,6 +42,7 @@ class PatchGAN(nn.Module):
         self.reconstructor = Reconstructor(channels, config.width, config.depth, skips=config.skips)
         self.discriminator = PatchDiscriminator(channels, config.disc_width, config.disc_layers)
         self.score_stats: dict[str, float] = {}
+        self.patch_weights: Optional[tuple[tuple[float, ...], ...]] = None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.reconstructor(x)
@@ -48,6 +53,7 @@ class PatchGAN(nn.Module):
         return ScoreConfig(
             patch_size=self.config.patch_size, layout=self.config.layout, num_copies=self.config.num_copies,
             seed=self.config.seed % 2**32, top_weights=top, rest_weight=rest, mean=self.mean, std=self.std,
+            patch_weights=self.patch_weights if self.config.position_weights else None,
             channels_last=next(self.parameters()).is_cuda,
         )
 
@@ -79,6 +85,7 @@ class PatchGAN(nn.Module):
             "kind": _KIND, "format_version": FORMAT_VERSION, "package_version": __version__,
             "config": self.config.to_dict(), "channels": self.channels, "mean": list(self.mean), "std": list(self.std),
             "score_stats": dict(self.score_stats),
+            "patch_weights": None if self.patch_weights is None else [list(r) for r in self.patch_weights],
             "reconstructor": {k: v.detach().cpu() for k, v in self.reconstructor.state_dict().items()},
             "discriminator": {k: v.detach().cpu() for k, v in self.discriminator.state_dict().items()},
         }
@@ -101,6 +108,8 @@ class PatchGAN(nn.Module):
         model.reconstructor.load_state_dict(state["reconstructor"])
         model.discriminator.load_state_dict(state["discriminator"])
         model.score_stats = dict(state.get("score_stats", {}))
+        weights = state.get("patch_weights")
+        model.patch_weights = None if weights is None else tuple(tuple(float(v) for v in r) for r in weights)
         return model.eval()
 
     @classmethod

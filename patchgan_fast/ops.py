@@ -287,7 +287,8 @@ def mask_images_unchecked(
 # ----------------------------------------------------------------------------- patch scores
 
 
-def _check_scores_args(images, reconstructions, assignment, patch_size, top_weights, rest_weight, mean, std) -> None:
+def _check_scores_args(images, reconstructions, assignment, patch_size, top_weights, rest_weight, mean, std,
+                       patch_weights=None) -> None:
     if not isinstance(reconstructions, Tensor):
         raise TypeError(f"expected reconstructions as a torch.Tensor, got {type(reconstructions).__name__}")
     if reconstructions.dim() not in (4, 5):
@@ -333,6 +334,17 @@ def _check_scores_args(images, reconstructions, assignment, patch_size, top_weig
     if not all(isinstance(v, (int, float)) and v == v and abs(v) != float("inf") for v in weights):
         raise ValueError(f"expected finite ranking weights, got top_weights={tuple(top_weights)}, rest_weight={rest_weight}")
     _check_normalization(mean, std, c)
+    if patch_weights is not None:
+        if not isinstance(patch_weights, Tensor) or patch_weights.dtype != torch.float32:
+            got = patch_weights.dtype if isinstance(patch_weights, Tensor) else type(patch_weights).__name__
+            raise TypeError(f"expected patch_weights as a float32 tensor [Gh, Gw], got {got}")
+        if tuple(patch_weights.shape) != (gh, gw):
+            raise ValueError(f"expected patch_weights of shape {(gh, gw)} for patch_size {patch_size}, "
+                             f"got {tuple(patch_weights.shape)}")
+        if patch_weights.device != images.device:
+            raise ValueError(f"images are on {images.device} but patch_weights on {patch_weights.device}")
+        if not bool(torch.isfinite(patch_weights).all()) or bool((patch_weights < 0).any()):
+            raise ValueError("expected finite, non-negative patch_weights")
 
 
 def _raise_if_not_finite(scores: Tensor) -> None:
@@ -355,11 +367,13 @@ def patch_scores_unchecked(
     rest_weight: float,
     mean: Optional[Sequence[float]] = None,
     std: Optional[Sequence[float]] = None,
+    patch_weights: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     """:func:`patch_scores` without the checks, for callers that built the arguments themselves."""
     h, w = images.shape[-2:]
     patches = (h // patch_size) * (w // patch_size)
-    kwargs = dict(patch_size=patch_size, top_weights=tuple(top_weights), rest_weight=float(rest_weight), mean=mean, std=std)
+    kwargs = dict(patch_size=patch_size, top_weights=tuple(top_weights), rest_weight=float(rest_weight), mean=mean, std=std,
+                  patch_weights=None if patch_weights is None else patch_weights.contiguous())
     if patches <= _MAX_TRITON_PATCHES and _backend.use_triton_scores(images.device):
         return _backend.triton_kernels().patch_scores_triton(images, reconstructions, assignment, **kwargs)
     return patch_scores_reference(images, reconstructions, assignment, **kwargs)
@@ -375,6 +389,7 @@ def patch_scores(
     rest_weight: float = 0.0,
     mean: Optional[Sequence[float]] = None,
     std: Optional[Sequence[float]] = None,
+    patch_weights: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-patch reconstruction errors (eq. 2) and the ranked image score (eq. 5), fused.
 
@@ -396,6 +411,9 @@ def patch_scores(
         rest_weight: weight of every other patch error (0 in the paper preset; 1 with no top weights
             is the unranked sum).
         mean, std: per-channel normalization the model was trained with (as in :func:`mask_images`).
+        patch_weights (Tensor[Gh, Gw] float32, optional): per-position weights that multiply the patch
+            errors before they are ranked (:attr:`PatchGAN.patch_weights`: normal errors made
+            comparable across positions). The returned patch errors stay unweighted.
 
     Returns:
         (scores Tensor[B] float32, patch_errors Tensor[B, Gh, Gw] float32)
@@ -405,10 +423,10 @@ def patch_scores(
             the reconstructions hold NaN/inf (the offending batch positions are named).
     """
     check_images(images)
-    _check_scores_args(images, reconstructions, assignment, patch_size, top_weights, rest_weight, mean, std)
+    _check_scores_args(images, reconstructions, assignment, patch_size, top_weights, rest_weight, mean, std, patch_weights)
     scores, errors = patch_scores_unchecked(
         images, reconstructions, assignment, patch_size=patch_size, top_weights=top_weights,
-        rest_weight=rest_weight, mean=mean, std=std,
+        rest_weight=rest_weight, mean=mean, std=std, patch_weights=patch_weights,
     )
     _raise_if_not_finite(scores)
     return scores, errors

@@ -96,6 +96,7 @@ class Scorer:
         self.compiled = self.compile_mode != "none"
         self.fallback_reason: Optional[str] = None
         self._run = self._compiled() if self.compiled else self.net
+        self._weights: dict[tuple[int, int], Optional[Tensor]] = {}  # patch weights on the device, per grid
 
     def _compiled(self):
         mode = "reduce-overhead" if self.compile_mode == "cudagraphs" else None
@@ -158,6 +159,7 @@ class Scorer:
                 f"{len(cfg.top_weights)} top weights given but {h}x{w} images have only {gh * gw} patches of "
                 f"{cfg.patch_size}x{cfg.patch_size}"
             )
+        self._position_weights((gh, gw))  # checks them against the grid
         images, keys = self.to_device(images), self.to_device(keys)
         n = self.chunk
         scores, errors = [], []
@@ -206,8 +208,14 @@ class Scorer:
             assignment = ops.patch_assignment(keys, grid, layout=cfg.layout, num_copies=cfg.num_copies, seed=cfg.seed)
         return ops.patch_scores_unchecked(
             x, recon, assignment, patch_size=cfg.patch_size, top_weights=cfg.top_weights, rest_weight=cfg.rest_weight,
-            mean=cfg.mean, std=cfg.std,
+            mean=cfg.mean, std=cfg.std, patch_weights=self._position_weights(grid),
         )
+
+    def _position_weights(self, grid: tuple[int, int]) -> Optional[Tensor]:
+        """The config's patch weights on the device, made once per grid."""
+        if grid not in self._weights:
+            self._weights[grid] = self.config.patch_weights_tensor(grid, self.device)
+        return self._weights[grid]
 
 
 class BatchQueue:
@@ -235,12 +243,14 @@ class BatchQueue:
 
     def submit(self, images: list[Tensor], keys: list[int], meta) -> Optional[tuple]:
         """Queues one batch (uint8 ``[C, H, W]`` tensors, their mask keys, anything the caller wants
-        back) and returns the previous batch's ``(meta, scores [B], top_patch [B])`` on the CPU, or None."""
+        back) and returns the previous batch's ``(meta, scores [B], top_patch [B])`` on the CPU, or None;
+        the top patch is the one ranked first (largest error, times its position weight if any)."""
         buf = self.buffers[self.turn][: len(images)]
         self.turn ^= 1
         torch.stack(images, out=buf)
         scores, errors = self.scorer(buf, torch.tensor(keys, dtype=torch.int64), check_finite=False)
-        top = errors.flatten(1).argmax(1)
+        weights = self.scorer._position_weights(tuple(errors.shape[1:]))
+        top = (errors if weights is None else errors * weights).flatten(1).argmax(1)  # the patch ranked first
         on_gpu = scores.device.type == "cuda"
         host = scores.to("cpu", non_blocking=on_gpu), top.to("cpu", non_blocking=on_gpu)
         event = None

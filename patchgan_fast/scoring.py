@@ -31,6 +31,9 @@ class ScoreConfig:
         num_copies: K.
         seed: mask seed (layout ``'random'``).
         top_weights, rest_weight: ranking weights of eq. 5 (see ``RANKING_PRESETS``).
+        patch_weights: per-position weights (Gh rows of Gw floats) that multiply the patch errors
+            before ranking, or None; a trained :class:`~patchgan_fast.PatchGAN` sets them from its
+            normal validation images (``TrainConfig.position_weights``).
         mean, std: per-channel normalization of the model's inputs, or None.
         fill: value of hidden pixels after normalization.
         dtype: model input dtype; None uses the dtype of the model's parameters.
@@ -43,6 +46,7 @@ class ScoreConfig:
     seed: int = 0
     top_weights: tuple[float, ...] = RANKING_PRESETS["paper"][0]
     rest_weight: float = RANKING_PRESETS["paper"][1]
+    patch_weights: Optional[tuple[tuple[float, ...], ...]] = None
     mean: Optional[tuple[float, ...]] = None
     std: Optional[tuple[float, ...]] = None
     fill: float = 0.0
@@ -55,6 +59,25 @@ class ScoreConfig:
         if self.layout == "none" and self.num_copies != 1:
             raise ValueError(f"ScoreConfig: layout 'none' needs num_copies=1, got {self.num_copies}")
         object.__setattr__(self, "top_weights", tuple(float(v) for v in self.top_weights))
+        if self.patch_weights is not None:
+            rows = tuple(tuple(float(v) for v in row) for row in self.patch_weights)
+            if not rows or len({len(r) for r in rows}) != 1 or not rows[0]:
+                raise ValueError("ScoreConfig.patch_weights must be Gh rows of Gw floats (a non-empty rectangle)")
+            object.__setattr__(self, "patch_weights", rows)
+
+    def patch_weights_tensor(self, grid: tuple[int, int], device) -> Optional[Tensor]:
+        """``patch_weights`` as a float32 [Gh, Gw] tensor on ``device`` (None when unset).
+
+        Raises:
+            ValueError: the weights were made for another patch grid.
+        """
+        if self.patch_weights is None:
+            return None
+        shape = (len(self.patch_weights), len(self.patch_weights[0]))
+        if shape != tuple(grid):
+            raise ValueError(f"patch_weights are for a {shape[0]}x{shape[1]} patch grid but the images have "
+                             f"{grid[0]}x{grid[1]} patches of {self.patch_size}x{self.patch_size}")
+        return torch.tensor(self.patch_weights, dtype=torch.float32, device=device)
 
     def with_ranking(self, preset: str) -> "ScoreConfig":
         """A copy using a named ranking preset from ``RANKING_PRESETS``."""
@@ -155,6 +178,68 @@ def score_batch(
     scores, errors = ops.patch_scores_unchecked(
         images, recon, assignment, patch_size=config.patch_size, top_weights=config.top_weights,
         rest_weight=config.rest_weight, mean=config.mean, std=config.std,
+        patch_weights=config.patch_weights_tensor((h // config.patch_size, w // config.patch_size), images.device),
     )
     ops._raise_if_not_finite(scores)
     return ScoreResult(scores=scores, patch_errors=errors, assignment=assignment, masked=masked, reconstructions=recon)
+
+
+def pixel_errors(
+    images: Tensor,
+    reconstructions: Tensor,
+    assignment: Optional[Tensor],
+    *,
+    patch_size: int,
+    mean: Optional[tuple[float, ...]] = None,
+    std: Optional[tuple[float, ...]] = None,
+) -> Tensor:
+    """Each pixel's squared error in the copy that hid it, averaged over channels: ``[B, H, W]``
+    float32, in the units of ``patch_errors`` (the mean over each patch is its eq. 2 error).
+
+    Args:
+        images (Tensor[B, C, H, W]): as given to :func:`score_batch`.
+        reconstructions (Tensor[K, B, C, H, W]), assignment (Tensor[B, Gh, Gw] or None): from a
+            :class:`ScoreResult`.
+        patch_size, mean, std: those of the :class:`ScoreConfig` that scored them.
+    """
+    k, b, c, h, w = reconstructions.shape
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    if mean is not None:
+        x = (x - torch.tensor(mean, device=x.device).view(1, -1, 1, 1)) / torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    r = reconstructions
+    if assignment is not None and k > 1:
+        hid = assignment.long().repeat_interleave(patch_size, 1).repeat_interleave(patch_size, 2)  # [B, H, W]
+        r = r.gather(0, hid[None, :, None].expand(1, b, c, h, w))
+    return (r[0].float() - x).square().mean(1)
+
+
+def default_smoothing(patch_size: int) -> int:
+    """The window of :func:`error_maps`: about half a patch, odd (patch 4 -> 3, 8 -> 5, 16 -> 9)."""
+    return (patch_size // 2) | 1
+
+
+def error_maps(
+    model: nn.Module, images: Tensor, config: Optional[ScoreConfig] = None, *, keys: Optional[Tensor] = None,
+    smoothing: Optional[int] = None, batch: int = 64,
+) -> Tensor:
+    """Localization maps: :func:`pixel_errors` averaged over a ``smoothing`` x ``smoothing`` window
+    (default :func:`default_smoothing` of the patch size; 1: no smoothing). ``[B, H, W]`` float32.
+
+    Finer than the patch-error grid: on the brain MRI benchmark these maps raised pixel AUROC from
+    0.77 (patch errors, nearest-upsampled) to 0.87 (benchmarks/results/cpu-experiment-brain-levers.md).
+    """
+    if config is None:
+        config = getattr(model, "score_config", None) or ScoreConfig()
+    k = default_smoothing(config.patch_size) if smoothing is None else smoothing
+    if not isinstance(k, int) or k < 1 or k % 2 == 0:
+        raise ValueError(f"expected smoothing a positive odd int, got {k!r}")
+    out = []
+    for i in range(0, len(images), batch):
+        part = None if keys is None else keys[i:i + batch]
+        r = score_batch(model, images[i:i + batch], config, keys=part)
+        e = pixel_errors(images[i:i + batch], r.reconstructions, r.assignment, patch_size=config.patch_size,
+                         mean=config.mean, std=config.std)
+        if k > 1:
+            e = nn.functional.avg_pool2d(e[:, None], k, 1, k // 2, count_include_pad=False)[:, 0]
+        out.append(e)
+    return torch.cat(out)

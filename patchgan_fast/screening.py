@@ -27,6 +27,7 @@ from ._runtime import distributed, progress_bar
 from .io import ReadError, fit_to_size, list_images, read_images, suffix, to_uint8
 from .model import PatchGAN
 from .pipeline import BatchQueue, Scorer
+from .scoring import error_maps
 
 PARTIAL = "scores.partial.csv"
 SCORES = "scores.csv"
@@ -293,13 +294,13 @@ def safe_name(rank: int, path: str, slice_: str) -> str:
 
 
 def _heatmaps(model: PatchGAN, rows: list[dict], out: Path, resize: str, dev: torch.device) -> list[str]:
-    """Overlays of the patch-error map on the top-ranked images (re-read and re-scored)."""
+    """Overlays of the error map (:func:`~patchgan_fast.error_maps`) on the top-ranked images (re-read
+    and re-scored)."""
     from PIL import Image as PILImage
 
     folder = out / HEATMAPS
     folder.mkdir(exist_ok=True)
     names = []
-    scorer = Scorer(model, device=dev, compile="none")
     size, channels = model.config.image_size, model.channels
     for i, r in enumerate(rows, 1):
         try:
@@ -311,9 +312,8 @@ def _heatmaps(model: PatchGAN, rows: list[dict], out: Path, resize: str, dev: to
         pixels, _ = fit_to_size(im.pixels, size, channels, resize)
         pixels = to_uint8(pixels)  # as screened
         s = None if r["slice"] == "" else int(r["slice"])
-        _, errors = scorer(pixels[None], torch.tensor([image_key(r["path"], s)]))
-        err = errors[0].cpu()
-        heat = torch.nn.functional.interpolate(err[None, None], size=(size, size), mode="nearest")[0, 0]
+        key = torch.tensor([image_key(r["path"], s)], device=dev)
+        heat = error_maps(model, pixels[None].to(dev), keys=key)[0].cpu()
         heat = (heat / max(float(heat.max()), 1e-12)).numpy()
         base = (pixels.float() / 255).mean(0).numpy()
         rgb = np.stack([base] * 3, -1)

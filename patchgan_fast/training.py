@@ -214,11 +214,29 @@ def train_step(model: PatchGAN, recon_net, disc_net, opt_r, opt_d, x: Tensor, ke
 
 def _val_error(model: PatchGAN, images: Tensor, device: torch.device, batch: int) -> float:
     """Mean masked patch error on normal validation images (lower is better)."""
-    cfg = dataclasses.replace(model.score_config, top_weights=(), rest_weight=1.0)
+    cfg = dataclasses.replace(model.score_config, top_weights=(), rest_weight=1.0, patch_weights=None)
     total = 0.0
     for i in range(0, len(images), batch):
         total += float(score_batch(model, images[i:i + batch].to(device), cfg).scores.sum())
     return total / len(images)
+
+
+#: Additive floor of the position weights, as a share of the mean normal patch error (see _patch_weights).
+POSITION_FLOOR = 0.1
+
+
+def _patch_weights(model: PatchGAN, images: Tensor, device: torch.device, batch: int) -> tuple[tuple[float, ...], ...]:
+    """Per-position weights ``(1 + f) m / (m_pos + f m)`` (f = ``POSITION_FLOOR``) from the mean patch
+    error ``m_pos`` of the normal validation images at each position (``m``: their mean over
+    positions): about ``m / m_pos``, so every position's normal error counts alike; 1 at an average
+    position; at most ``(1 + f) / f`` = 11 where normal images leave almost no error (background)."""
+    cfg = dataclasses.replace(model.score_config, patch_weights=None)
+    total = sum(score_batch(model, images[i:i + batch].to(device), cfg).patch_errors.double().sum(0)
+                for i in range(0, len(images), batch))
+    m_pos = total / len(images)
+    m = m_pos.mean().clamp_min(1e-12)
+    w = (1 + POSITION_FLOOR) * m / (m_pos + POSITION_FLOOR * m)
+    return tuple(tuple(float(v) for v in row) for row in w.cpu().tolist())
 
 
 def _score_stats(model: PatchGAN, images: Tensor, device: torch.device, batch: int) -> dict:
@@ -389,6 +407,7 @@ def fit(data, config: TrainConfig, *, resume: bool = False) -> PatchGAN:
     if best is not None:
         model.reconstructor.load_state_dict(best[1])
     if n_val and rank == 0:
+        model.patch_weights = _patch_weights(model, val_images, device, config.batch_size)
         model.score_stats = _score_stats(model, val_images, device, config.batch_size)
     model.history = history
     if world > 1:

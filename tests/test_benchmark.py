@@ -40,7 +40,7 @@ def test_quick_brain_mri_benchmark(tmp_path):
     assert "pixel AUROC" in table and "| threshold |" in table
     metrics = {(r["metric"], r["config"]["method"]) for r in json.loads((out / "results.json").read_text())}
     assert ("pixel_auroc", "patchgan") in metrics and ("image_auroc", "threshold") in metrics
-    assert ("pixel_auroc", "fanogan") in metrics
+    assert ("pixel_auroc", "fanogan") in metrics and ("pixel_auroc_brain", "patchgan") in metrics
 
 
 def test_perceptual_ae_takes_an_exported_network(tmp_path, capsys):
@@ -75,7 +75,8 @@ def test_full_run_adds_the_ablations(tmp_path):
     assert main(["benchmark", "fashion-mnist", "--classes", "2", "--steps", "2", "--data", str(tmp_path),
                  "--out", str(out), "--methods", "patchgan"]) == 0
     table = (out / "table.md").read_text()
-    for variant in ("loss paper", "no masks at scoring", "random layout K = 4", "half-size patches", "ranking off"):
+    for variant in ("loss paper", "no masks at scoring", "random layout K = 4", "half-size patches", "ranking off",
+                    "no position weights"):
         assert variant in table
     assert "phases K = 9" not in table  # 32x32 images in 16x16 patches have 4 patches, too few for K = 9
 

@@ -153,6 +153,11 @@ def test_train_command_writes_a_loadable_model(tmp_path):
     model = PatchGAN.load(out)
     assert model.config.image_size == 32 and model.config.patch_size == 4 and model.channels == 1
     assert (tmp_path / "m.pgf.checkpoints" / "checkpoint.pt").exists()  # so an interrupted run can --resume
+    assert model.config.position_weights and len(model.score_config.patch_weights) == 8
+    assert main(["train", str(tmp_path / "normal"), "--out", str(out), "--size", "32", "--steps", "2", "--width", "8",
+                 "--depth", "2", "--batch-size", "8", "--workers", "0", "--no-position-weights",
+                 "--checkpoint-dir", str(tmp_path / "ck2")]) == 0
+    assert PatchGAN.load(out).score_config.patch_weights is None
 
 
 def test_output_folder_is_not_overwritten_by_accident(tmp_path, model_file):

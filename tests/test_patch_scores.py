@@ -169,3 +169,50 @@ def test_public_op_uses_the_kernel_and_agrees_with_the_reference(monkeypatch):
     reference = ops.patch_scores(x, r, a, **kw)
     for got, ref in zip(native, reference):
         torch.testing.assert_close(got, ref, atol=1e-6, rtol=2e-5)
+
+
+def _position_weights(gh, gw, seed=0):
+    return torch.rand((gh, gw), generator=torch.Generator().manual_seed(seed)) * 2
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("case", [SCORE_CASES[i] for i in (0, 1, 3, 4, 7, 8)])
+def test_kernel_applies_patch_weights_before_ranking(device, case):
+    b, c, h, w, p, k, t, x_dtype, r_dtype, cl, rows = case
+    x, r, a = _inputs(b, c, h, w, p, k, x_dtype, r_dtype, cl)
+    x, r = x.to(device), r.to(device)
+    a = a.to(device) if a is not None else None
+    pw = _position_weights(h // p, w // p).to(device)
+    kw = dict(patch_size=p, top_weights=_weights(t), rest_weight=0.25)
+    scores, errors = patch_scores_triton(x, r, a, rows_per_program=rows, patch_weights=pw, **kw)
+    ref_s, ref_e = R.patch_scores_reference(x, r, a, dtype=torch.float64, patch_weights=pw, **kw)
+    _assert_close(errors, ref_e, r_dtype)  # the patch errors stay unweighted
+    _assert_close(scores, ref_s, r_dtype)
+    plain, _ = R.patch_scores_reference(x, r, a, dtype=torch.float64, **kw)
+    assert not torch.allclose(ref_s, plain)
+
+
+def test_patch_weights_reference_matches_a_naive_loop():
+    x, r, a = _inputs(3, 2, 12, 16, 4, 4, torch.uint8, torch.float32, False)
+    pw = _position_weights(3, 4, seed=5)
+    ones, _ = R.patch_scores_reference(x, r, a, patch_size=4, top_weights=(1.1, 1.0), rest_weight=0.0,
+                                       patch_weights=torch.ones(3, 4), dtype=torch.float64)
+    torch.testing.assert_close(ones, _naive_scores(x, r, a, 4, (1.1, 1.0), 0.0), atol=1e-12, rtol=1e-12)
+    got, errors = R.patch_scores_reference(x, r, a, patch_size=4, top_weights=(2.0, 1.0), rest_weight=0.5,
+                                           patch_weights=pw, dtype=torch.float64)
+    for i in range(3):
+        ranked = sorted((errors[i] * pw.double()).flatten().tolist(), reverse=True)
+        expected = 2.0 * ranked[0] + 1.0 * ranked[1] + 0.5 * sum(ranked[2:])
+        assert abs(float(got[i]) - expected) < 1e-12
+
+
+@pytest.mark.parametrize("bad,exc,match", [
+    (torch.ones(3, 3), ValueError, r"patch_weights of shape \(4, 4\) for patch_size 4, got \(3, 3\)"),
+    (torch.ones(4, 4, dtype=torch.float64), TypeError, "patch_weights as a float32 tensor"),
+    (torch.full((4, 4), -1.0), ValueError, "finite, non-negative patch_weights"),
+    (torch.full((4, 4), float("nan")), ValueError, "finite, non-negative patch_weights"),
+])
+def test_bad_patch_weights_are_named(bad, exc, match):
+    x, r, a = _inputs(2, 3, 16, 16, 4, 4, torch.uint8, torch.float32, False)
+    with pytest.raises(exc, match=match):
+        ops.patch_scores(x, r, a, patch_size=4, patch_weights=bad)

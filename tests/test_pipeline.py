@@ -24,10 +24,13 @@ def _model(channels=3, size=32, device="cpu", seed=0):
     return model
 
 
-@pytest.mark.parametrize("layout,k", [("phases", 4), ("random", 4), ("none", 1), ("phases", 9)])
-def test_fp32_scorer_equals_score_batch_and_the_reference(layout, k):
+@pytest.mark.parametrize("layout,k,weighted", [("phases", 4, False), ("random", 4, False), ("none", 1, False),
+                                               ("phases", 9, False), ("phases", 4, True), ("random", 4, True)])
+def test_fp32_scorer_equals_score_batch_and_the_reference(layout, k, weighted):
     model = _model()
-    cfg = dataclasses.replace(model.score_config, layout=layout, num_copies=k)
+    weights = torch.rand(4, 4, generator=torch.Generator().manual_seed(1)) * 2 if weighted else None
+    cfg = dataclasses.replace(model.score_config, layout=layout, num_copies=k,
+                              patch_weights=None if weights is None else weights.tolist())
     images = random_images((11, 3, 32, 32), torch.uint8, seed=3)
     keys = torch.arange(11, dtype=torch.int64) * 7919
     scorer = Scorer(model, cfg, forward_batch=2 * k)  # 2 images per forward: 6 chunks, the last one short
@@ -38,6 +41,9 @@ def test_fp32_scorer_equals_score_batch_and_the_reference(layout, k):
     ref_scores, ref_errors = reference_pipeline(model, images, cfg, keys)
     torch.testing.assert_close(scores, ref_scores, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(errors, ref_errors, rtol=1e-5, atol=1e-6)
+    if weighted:  # the weights change the ranking, not the patch errors
+        plain, _ = Scorer(model, dataclasses.replace(cfg, patch_weights=None))(images, keys)
+        assert not torch.allclose(scores, plain)
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())

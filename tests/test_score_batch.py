@@ -1,5 +1,7 @@
 """score_batch end to end with small reconstructor modules."""
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import cpu_and_cuda
@@ -7,7 +9,7 @@ from helpers import random_images
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from patchgan_fast import RANKING_PRESETS, ScoreConfig, score_batch
+from patchgan_fast import RANKING_PRESETS, ScoreConfig, error_maps, pixel_errors, score_batch
 from patchgan_fast import _reference as R
 
 
@@ -119,3 +121,48 @@ def test_ranking_presets():
     assert cfg.top_weights == () and cfg.rest_weight == 1.0
     with pytest.raises(ValueError, match="unknown ranking preset 'best'; expected one of paper, none"):
         ScoreConfig().with_ranking("best")
+
+
+@pytest.mark.parametrize("layout,k", [("phases", 4), ("random", 4), ("none", 1)])
+def test_pixel_errors_average_to_the_patch_errors(layout, k):
+    torch.manual_seed(0)
+    model = TinyReconstructor(3)
+    images = random_images((3, 3, 32, 32), torch.uint8)
+    cfg = ScoreConfig(patch_size=8, layout=layout, num_copies=k, mean=(0.5,) * 3, std=(0.25,) * 3)
+    res = score_batch(model, images, cfg, keys=torch.arange(3))
+    px = pixel_errors(images, res.reconstructions, res.assignment, patch_size=8, mean=cfg.mean, std=cfg.std)
+    assert px.shape == (3, 32, 32) and px.dtype == torch.float32
+    torch.testing.assert_close(torch.nn.functional.avg_pool2d(px[:, None], 8)[:, 0], res.patch_errors, atol=1e-6, rtol=1e-5)
+    # unsmoothed maps are these pixel errors; smoothing keeps the shape and averages neighbours
+    torch.testing.assert_close(error_maps(model, images, cfg, keys=torch.arange(3), smoothing=1), px)
+    smooth = error_maps(model, images, cfg, keys=torch.arange(3), smoothing=5, batch=2)
+    assert smooth.shape == px.shape
+    torch.testing.assert_close(smooth[:, 2:-2, 2:-2], torch.nn.functional.avg_pool2d(px[:, None], 5, 1)[:, 0])
+
+
+def test_error_maps_localize_a_lesion_within_its_patch():
+    """Finer than the patch grid: the peak of the map lies on the lesion, not just in its patch."""
+    template = torch.full((1, 1, 32, 32), 0.4)
+    images = template.repeat(2, 1, 1, 1)
+    images[1, :, 9:12, 13:16] = 0.9
+    maps = error_maps(Template(template), images, ScoreConfig(patch_size=8, layout="phases", num_copies=4), smoothing=3)
+    assert maps[0].max() == 0
+    y, x = divmod(int(maps[1].argmax()), 32)
+    assert 9 <= y < 12 and 13 <= x < 16
+    with pytest.raises(ValueError, match="smoothing a positive odd int, got 4"):
+        error_maps(Template(template), images, ScoreConfig(patch_size=8), smoothing=4)
+
+
+def test_patch_weights_must_fit_the_grid():
+    model = TinyReconstructor(1)
+    images = random_images((2, 1, 32, 32), torch.uint8)
+    cfg = ScoreConfig(patch_size=8, patch_weights=[[1.0] * 3] * 3)
+    assert cfg.patch_weights == ((1.0, 1.0, 1.0),) * 3
+    with pytest.raises(ValueError, match="patch_weights are for a 3x3 patch grid but the images have 4x4 patches of 8x8"):
+        score_batch(model, images, cfg)
+    with pytest.raises(ValueError, match="Gh rows of Gw floats"):
+        ScoreConfig(patch_weights=[[1.0, 2.0], [1.0]])
+    # uniform weights of 1 change nothing
+    ones = dataclasses.replace(cfg, patch_weights=[[1.0] * 4] * 4)
+    torch.testing.assert_close(score_batch(model, images, ones).scores,
+                               score_batch(model, images, dataclasses.replace(cfg, patch_weights=None)).scores)

@@ -1,5 +1,6 @@
 """Training, model files, checkpoints and resume, and distributed training (CPU, small)."""
 
+import dataclasses
 import os
 import re
 import signal
@@ -39,6 +40,23 @@ def test_training_lowers_the_loss_and_detects_obvious_anomalies(trained):
     assert stats["count"] == 16 and stats["p50"] <= stats["p95"] <= stats["p99"]
     z_normal, z_abnormal = trained.normalize(normal), trained.normalize(abnormal)
     assert abs(float(z_normal.median())) < 2 and float(z_abnormal.median()) > 3
+
+
+def test_position_weights_come_from_the_validation_images(trained):
+    """1.1 m / (m_pos + 0.1 m) per position, from the mean patch errors of the held-out normal images."""
+    cfg = trained.score_config
+    weights = torch.tensor(cfg.patch_weights, dtype=torch.float64)
+    assert weights.shape == (4, 4) and bool((weights > 0).all()) and bool((weights <= 11).all())
+    g = torch.Generator().manual_seed(trained.config.seed)  # the validation split of fit()
+    val = blobs(160)[torch.randperm(160, generator=g)[:16]]
+    m_pos = score_batch(trained, val, dataclasses.replace(cfg, patch_weights=None)).patch_errors.double().mean(0)
+    torch.testing.assert_close(weights, 1.1 * m_pos.mean() / (m_pos + 0.1 * m_pos.mean()), rtol=1e-5, atol=1e-6)
+    # the scores use them; position_weights=False scores without them
+    x = blobs(8, seed=7)
+    plain = dataclasses.replace(trained.config, position_weights=False)
+    off = PatchGAN.from_state({**trained.state(), "config": plain.to_dict()})
+    assert off.score_config.patch_weights is None
+    assert not torch.allclose(score_batch(trained, x).scores, score_batch(off, x).scores)
 
 
 def test_gradients_reach_both_networks():
@@ -85,6 +103,7 @@ def test_save_load_gives_identical_scores(trained, tmp_path):
     x = blobs(12, seed=9)
     assert torch.equal(score_batch(trained, x).scores, score_batch(loaded, x).scores)
     assert loaded.config == trained.config and loaded.score_stats == trained.score_stats
+    assert loaded.patch_weights == trained.patch_weights and loaded.score_config == trained.score_config
     assert loaded.mean == trained.mean and loaded.std == trained.std
     assert not list(tmp_path.glob(".*.tmp")), "the temporary file of the atomic write was left behind"
 
