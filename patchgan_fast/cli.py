@@ -104,7 +104,7 @@ def _score_all(model, images: torch.Tensor, ids, batch: int, device) -> torch.Te
     return torch.cat(scores)
 
 
-def _pixel_metrics(model, images: torch.Tensor, ids, masks_dir: str, resize: str, device) -> dict:
+def _pixel_metrics(model, images: torch.Tensor, ids, masks_dir: str, resize: str) -> dict:
     """Pixel AUROC/AUPRC of the error maps (:func:`~patchgan_fast.error_maps`) against the masks of the
     same file names."""
     from .evaluation import pixel_metrics
@@ -127,8 +127,7 @@ def _pixel_metrics(model, images: torch.Tensor, ids, masks_dir: str, resize: str
         found.append(i)
     if not found:
         raise SystemExit(f"error: no mask in {masks_dir} matches the abnormal file names")
-    keys = torch.tensor([image_key(*ids[i]) for i in found], dtype=torch.int64, device=device)
-    heat = error_maps(model, images[found].to(device), keys=keys).cpu()
+    heat = error_maps(model, images[found], keys=torch.tensor([image_key(*ids[i]) for i in found], dtype=torch.int64))
     return {**pixel_metrics(list(heat.numpy()), truth), "masks_found": len(found), "masks_missing": missing}
 
 
@@ -155,7 +154,7 @@ def cmd_evaluate(a) -> int:
         scores += _score_all(model, images, ids, a.batch_size, device).tolist()
         labels += [label] * len(ids)
         if label == 1 and a.masks:
-            pixel = _pixel_metrics(model, images, ids, a.masks, a.resize, device)
+            pixel = _pixel_metrics(model, images, ids, a.masks, a.resize)
     metrics = image_metrics(scores, labels)
     if a.masks:
         metrics.update(pixel)

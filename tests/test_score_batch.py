@@ -162,6 +162,9 @@ def test_patch_weights_must_fit_the_grid():
         score_batch(model, images, cfg)
     with pytest.raises(ValueError, match="Gh rows of Gw floats"):
         ScoreConfig(patch_weights=[[1.0, 2.0], [1.0]])
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="finite and non-negative"):
+            ScoreConfig(patch_weights=[[1.0, bad]])
     # uniform weights of 1 change nothing
     ones = dataclasses.replace(cfg, patch_weights=[[1.0] * 4] * 4)
     torch.testing.assert_close(score_batch(model, images, ones).scores,
