@@ -175,6 +175,27 @@ def mask_images_reference(
     return out.view(k, b, c, h, w)
 
 
+def squared_errors_reference(
+    images: Tensor,
+    reconstructions: Tensor,
+    assignment: Optional[Tensor],
+    *,
+    patch_size: int,
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """``[B, C, H, W]`` squared error of each normalized pixel against its reconstruction in the copy
+    that hid it (``assignment``; the only copy when K = 1), computed in ``dtype``."""
+    x = normalize_reference(images, mean, std, dtype)
+    r = reconstructions if reconstructions.dim() == 5 else reconstructions.unsqueeze(0)
+    if assignment is not None and r.shape[0] > 1:
+        pixel = assignment.long().repeat_interleave(patch_size, 1).repeat_interleave(patch_size, 2)
+        index = pixel[None, :, None].expand(1, r.shape[1], r.shape[2], -1, -1)
+        r = torch.gather(r, 0, index)
+    return (x - r[0].to(dtype)).square()
+
+
 def patch_scores_reference(
     images: Tensor,
     reconstructions: Tensor,
@@ -193,22 +214,17 @@ def patch_scores_reference(
 
     Returns ``(scores [B], patch_errors [B, Gh, Gw])``; both are float32 unless ``dtype`` is float64.
     """
-    x = normalize_reference(images, mean, std, dtype)
-    r = reconstructions if reconstructions.dim() == 5 else reconstructions.unsqueeze(0)
-    if assignment is not None and r.shape[0] > 1:
-        pixel = assignment.long().repeat_interleave(patch_size, 1).repeat_interleave(patch_size, 2)
-        index = pixel[None, :, None].expand(1, r.shape[1], r.shape[2], -1, -1)
-        r = torch.gather(r, 0, index)
-    r = r[0].to(dtype)
-    b, c, h, w = x.shape
+    sq = squared_errors_reference(images, reconstructions, assignment, patch_size=patch_size, mean=mean, std=std,
+                                  dtype=dtype)
+    b, c, h, w = sq.shape
     p = patch_size
-    err = (x - r).square().view(b, c, h // p, p, w // p, p).mean(dim=(1, 3, 5))
+    err = sq.view(b, c, h // p, p, w // p, p).mean(dim=(1, 3, 5))
     weighted = err if patch_weights is None else err * patch_weights.to(dtype)
     ranked = weighted.flatten(1).sort(dim=1, descending=True).values
-    weights = torch.full((ranked.shape[1],), float(rest_weight), dtype=dtype, device=x.device)
+    weights = torch.full((ranked.shape[1],), float(rest_weight), dtype=dtype, device=sq.device)
     t = len(top_weights)
     if t:
-        weights[:t] = torch.tensor(list(top_weights), dtype=torch.float32).to(dtype=dtype, device=x.device)
+        weights[:t] = torch.tensor(list(top_weights), dtype=torch.float32).to(dtype=dtype, device=sq.device)
     scores = (ranked * weights).sum(dim=1)
     out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     return scores.to(out_dtype), err.to(out_dtype)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
+from ._reference import squared_errors_reference
 
 #: Ranking presets (``top_weights``, ``rest_weight``) for eq. 5. ``paper``: 1.1 for the most anomalous
 #: patch and 1.0 for the next, as in Chen et al.; ``none``: the unranked sum (the paper's "without
@@ -204,15 +205,8 @@ def pixel_errors(
             :class:`ScoreResult`.
         patch_size, mean, std: those of the :class:`ScoreConfig` that scored them.
     """
-    k, b, c, h, w = reconstructions.shape
-    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    if mean is not None:
-        x = (x - torch.tensor(mean, device=x.device).view(1, -1, 1, 1)) / torch.tensor(std, device=x.device).view(1, -1, 1, 1)
-    r = reconstructions
-    if assignment is not None and k > 1:
-        hid = assignment.long().repeat_interleave(patch_size, 1).repeat_interleave(patch_size, 2)  # [B, H, W]
-        r = r.gather(0, hid[None, :, None].expand(1, b, c, h, w))
-    return (r[0].float() - x).square().mean(1)
+    return squared_errors_reference(images, reconstructions, assignment, patch_size=patch_size, mean=mean,
+                                    std=std).mean(1)
 
 
 def default_smoothing(patch_size: int) -> int:
