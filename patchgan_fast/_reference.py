@@ -219,15 +219,24 @@ def patch_scores_reference(
     b, c, h, w = sq.shape
     p = patch_size
     err = sq.view(b, c, h // p, p, w // p, p).mean(dim=(1, 3, 5))
-    weighted = err if patch_weights is None else err * patch_weights.to(dtype)
-    ranked = weighted.flatten(1).sort(dim=1, descending=True).values
-    weights = torch.full((ranked.shape[1],), float(rest_weight), dtype=dtype, device=sq.device)
-    t = len(top_weights)
-    if t:
-        weights[:t] = torch.tensor(list(top_weights), dtype=torch.float32).to(dtype=dtype, device=sq.device)
-    scores = (ranked * weights).sum(dim=1)
+    scores = rank_patch_errors(err, top_weights=top_weights, rest_weight=rest_weight, patch_weights=patch_weights)
     out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     return scores.to(out_dtype), err.to(out_dtype)
+
+
+def rank_patch_errors(
+    errors: Tensor, *, top_weights: Sequence[float], rest_weight: float, patch_weights: Optional[Tensor] = None
+) -> Tensor:
+    """Eq. 5 on given patch errors ``[B, Gh, Gw]``: multiplied by ``patch_weights`` [Gh, Gw], sorted,
+    ``top_weights`` on the largest and ``rest_weight`` on the others; ``[B]`` in the errors' dtype."""
+    dtype = errors.dtype
+    weighted = errors if patch_weights is None else errors * patch_weights.to(device=errors.device, dtype=dtype)
+    ranked = weighted.flatten(1).sort(dim=1, descending=True).values
+    weights = torch.full((ranked.shape[1],), float(rest_weight), dtype=dtype, device=errors.device)
+    t = len(top_weights)
+    if t:
+        weights[:t] = torch.tensor(list(top_weights), dtype=torch.float32).to(dtype=dtype, device=errors.device)
+    return (ranked * weights).sum(dim=1)
 
 
 def reference_pipeline(model, images: Tensor, config, keys: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import inspect
 import json
 import multiprocessing
 import os
@@ -86,15 +87,17 @@ def _ablations(config: TrainConfig) -> dict[str, TrainConfig]:
 
 def _train_and_score(job: tuple) -> tuple:
     """Trains one method on ``train_x`` and scores ``test_x``: (scores, maps, {variant: scores} of the
-    scoring ablations, seconds). Top-level, so that a process pool can run it."""
-    name, config, options, train_x, test_x, threads, scoring_ablations = job
+    scoring ablations, seconds). Without ``need_maps``, methods whose maps cost an extra pass (the
+    Patch-GAN, the AE) skip it. Top-level, so that a process pool can run it."""
+    name, config, options, train_x, test_x, threads, scoring_ablations, need_maps = job
     if threads:
         torch.set_num_threads(threads)
     if isinstance(options.get("perceptual"), str):
         options = {**options, "perceptual": _load_perceptual(options["perceptual"])}
     t0 = time.perf_counter()
     m = get_method(name, config, **options).fit(train_x)
-    scores, maps = m.score(test_x)
+    skip_maps = not need_maps and "maps" in inspect.signature(m.score).parameters
+    scores, maps = m.score(test_x, **({"maps": False} if skip_maps else {}))
     extra = {}
     if scoring_ablations:  # the same model scored other ways
         extra["patchgan, ranking off (sum)"] = m.score(test_x, ranking="none", maps=False)[0]
@@ -103,21 +106,22 @@ def _train_and_score(job: tuple) -> tuple:
 
 
 def _run_methods(
-    groups, methods, config, quick: bool, options: dict, jobs: int, seconds: dict
+    groups, methods, config, quick: bool, options: dict, jobs: int, seconds: dict, need_maps: bool
 ) -> list[tuple[dict, dict]]:
     """Trains and scores every method (and, outside --quick, the Patch-GAN's ablations) on every
     ``(train_x, test_x)`` group, in ``jobs`` processes at once (models this small leave a GPU mostly
     idle, so several train side by side). Returns per group ``({method: (scores, maps)},
-    {variant: scores})`` and adds each method's training + scoring time to ``seconds``."""
+    {variant: scores})`` (maps None where they cost an extra pass and ``need_maps`` is off) and adds each
+    method's training + scoring time to ``seconds``."""
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
     work, index = [], []
     for g, (train_x, test_x) in enumerate(groups):
         for name in methods:
-            work.append((name, config, options.get(name, {}), train_x, test_x, threads, name == "patchgan"))
+            work.append((name, config, options.get(name, {}), train_x, test_x, threads, name == "patchgan", need_maps))
             index.append((g, name, None))
         if "patchgan" in methods and not quick:
             for variant, cfg in _ablations(config).items():
-                work.append(("patchgan", cfg, {}, train_x, test_x, threads, False))
+                work.append(("patchgan", cfg, {}, train_x, test_x, threads, False, False))
                 index.append((g, "patchgan", variant))
     if jobs > 1:
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -184,7 +188,7 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
                 test_x, labels = test_x[keep], labels[keep]
             groups.append((train_x, test_x))
             labels_of.append(labels.tolist())
-        outputs = _run_methods(groups, methods, config, quick, options, jobs, seconds)
+        outputs = _run_methods(groups, methods, config, quick, options, jobs, seconds, need_maps=False)
         for c, y, (results, ablations) in zip(classes, labels_of, outputs):
             for m, (scores, _) in results.items():
                 auroc = image_metrics(scores.tolist(), y)["auroc"]
@@ -210,7 +214,8 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
 
         train, test = load_brain_mri(size=config.image_size, path=data, seed=seed,
                                      train_copies=2 if quick else 4, test_copies=4 if quick else 16)
-        [(results, ablations)] = _run_methods([(train.images, test.images)], methods, config, quick, options, jobs, seconds)
+        [(results, ablations)] = _run_methods([(train.images, test.images)], methods, config, quick, options, jobs, seconds,
+                                                need_maps=True)
         y = test.labels.tolist()
         sick = test.labels == 1
         bins = test.size_bins

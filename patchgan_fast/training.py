@@ -26,6 +26,7 @@ from . import ops
 from .config import TrainConfig
 from ._runtime import distributed, progress_bar
 from .model import PatchGAN, atomic_save
+from ._reference import rank_patch_errors
 from .scoring import score_batch
 
 CHECKPOINT = "checkpoint.pt"
@@ -221,29 +222,36 @@ def _val_error(model: PatchGAN, images: Tensor, device: torch.device, batch: int
     return total / len(images)
 
 
-#: Additive floor of the position weights, as a share of the mean normal patch error (see _patch_weights).
+#: Additive floor of the position weights, as a share of the mean normal patch error (see _position_weights).
 POSITION_FLOOR = 0.1
 
 
-def _patch_weights(model: PatchGAN, images: Tensor, device: torch.device, batch: int) -> tuple[tuple[float, ...], ...]:
-    """Per-position weights ``(1 + f) m / (m_pos + f m)`` (f = ``POSITION_FLOOR``) from the mean patch
-    error ``m_pos`` of the normal validation images at each position (``m``: their mean over
-    positions): about ``m / m_pos``, so every position's normal error counts alike; 1 at an average
-    position; at most ``(1 + f) / f`` = 11 where normal images leave almost no error (background)."""
-    cfg = dataclasses.replace(model.score_config, patch_weights=None)
-    total = sum(score_batch(model, images[i:i + batch].to(device), cfg).patch_errors.double().sum(0)
-                for i in range(0, len(images), batch))
-    m_pos = total / len(images)
+def _position_weights(errors: Tensor) -> tuple[tuple[float, ...], ...]:
+    """Per-position weights ``(1 + f) m / (m_pos + f m)`` (f = ``POSITION_FLOOR``) from the patch
+    errors ``[N, Gh, Gw]`` of the normal validation images (unweighted): ``m_pos`` their mean at
+    each position, ``m`` its mean over positions. About ``m / m_pos``, so every position's normal
+    error counts alike; 1 at an average position; at most ``(1 + f) / f`` = 11 where normal images
+    leave almost no error (background)."""
+    m_pos = errors.double().mean(0)
     m = m_pos.mean().clamp_min(1e-12)
     w = (1 + POSITION_FLOOR) * m / (m_pos + POSITION_FLOOR * m)
-    return tuple(tuple(float(v) for v in row) for row in w.cpu().tolist())
+    return tuple(tuple(float(v) for v in row) for row in w.tolist())
 
 
-def _score_stats(model: PatchGAN, images: Tensor, device: torch.device, batch: int) -> dict:
-    scores = torch.cat([score_batch(model, images[i:i + batch].to(device)).scores.cpu() for i in range(0, len(images), batch)])
+def _validation_statistics(model: PatchGAN, images: Tensor, device: torch.device, batch: int) -> None:
+    """Sets ``model.patch_weights`` and ``model.score_stats`` from one scoring pass over the normal
+    validation images: the patch errors give the weights, then the scores (eq. 5, with the weights
+    when ``config.position_weights`` is on) are ranked from the same errors."""
+    cfg = dataclasses.replace(model.score_config, patch_weights=None)
+    errors = torch.cat([score_batch(model, images[i:i + batch].to(device), cfg).patch_errors.cpu()
+                        for i in range(0, len(images), batch)])
+    model.patch_weights = _position_weights(errors)
+    cfg = model.score_config
+    scores = rank_patch_errors(errors, top_weights=cfg.top_weights, rest_weight=cfg.rest_weight,
+                               patch_weights=cfg.patch_weights_tensor(errors.shape[1:], "cpu"))
     q = torch.quantile(scores.double(), torch.tensor([0.5, 0.95, 0.99], dtype=torch.float64))
-    return {"mean": float(scores.mean()), "std": float(scores.std()) if len(scores) > 1 else 0.0,
-            "p50": float(q[0]), "p95": float(q[1]), "p99": float(q[2]), "count": len(scores)}
+    model.score_stats = {"mean": float(scores.mean()), "std": float(scores.std()) if len(scores) > 1 else 0.0,
+                         "p50": float(q[0]), "p95": float(q[1]), "p99": float(q[2]), "count": len(scores)}
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -407,8 +415,7 @@ def fit(data, config: TrainConfig, *, resume: bool = False) -> PatchGAN:
     if best is not None:
         model.reconstructor.load_state_dict(best[1])
     if n_val and rank == 0:
-        model.patch_weights = _patch_weights(model, val_images, device, config.batch_size)
-        model.score_stats = _score_stats(model, val_images, device, config.batch_size)
+        _validation_statistics(model, val_images, device, config.batch_size)
     model.history = history
     if world > 1:
         dist.barrier()

@@ -51,6 +51,10 @@ def test_position_weights_come_from_the_validation_images(trained):
     val = blobs(160)[torch.randperm(160, generator=g)[:16]]
     m_pos = score_batch(trained, val, dataclasses.replace(cfg, patch_weights=None)).patch_errors.double().mean(0)
     torch.testing.assert_close(weights, 1.1 * m_pos.mean() / (m_pos + 0.1 * m_pos.mean()), rtol=1e-5, atol=1e-6)
+    # the score statistics, ranked from the same pass's errors, are those of the fast scores
+    scores = score_batch(trained, val).scores.double()
+    assert trained.score_stats["mean"] == pytest.approx(float(scores.mean()), rel=1e-5)
+    assert trained.score_stats["std"] == pytest.approx(float(scores.std()), rel=1e-4)
     # the scores use them; position_weights=False scores without them
     x = blobs(8, seed=7)
     plain = dataclasses.replace(trained.config, position_weights=False)
