@@ -12,12 +12,12 @@ from ._backend import info as backend_info
 from .config import LOSS_PRESETS, TrainConfig
 from .model import PatchGAN
 from .pipeline import Scorer
-from .scoring import RANKING_PRESETS, ScoreConfig, ScoreResult, error_maps, pixel_errors, score_batch
+from .scoring import ERRORS, RANKING_PRESETS, ScoreConfig, ScoreResult, error_maps, pixel_errors, score_batch
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ops", "score_batch", "error_maps", "pixel_errors", "Scorer", "ScoreConfig", "ScoreResult", "RANKING_PRESETS",
+    "ops", "score_batch", "error_maps", "pixel_errors", "Scorer", "ScoreConfig", "ScoreResult", "RANKING_PRESETS", "ERRORS",
     "PatchGAN", "TrainConfig",
     "LOSS_PRESETS", "backend_info", "__version__",
 ]

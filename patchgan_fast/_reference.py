@@ -188,12 +188,18 @@ def squared_errors_reference(
     """``[B, C, H, W]`` squared error of each normalized pixel against its reconstruction in the copy
     that hid it (``assignment``; the only copy when K = 1), computed in ``dtype``."""
     x = normalize_reference(images, mean, std, dtype)
+    return (x - infilled_reference(reconstructions, assignment, patch_size=patch_size).to(dtype)).square()
+
+
+def infilled_reference(reconstructions: Tensor, assignment: Optional[Tensor], *, patch_size: int) -> Tensor:
+    """``[B, C, H, W]``: each pixel from the reconstruction of the copy that hid it (``assignment``
+    ``[B, Gh, Gw]``; the only copy when K = 1), in the reconstructions' dtype."""
     r = reconstructions if reconstructions.dim() == 5 else reconstructions.unsqueeze(0)
     if assignment is not None and r.shape[0] > 1:
         pixel = assignment.long().repeat_interleave(patch_size, 1).repeat_interleave(patch_size, 2)
         index = pixel[None, :, None].expand(1, r.shape[1], r.shape[2], -1, -1)
         r = torch.gather(r, 0, index)
-    return (x - r[0].to(dtype)).square()
+    return r[0]
 
 
 def patch_scores_reference(
@@ -241,7 +247,8 @@ def rank_patch_errors(
 
 def reference_pipeline(model, images: Tensor, config, keys: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """Scoring as a careful researcher writes it in plain eager fp32 PyTorch: masks built in Python,
-    one forward pass per copy, unfold-and-sort scoring. The baseline the fast pipeline is measured
+    one forward pass per copy, unfold-and-sort scoring (``error='msgms'``: of the structural error map
+    of the in-filled image). The baseline the fast pipeline is measured
     and checked against (``benchmarks/test_bench_pipeline.py``, ``tests/test_pipeline.py``).
 
     Args:
@@ -274,12 +281,19 @@ def reference_pipeline(model, images: Tensor, config, keys: Optional[Tensor] = N
         assignment = torch.zeros(b, gh, gw, dtype=torch.long, device=x.device)
     pixel_copy = assignment.repeat_interleave(p, 1).repeat_interleave(p, 2)[:, None]  # [B, 1, H, W]
     errors = torch.zeros(b, gh * gw, device=x.device)
+    infilled = torch.zeros_like(x)
     with torch.no_grad():
         for copy in range(k):
             hidden = pixel_copy == copy if config.layout != "none" else torch.zeros_like(pixel_copy, dtype=torch.bool)
             recon = model(torch.where(hidden, torch.full_like(x, config.fill), x))
             per_patch = F.unfold((x - recon) ** 2, kernel_size=p, stride=p).view(b, c * p * p, gh * gw).mean(1)
             errors += torch.where(assignment.flatten(1) == copy, per_patch, torch.zeros_like(per_patch))
+            infilled = torch.where(pixel_copy == copy, recon, infilled)
+    if config.error == "msgms":
+        from .gms import gms_errors
+
+        pixels = gms_errors(images, infilled, mean=config.mean, std=config.std)[:, None]
+        errors = F.unfold(pixels, kernel_size=p, stride=p).mean(1)
     weighted = errors
     if config.patch_weights is not None:
         weighted = errors * torch.tensor(config.patch_weights, device=x.device).flatten()

@@ -59,8 +59,8 @@ def cmd_train(a) -> int:
     from .training import train
 
     images, _, errors = _load(a.data, a.size, a.channels, a.resize, _workers(a.workers))
-    overrides = {k: getattr(a, k) for k in ("patch_size", "steps", "batch_size", "lr", "loss", "ranking", "layout",
-                                            "num_copies", "width", "depth", "seed", "device", "checkpoint_dir")
+    overrides = {k: getattr(a, k) for k in ("patch_size", "steps", "batch_size", "lr", "loss", "ranking", "error",
+                                            "layout", "num_copies", "width", "depth", "seed", "device", "checkpoint_dir")
                  if getattr(a, k) is not None}
     if a.skips:
         overrides["skips"] = True
@@ -210,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--loss", choices=["default", "paper", "reconstruction"], default=None,
                    help="loss weights preset: paper = eq. 4 with lambda 0.2 (default: default)")
     t.add_argument("--ranking", choices=["paper", "none"], default=None, help="ranking preset used for scoring")
+    t.add_argument("--error", choices=["mse", "msgms"], default=None,
+                   help="patch error for scoring: mse (squared error, default) or msgms (multi-scale gradient "
+                        "magnitude similarity, structural)")
     t.add_argument("--layout", choices=["phases", "random", "none"], default=None, help="scoring masks layout")
     t.add_argument("--num-copies", type=int, default=None, help="K masked copies per image (square for phases)")
     t.add_argument("--width", type=int, default=None, help="reconstructor width")

@@ -30,6 +30,8 @@ class TrainConfig:
             boxes of image_size/16 to image_size/3.
         loss: a ``LOSS_PRESETS`` name; ``rec_weight``/``adv_weight`` override it when set.
         ranking: a ``RANKING_PRESETS`` name for scoring.
+        error: the patch error measure for scoring, one of ``scoring.ERRORS`` (``mse``, eq. 2, or
+            ``msgms``, structural); training's reconstruction loss is eq. 1 either way.
         position_weights: weight each patch error by how hard its position is for normal images
             before ranking (``PatchGAN.patch_weights``, from the validation images).
         steps, batch_size, lr, weight_decay, betas: AdamW schedule (batch_size per process).
@@ -56,6 +58,7 @@ class TrainConfig:
     rec_weight: Optional[float] = None
     adv_weight: Optional[float] = None
     ranking: str = "paper"
+    error: str = "mse"
     position_weights: bool = True
     steps: int = 2000
     batch_size: int = 32
@@ -72,12 +75,14 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        from .scoring import RANKING_PRESETS
+        from .scoring import ERRORS, RANKING_PRESETS
 
         if self.loss not in LOSS_PRESETS:
             raise ValueError(f"unknown loss preset {self.loss!r}; expected one of {', '.join(LOSS_PRESETS)}")
         if self.ranking not in RANKING_PRESETS:
             raise ValueError(f"unknown ranking preset {self.ranking!r}; expected one of {', '.join(RANKING_PRESETS)}")
+        if self.error not in ERRORS:
+            raise ValueError(f"unknown error {self.error!r}; expected one of {', '.join(ERRORS)}")
         stride = 2**self.depth
         if self.image_size % self.patch_size or self.image_size % stride:
             raise ValueError(
@@ -124,6 +129,6 @@ class TrainConfig:
         """The fields a resumed run must share with the run that wrote the checkpoint."""
         d = self.to_dict()
         for k in ("progress", "checkpoint_dir", "num_workers", "device", "val_every", "checkpoint_every",
-                  "position_weights"):
+                  "position_weights", "error"):
             d.pop(k)
         return d

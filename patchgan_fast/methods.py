@@ -46,13 +46,17 @@ class PatchGANMethod:
     def _device(self):
         return next(self.model.parameters()).device
 
-    def score(self, images: Tensor, ranking: Optional[str] = None, position_weights: bool = True, maps: bool = True):
+    def score(self, images: Tensor, ranking: Optional[str] = None, position_weights: bool = True, maps: bool = True,
+              error: Optional[str] = None):
         """Scores (eq. 5) from the fast scorer; maps: :func:`~patchgan_fast.error_maps` (pixel errors in the
         copy that hid each pixel, smoothed), finer than the patch grid, or None with ``maps=False``.
-        ``ranking`` overrides the model's preset; ``position_weights=False`` scores without its patch weights."""
+        ``ranking`` and ``error`` override the model's; ``position_weights=False`` scores without its patch
+        weights (which were made for the model's own error measure: pass it with ``error``)."""
         cfg = self.model.score_config if ranking is None else self.model.score_config.with_ranking(ranking)
         if not position_weights:
             cfg = dataclasses.replace(cfg, patch_weights=None)
+        if error is not None:
+            cfg = dataclasses.replace(cfg, error=error)
         scorer = Scorer(self.model, cfg, compile="none")
         dev = self._device()
 
@@ -71,7 +75,7 @@ class AutoencoderMethod(PatchGANMethod):
     def __init__(self, config: TrainConfig):
         super().__init__(dataclasses.replace(config, layout="none", num_copies=1, box_count=(0, 0), loss="reconstruction",
                                              rec_weight=None, adv_weight=None, skips=False, ranking="none",
-                                             position_weights=False))
+                                             position_weights=False, error="mse"))
 
 
 class ALOCCMethod(PatchGANMethod):

@@ -51,7 +51,7 @@ class PatchGAN(nn.Module):
     def score_config(self) -> ScoreConfig:
         top, rest = RANKING_PRESETS[self.config.ranking]
         return ScoreConfig(
-            patch_size=self.config.patch_size, layout=self.config.layout, num_copies=self.config.num_copies,
+            patch_size=self.config.patch_size, error=self.config.error, layout=self.config.layout, num_copies=self.config.num_copies,
             seed=self.config.seed % 2**32, top_weights=top, rest_weight=rest, mean=self.mean, std=self.std,
             patch_weights=self.patch_weights if self.config.position_weights else None,
             channels_last=next(self.parameters()).is_cuda,

@@ -4,7 +4,9 @@ Per batch: uint8 images go to the device from pinned memory without blocking; th
 the K masked copies in the model's dtype and memory format; the reconstructor (a private bf16,
 channels_last copy on CUDA) runs on chunks of images, all K copies of a chunk in one forward, so
 memory stays bounded for any batch size; the fused Triton kernel reads the K reconstructions in
-their own dtype and returns the ranked scores. No fp32 copy of the reconstructions is ever made.
+their own dtype and returns the ranked scores. No fp32 copy of the reconstructions is ever made
+(with ``error='msgms'`` the in-filled image is gathered and its structural error map computed in
+PyTorch instead).
 
 On CUDA the reconstructor is captured with CUDA graphs through ``torch.compile(mode='reduce-overhead')``
 (chunks are padded to one shape, so it compiles once); when compilation fails, the scorer warns once
@@ -25,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
-from .scoring import ScoreConfig
+from .scoring import ScoreConfig, patch_scores
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("auto", "none", "compile", "cudagraphs")
@@ -201,15 +203,12 @@ class Scorer:
         return out.unflatten(0, (k, n))
 
     def _patch_scores(self, x: Tensor, recon: Tensor, keys: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """(scores [n], patch errors [n, Gh, Gw]) from the fused kernel."""
+        """(scores [n], patch errors [n, Gh, Gw]): the fused kernel (``mse``), or ``msgms`` maps ranked."""
         cfg = self.config
         assignment = None
         if cfg.num_copies > 1:
             assignment = ops.patch_assignment(keys, grid, layout=cfg.layout, num_copies=cfg.num_copies, seed=cfg.seed)
-        return ops.patch_scores_unchecked(
-            x, recon, assignment, patch_size=cfg.patch_size, top_weights=cfg.top_weights, rest_weight=cfg.rest_weight,
-            mean=cfg.mean, std=cfg.std, patch_weights=self._position_weights(grid),
-        )
+        return patch_scores(x, recon, assignment, cfg, self._position_weights(grid))
 
     def _position_weights(self, grid: tuple[int, int]) -> Optional[Tensor]:
         """The config's patch weights on the device, made once per grid."""

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
-from ._reference import squared_errors_reference
+from ._reference import infilled_reference, rank_patch_errors, squared_errors_reference
+from .gms import gms_errors
 
 #: Ranking presets (``top_weights``, ``rest_weight``) for eq. 5. ``paper``: 1.1 for the most anomalous
 #: patch and 1.0 for the next, as in Chen et al.; ``none``: the unranked sum (the paper's "without
@@ -20,6 +21,11 @@ RANKING_PRESETS: dict[str, tuple[tuple[float, ...], float]] = {
     "none": ((), 1.0),
 }
 
+#: Patch error measures: ``mse``, the paper's eq. 2 (fused with the ranking in the Triton kernel);
+#: ``msgms``, RIAD's multi-scale gradient-magnitude similarity (:mod:`patchgan_fast.gms`), computed
+#: with PyTorch convolutions and ranked with ``torch.sort``.
+ERRORS = ("mse", "msgms")
+
 
 @dataclass(frozen=True)
 class ScoreConfig:
@@ -27,6 +33,7 @@ class ScoreConfig:
 
     Attributes:
         patch_size: P, the side of the scoring patches; H and W must be multiples of it.
+        error: the per-pixel error averaged over each patch, one of ``ERRORS``.
         layout: ``'phases'``, ``'random'`` (K disjoint patch-aligned masks, every patch hidden in
             exactly one copy) or ``'none'`` (K = 1, plain reconstruction).
         num_copies: K.
@@ -42,6 +49,7 @@ class ScoreConfig:
     """
 
     patch_size: int = 16
+    error: str = "mse"
     layout: str = "phases"
     num_copies: int = 4
     seed: int = 0
@@ -55,6 +63,8 @@ class ScoreConfig:
     channels_last: bool = False
 
     def __post_init__(self):
+        if self.error not in ERRORS:
+            raise ValueError(f"ScoreConfig.error must be one of {', '.join(ERRORS)}, got {self.error!r}")
         if self.layout not in ("none", "phases", "random"):
             raise ValueError(f"ScoreConfig.layout must be 'none', 'phases' or 'random', got {self.layout!r}")
         if self.layout == "none" and self.num_copies != 1:
@@ -96,7 +106,7 @@ class ScoreResult:
 
     Attributes:
         scores (Tensor[B] float32): image anomaly scores (eq. 5), higher = more abnormal.
-        patch_errors (Tensor[B, Gh, Gw] float32): per-patch errors (eq. 2), for localization.
+        patch_errors (Tensor[B, Gh, Gw] float32): per-patch errors (eq. 2, or ``config.error``), for localization.
         assignment (Tensor[B, Gh, Gw] uint8 or None): the copy that hid each patch (None for K = 1).
         masked (Tensor[K, B, C, H, W]): the masked, normalized copies fed to the model.
         reconstructions (Tensor[K, B, C, H, W]): the model's outputs.
@@ -178,13 +188,29 @@ def score_batch(
         assignment = ops.patch_assignment(
             keys, (h // config.patch_size, w // config.patch_size), layout=config.layout, num_copies=k, seed=config.seed
         )
-    scores, errors = ops.patch_scores_unchecked(
-        images, recon, assignment, patch_size=config.patch_size, top_weights=config.top_weights,
-        rest_weight=config.rest_weight, mean=config.mean, std=config.std,
-        patch_weights=config.patch_weights_tensor((h // config.patch_size, w // config.patch_size), images.device),
-    )
+    weights = config.patch_weights_tensor((h // config.patch_size, w // config.patch_size), images.device)
+    scores, errors = patch_scores(images, recon, assignment, config, weights)
     ops._raise_if_not_finite(scores)
     return ScoreResult(scores=scores, patch_errors=errors, assignment=assignment, masked=masked, reconstructions=recon)
+
+
+def patch_scores(
+    images: Tensor, reconstructions: Tensor, assignment: Optional[Tensor], config: ScoreConfig,
+    patch_weights: Optional[Tensor],
+) -> tuple[Tensor, Tensor]:
+    """(scores [B], patch errors [B, Gh, Gw]) with ``config.error``: the fused kernel for ``mse``;
+    for ``msgms`` the mean of :func:`pixel_errors` over each patch, ranked (eq. 5) in PyTorch.
+    Arguments as :func:`~patchgan_fast.ops.patch_scores`, unchecked."""
+    if config.error == "mse":
+        return ops.patch_scores_unchecked(
+            images, reconstructions, assignment, patch_size=config.patch_size, top_weights=config.top_weights,
+            rest_weight=config.rest_weight, mean=config.mean, std=config.std, patch_weights=patch_weights,
+        )
+    pixels = pixel_errors(images, reconstructions, assignment, patch_size=config.patch_size, mean=config.mean,
+                          std=config.std, error=config.error)
+    errors = nn.functional.avg_pool2d(pixels[:, None], config.patch_size)[:, 0]
+    return rank_patch_errors(errors, top_weights=config.top_weights, rest_weight=config.rest_weight,
+                             patch_weights=patch_weights), errors
 
 
 def pixel_errors(
@@ -195,18 +221,26 @@ def pixel_errors(
     patch_size: int,
     mean: Optional[tuple[float, ...]] = None,
     std: Optional[tuple[float, ...]] = None,
+    error: str = "mse",
 ) -> Tensor:
-    """Each pixel's squared error in the copy that hid it, averaged over channels: ``[B, H, W]``
-    float32, in the units of ``patch_errors`` (the mean over each patch is its eq. 2 error).
+    """Each pixel's error against its reconstruction in the copy that hid it: ``[B, H, W]`` float32,
+    in the units of ``patch_errors`` (the mean over each patch is its patch error). ``mse``: the
+    squared error of the normalized pixel, averaged over channels (eq. 2); ``msgms``: the
+    :func:`~patchgan_fast.gms.gms_errors` map of the image against its in-filled reconstruction.
 
     Args:
         images (Tensor[B, C, H, W]): as given to :func:`score_batch`.
         reconstructions (Tensor[K, B, C, H, W]), assignment (Tensor[B, Gh, Gw] or None): from a
             :class:`ScoreResult`.
-        patch_size, mean, std: those of the :class:`ScoreConfig` that scored them.
+        patch_size, mean, std, error: those of the :class:`ScoreConfig` that scored them.
     """
-    return squared_errors_reference(images, reconstructions, assignment, patch_size=patch_size, mean=mean,
-                                    std=std).mean(1)
+    if error == "mse":
+        return squared_errors_reference(images, reconstructions, assignment, patch_size=patch_size, mean=mean,
+                                        std=std).mean(1)
+    if error == "msgms":
+        return gms_errors(images, infilled_reference(reconstructions, assignment, patch_size=patch_size),
+                          mean=mean, std=std)
+    raise ValueError(f"unknown error {error!r}; expected one of {', '.join(ERRORS)}")
 
 
 def default_smoothing(patch_size: int) -> int:
@@ -238,7 +272,7 @@ def error_maps(
         part = None if keys is None else keys[i:i + batch].to(device)
         r = score_batch(model, x, config, keys=part)
         e = pixel_errors(x, r.reconstructions, r.assignment, patch_size=config.patch_size, mean=config.mean,
-                         std=config.std)
+                         std=config.std, error=config.error)
         if k > 1:
             e = nn.functional.avg_pool2d(e[:, None], k, 1, k // 2, count_include_pad=False)[:, 0]
         out.append(e.to(images.device))

@@ -19,6 +19,7 @@ def test_quick_fashion_mnist_benchmark(tmp_path):
                  "--methods", "patchgan,ae,ocsvm"]) == 0
     table = (out / "table.md").read_text()
     assert "## Table 1" in table and "| patchgan |" in table and "| ocsvm |" in table and "ranking off" in table
+    assert "patchgan (msgms error, ranking paper, position weights)" in table
     records = json.loads((out / "results.json").read_text())
     means = [r for r in records if r["metric"] == "mean_image_auroc"]
     assert {r["config"]["method"] for r in means} == {"patchgan", "ae", "ocsvm"}
@@ -38,6 +39,7 @@ def test_quick_brain_mri_benchmark(tmp_path):
                  "--out", str(out), "--methods", "patchgan,threshold,fanogan"]) == 0
     table = (out / "table.md").read_text()
     assert "pixel AUROC" in table and "| threshold |" in table
+    assert "patchgan (mse error, ranking paper, position weights)" in table and "msgms error, no position weights" in table
     metrics = {(r["metric"], r["config"]["method"]) for r in json.loads((out / "results.json").read_text())}
     assert ("pixel_auroc", "patchgan") in metrics and ("image_auroc", "threshold") in metrics
     assert ("pixel_auroc", "fanogan") in metrics and ("pixel_auroc_brain", "patchgan") in metrics
@@ -76,7 +78,7 @@ def test_full_run_adds_the_ablations(tmp_path):
                  "--out", str(out), "--methods", "patchgan"]) == 0
     table = (out / "table.md").read_text()
     for variant in ("loss paper", "no masks at scoring", "random layout K = 4", "half-size patches", "ranking off",
-                    "no position weights"):
+                    "no position weights", "mse error, no position weights"):
         assert variant in table
     assert "phases K = 9" not in table  # 32x32 images in 16x16 patches have 4 patches, too few for K = 9
 

@@ -154,10 +154,12 @@ def test_train_command_writes_a_loadable_model(tmp_path):
     assert model.config.image_size == 32 and model.config.patch_size == 4 and model.channels == 1
     assert (tmp_path / "m.pgf.checkpoints" / "checkpoint.pt").exists()  # so an interrupted run can --resume
     assert model.config.position_weights and len(model.score_config.patch_weights) == 8
+    assert model.score_config.error == "mse"
     assert main(["train", str(tmp_path / "normal"), "--out", str(out), "--size", "32", "--steps", "2", "--width", "8",
-                 "--depth", "2", "--batch-size", "8", "--workers", "0", "--no-position-weights",
+                 "--depth", "2", "--batch-size", "8", "--workers", "0", "--no-position-weights", "--error", "msgms",
                  "--checkpoint-dir", str(tmp_path / "ck2")]) == 0
-    assert PatchGAN.load(out).score_config.patch_weights is None
+    loaded = PatchGAN.load(out)
+    assert loaded.score_config.patch_weights is None and loaded.score_config.error == "msgms"
 
 
 def test_output_folder_is_not_overwritten_by_accident(tmp_path, model_file):

@@ -24,12 +24,15 @@ def _model(channels=3, size=32, device="cpu", seed=0):
     return model
 
 
-@pytest.mark.parametrize("layout,k,weighted", [("phases", 4, False), ("random", 4, False), ("none", 1, False),
-                                               ("phases", 9, False), ("phases", 4, True), ("random", 4, True)])
-def test_fp32_scorer_equals_score_batch_and_the_reference(layout, k, weighted):
+@pytest.mark.parametrize("layout,k,weighted,error", [
+    ("phases", 4, False, "mse"), ("random", 4, False, "mse"), ("none", 1, False, "mse"), ("phases", 9, False, "mse"),
+    ("phases", 4, True, "mse"), ("random", 4, True, "mse"),
+    ("phases", 4, False, "msgms"), ("random", 4, True, "msgms"), ("none", 1, False, "msgms"),
+])
+def test_fp32_scorer_equals_score_batch_and_the_reference(layout, k, weighted, error):
     model = _model()
     weights = torch.rand(4, 4, generator=torch.Generator().manual_seed(1)) * 2 if weighted else None
-    cfg = dataclasses.replace(model.score_config, layout=layout, num_copies=k,
+    cfg = dataclasses.replace(model.score_config, layout=layout, num_copies=k, error=error,
                               patch_weights=None if weights is None else weights.tolist())
     images = random_images((11, 3, 32, 32), torch.uint8, seed=3)
     keys = torch.arange(11, dtype=torch.int64) * 7919
@@ -47,11 +50,13 @@ def test_fp32_scorer_equals_score_batch_and_the_reference(layout, k, weighted):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-def test_bf16_scorer_is_within_the_stated_tolerance_of_the_reference(device):
+@pytest.mark.parametrize("error", ["mse", "msgms"])
+def test_bf16_scorer_is_within_the_stated_tolerance_of_the_reference(device, error):
     model = _model(device=device)
+    cfg = dataclasses.replace(model.score_config, error=error)
     images = random_images((16, 3, 32, 32), torch.uint8, device=device, seed=4)
-    scores, _ = Scorer(model, precision="bf16", compile="none")(images)
-    ref, _ = reference_pipeline(model, images, model.score_config)
+    scores, _ = Scorer(model, cfg, precision="bf16", compile="none")(images)
+    ref, _ = reference_pipeline(model, images, cfg)
     torch.testing.assert_close(scores, ref, rtol=BF16_RTOL, atol=0.0)
 
 

@@ -9,7 +9,9 @@ the same reconstructions (K = 4 phases masks):
   position weights from the validation patch errors;
 - pixel maps: each pixel's squared error in the copy that hid it, optionally smoothed, their maximum
   or top 1 %, over their mean inside the brain, or divided by the local variance of the reconstruction;
-- pixel maps divided by the mean validation error at the same position (normal data only).
+- pixel maps divided by the mean validation error at the same position (normal data only);
+- the same patch scorings and pixel maps with the structural error (``error='msgms'``) instead of the
+  squared error.
 
     python benchmarks/experiments/brain_levers.py --steps 2400 [--variants base,patch16]   # ~20 min per 1,000 steps
 
@@ -64,16 +66,23 @@ def evaluate(model, val, test, patch):
     sick = test.labels == 1
     res = {}
     te, ve = pixel_errors(model, test.images, patch), pixel_errors(model, val, patch)
-    cfg = dataclasses.replace(model.score_config, patch_size=patch, patch_weights=None)
-    te_p, va_p = (torch.cat([score_batch(model, x[i:i + 64], cfg).patch_errors for i in range(0, len(x), 64)]).double()
-                  for x in (test.images, val))
-    m_pos = va_p.mean(0)
-    m = m_pos.mean()
-    for name, w in (("patch", 1.0), ("patch x 1.1 m / (m_pos + 0.1 m)", 1.1 * m / (m_pos + 0.1 * m)),
-                    ("patch x 2 m / (m_pos + m)", 2 * m / (m_pos + m))):
-        e = te_p * w
-        res[f"{name}, sum"] = (image_metrics(e.flatten(1).sum(1).tolist(), y)["auroc"], None)
-        res[f"{name}, paper ranking"] = (image_metrics(ranked(e).tolist(), y)["auroc"], None)
+    for error in ("mse", "msgms"):
+        cfg = dataclasses.replace(model.score_config, patch_size=patch, patch_weights=None, error=error)
+        te_p, va_p = (torch.cat([score_batch(model, x[i:i + 64], cfg).patch_errors for i in range(0, len(x), 64)]).double()
+                      for x in (test.images, val))
+        m_pos = va_p.mean(0)
+        m = m_pos.mean()
+        for name, w in (("patch", 1.0), ("patch x 1.1 m / (m_pos + 0.1 m)", 1.1 * m / (m_pos + 0.1 * m)),
+                        ("patch x 2 m / (m_pos + m)", 2 * m / (m_pos + m))):
+            e = te_p * w
+            tag = "" if error == "mse" else "msgms "
+            res[f"{tag}{name}, sum"] = (image_metrics(e.flatten(1).sum(1).tolist(), y)["auroc"], None)
+            res[f"{tag}{name}, paper ranking"] = (image_metrics(ranked(e).tolist(), y)["auroc"], None)
+        if error == "msgms":
+            for k in (1, 5):
+                g = error_maps(model, test.images, cfg, smoothing=k)
+                px = pixel_metrics(list(g[sick].numpy()), list(test.lesions[sick, 0].numpy()))["pixel_auroc"]
+                res[f"msgms pixel map k{k} max"] = (image_metrics(g.flatten(1).amax(1).tolist(), y)["auroc"], px)
     tissue = (test.images[:, 0] > 0.02).float()
     for k in (1, 5):
         s = smooth(te, k)
