@@ -104,8 +104,9 @@ def _train_and_score(job: tuple) -> tuple:
     if scoring_ablations:  # the same model scored other ways
         extra["patchgan, ranking off (sum)"] = m.score(test_x, ranking="none", maps=False)[0]
         extra["patchgan, no position weights"] = m.score(test_x, position_weights=False, maps=False)[0]
-        other = "msgms" if config.error == "mse" else "mse"  # the other error measure (unweighted: the weights are
-        extra[f"patchgan, {other} error, no position weights"] = m.score(  # the default error's)
+        # the other error measure, unweighted (the model's position weights were made for its own measure)
+        other = "msgms" if config.error == "mse" else "mse"
+        extra[f"patchgan, {other} error, no position weights"] = m.score(
             test_x, position_weights=False, maps=False, error=other)[0]
     return scores, maps, extra, time.perf_counter() - t0
 
