@@ -18,7 +18,6 @@ The held-out images are normal training images; no test label is used for any ch
 Results: benchmarks/results/cpu-experiment-fmnist-levers.md
 """
 
-import dataclasses
 import time
 
 import torch
