@@ -281,15 +281,16 @@ def reference_pipeline(model, images: Tensor, config, keys: Optional[Tensor] = N
         assignment = torch.zeros(b, gh, gw, dtype=torch.long, device=x.device)
     pixel_copy = assignment.repeat_interleave(p, 1).repeat_interleave(p, 2)[:, None]  # [B, 1, H, W]
     errors = torch.zeros(b, gh * gw, device=x.device)
-    infilled = torch.zeros_like(x)
+    infilled = torch.zeros_like(x) if config.error == "msgms" else None  # only the structural error needs it
     with torch.no_grad():
         for copy in range(k):
             hidden = pixel_copy == copy if config.layout != "none" else torch.zeros_like(pixel_copy, dtype=torch.bool)
             recon = model(torch.where(hidden, torch.full_like(x, config.fill), x))
             per_patch = F.unfold((x - recon) ** 2, kernel_size=p, stride=p).view(b, c * p * p, gh * gw).mean(1)
             errors += torch.where(assignment.flatten(1) == copy, per_patch, torch.zeros_like(per_patch))
-            infilled = torch.where(pixel_copy == copy, recon, infilled)
-    if config.error == "msgms":
+            if infilled is not None:
+                infilled = torch.where(pixel_copy == copy, recon, infilled)
+    if infilled is not None:
         from .gms import gms_errors
 
         pixels = gms_errors(images, infilled, mean=config.mean, std=config.std)[:, None]

@@ -16,7 +16,7 @@ import os
 import time
 
 import torch
-from scoring_scale import CLASSES, split
+from scoring_scale import CLASSES, print_table, split
 
 from patchgan_fast import PatchGAN, TrainConfig, score_batch
 from patchgan_fast._reference import rank_patch_errors
@@ -56,9 +56,7 @@ def main() -> None:
         both = weighted_errors["mse"] + weighted_errors["msgms"]
         res[(c, "mse + msgms, per patch")] = image_metrics(rank_patch_errors(both, top_weights=(1.1, 1.0), rest_weight=0.0).tolist(), y)["auroc"]
         print(c, {k[1]: round(100 * v, 1) for k, v in res.items() if k[0] == c}, f"{time.time() - t:.0f} s", flush=True)
-    for name in dict.fromkeys(k[1] for k in res):
-        vals = [res[(c, name)] for c in CLASSES]
-        print(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in vals) + f" | {100 * sum(vals) / len(vals):.2f} |")
+    print_table(res, CLASSES)
 
 
 if __name__ == "__main__":

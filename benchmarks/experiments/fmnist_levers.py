@@ -21,7 +21,7 @@ Results: benchmarks/results/cpu-experiment-fmnist-levers.md
 import time
 
 import torch
-from scoring_scale import CLASSES, split
+from scoring_scale import CLASSES, print_table, split
 
 from patchgan_fast import PatchGAN, TrainConfig, error_maps, score_batch
 from patchgan_fast.evaluation import image_metrics
@@ -80,9 +80,7 @@ def main() -> None:
         for name, s in scores.items():
             res[(c, name)] = image_metrics(s.tolist(), y)["auroc"]
         print(c, {k[1]: round(100 * v, 1) for k, v in res.items() if k[0] == c}, f"{time.time() - t:.0f} s", flush=True)
-    for name in dict.fromkeys(k[1] for k in res):
-        vals = [res[(c, name)] for c in CLASSES]
-        print(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in vals) + f" | {100 * sum(vals) / len(vals):.2f} |")
+    print_table(res, CLASSES)
 
 
 if __name__ == "__main__":

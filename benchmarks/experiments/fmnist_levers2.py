@@ -27,7 +27,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from scoring_scale import CLASSES, split
+from scoring_scale import CLASSES, print_table, split
 
 from patchgan_fast import PatchGAN, TrainConfig, score_batch
 from patchgan_fast._reference import normalize_reference
@@ -147,9 +147,7 @@ def main() -> None:
                 res[(c, tag + name)] = image_metrics(s.tolist(), y)["auroc"]
             print(c, aug, {k[1]: round(100 * v, 1) for k, v in res.items() if k[0] == c}, f"{time.time() - t:.0f} s",
                   flush=True)
-    for name in dict.fromkeys(k[1] for k in res):
-        vals = [res[(c, name)] for c in CLASSES]
-        print(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in vals) + f" | {100 * sum(vals) / len(vals):.2f} |")
+    print_table(res, CLASSES)
 
 
 if __name__ == "__main__":

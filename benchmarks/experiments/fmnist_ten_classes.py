@@ -17,6 +17,7 @@ import dataclasses
 import time
 
 import torch
+from scoring_scale import print_table
 
 from patchgan_fast import PatchGAN, TrainConfig, score_batch
 from patchgan_fast.datasets import FASHION_MNIST_CLASSES, one_class_split
@@ -50,9 +51,7 @@ def main() -> None:
         print(c, FASHION_MNIST_CLASSES[c], {k[1]: round(100 * v, 1) for k, v in res.items() if k[0] == c},
               f"{time.time() - t:.0f} s", flush=True)
     print("| method | " + " | ".join(FASHION_MNIST_CLASSES[c] for c in classes) + " | mean |")
-    for name in dict.fromkeys(k[1] for k in res):
-        vals = [res[(c, name)] for c in classes]
-        print(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in vals) + f" | {100 * sum(vals) / len(vals):.2f} |")
+    print_table(res, classes)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,13 @@ def split(c: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
     return tr[150:], tr[:150], te[keep], y[keep].tolist()
 
 
+def print_table(res: dict, classes) -> None:
+    """Markdown rows ``| name | AUROC per class (%) | mean |`` from ``{(class, name): auroc}``."""
+    for name in dict.fromkeys(k[1] for k in res):
+        vals = [res[(c, name)] for c in classes]
+        print(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in vals) + f" | {100 * sum(vals) / len(vals):.2f} |")
+
+
 def main() -> None:
     res = {}
     for train_patch in (8, 16):
