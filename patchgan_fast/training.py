@@ -151,20 +151,23 @@ def _mask_seed(config: TrainConfig, step: int) -> int:
 
 def _masked_inputs(x: Tensor, keys: Tensor, model: PatchGAN, step: int) -> tuple[Tensor, Tensor]:
     """(masked input z, normalized target x): random boxes for half of the batch, one copy of the
-    scoring layout for the other half, so training matches scoring."""
+    scoring layout for the other half, so training matches scoring. The batch is normalized once and
+    each image gets only the mask it uses (not K copies of the batch)."""
     cfg = model.config
-    norm = dict(mean=model.mean, std=model.std)
     seed = _mask_seed(cfg, step)
-    target = ops.mask_images(x, keys, layout="none", num_copies=1, **norm)[0]
+    target = ops.mask_images(x, keys, layout="none", num_copies=1, mean=model.mean, std=model.std)[0]
+    h, w = target.shape[-2:]
     box_count, box_size = cfg.boxes
-    z = ops.mask_images(x, keys, layout="boxes", num_copies=1, seed=seed, box_count=box_count, box_size=box_size, **norm)[0]
+    hidden = ops.build_masks(keys, (h, w), layout="boxes", num_copies=1, seed=seed, box_count=box_count,
+                             box_size=box_size)[0]
     if cfg.layout != "none":
-        copies = ops.mask_images(x, keys, layout=cfg.layout, patch_size=cfg.patch_size, num_copies=cfg.num_copies,
-                                 seed=seed, **norm)
-        pick = copies[(keys + step) % cfg.num_copies, torch.arange(len(keys), device=x.device)]
-        use_layout = ((keys + step) % 2 == 1).view(-1, 1, 1, 1)
-        z = torch.where(use_layout, pick, z)
-    return z, target
+        p = cfg.patch_size
+        assignment = ops.patch_assignment(keys, (h // p, w // p), layout=cfg.layout, num_copies=cfg.num_copies,
+                                          seed=seed)
+        copy = ((keys + step) % cfg.num_copies).view(-1, 1, 1)
+        in_copy = (assignment == copy).repeat_interleave(p, 1).repeat_interleave(p, 2)
+        hidden = torch.where(((keys + step) % 2 == 1).view(-1, 1, 1), in_copy, hidden)
+    return target.masked_fill(hidden[:, None], 0.0), target
 
 
 def _bce(logits: Tensor, real: bool) -> Tensor:

@@ -16,6 +16,7 @@ from helpers import blobs
 from sklearn.metrics import roc_auc_score
 
 from patchgan_fast import PatchGAN, TrainConfig, score_batch
+from patchgan_fast import ops
 from patchgan_fast import training as T
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,6 +91,24 @@ def test_training_masks_mix_boxes_and_the_scoring_layout():
             assert int(per_patch[i].sum()) == 4 and torch.equal(hidden[i].view(4, 8, 4, 8).any(dim=(1, 3)), per_patch[i])
         else:
             assert 0 < int(hidden[i].sum()) < 32 * 32
+
+
+@pytest.mark.parametrize("layout", ["phases", "random"])
+def test_training_masks_are_the_scoring_copies(layout):
+    # each image's layout half is exactly copy (key + step) % K of mask_images, its box half the boxes copy
+    model = PatchGAN(TrainConfig(**{**SMALL, "layout": layout}), 1, (0.5,), (0.25,))
+    x, keys, step = blobs(8), torch.arange(10, 18), 5
+    z, target = T._masked_inputs(x, keys, model, step)
+    cfg, seed = model.config, T._mask_seed(model.config, step)
+    norm = dict(mean=model.mean, std=model.std)
+    copies = ops.mask_images(x, keys, layout=layout, patch_size=cfg.patch_size, num_copies=cfg.num_copies, seed=seed,
+                             **norm)
+    boxes = ops.mask_images(x, keys, layout="boxes", num_copies=1, seed=seed, box_count=cfg.boxes[0],
+                            box_size=cfg.boxes[1], **norm)[0]
+    for i, key in enumerate(keys.tolist()):
+        expected = copies[(key + step) % cfg.num_copies, i] if (key + step) % 2 else boxes[i]
+        assert torch.equal(z[i], expected)
+    assert torch.equal(target, ops.mask_images(x, keys, layout="none", num_copies=1, **norm)[0])
 
 
 @pytest.mark.cuda
