@@ -3,7 +3,8 @@
 The schedule is a pure function of (config, step): the data order of every epoch is a seeded
 permutation and the masks come from the counter-based masks op, so a run resumed from a checkpoint
 continues exactly where it stopped, and under ``torchrun`` each rank reads its own shard of every
-global batch. Rank 0 writes the checkpoints; Ctrl-C or SIGTERM writes one before stopping.
+global batch. Rank 0 writes the checkpoints; Ctrl-C or SIGTERM writes one before stopping (under DDP
+all ranks stop after the same step).
 """
 
 from __future__ import annotations
@@ -371,6 +372,19 @@ def fit(data, config: TrainConfig, *, resume: bool = False) -> PatchGAN:
     def on_term(signum, frame):  # SIGTERM: finish the step, checkpoint, stop
         stop["signal"] = signum
 
+    def stopping() -> bool:
+        """Whether to stop after this step. Under DDP the ranks decide together, every _LOG_EVERY
+        steps (a MAX all-reduce of their signals), so a signal that reaches the ranks at different
+        steps stops all of them after the same one and rank 0's checkpoint holds it."""
+        if world == 1:
+            return stop["signal"] is not None
+        if step % _LOG_EVERY:
+            return False
+        flag = torch.tensor([stop["signal"] or 0], dtype=torch.int64, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        stop["signal"] = int(flag.item()) or None
+        return stop["signal"] is not None
+
     in_main_thread = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, on_term) if in_main_thread else None
     model.train()
@@ -382,7 +396,8 @@ def fit(data, config: TrainConfig, *, resume: bool = False) -> PatchGAN:
             step += 1
             checkpoint = step % config.checkpoint_every == 0 or step == config.steps
             validate = n_val and rank == 0 and (step % config.val_every == 0 or step == config.steps)
-            if checkpoint or validate or step % _LOG_EVERY == 0 or step == start + 1 or stop["signal"] is not None:
+            stop_now = stopping()
+            if checkpoint or validate or step % _LOG_EVERY == 0 or step == start + 1 or stop_now:
                 rec, adv, d = losses.tolist()  # one synchronization per logged step
                 if not math.isfinite(rec + adv + d):
                     raise FloatingPointError(
@@ -402,7 +417,7 @@ def fit(data, config: TrainConfig, *, resume: bool = False) -> PatchGAN:
                     bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "step"}, refresh=False)
             if checkpoint:
                 save_checkpoint(step)
-            if stop["signal"] is not None:
+            if stop_now:
                 save_checkpoint(step)
                 raise KeyboardInterrupt(f"stopped by signal {stop['signal']} at step {step}; resume with resume=True")
     except KeyboardInterrupt:

@@ -257,6 +257,36 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert torch.isfinite(score_batch(model, blobs(4)).scores).all()
 
 
+def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    # the signal reaches rank 1 only; the ranks agree, so rank 0 checkpoints the step where both stopped
+    script = tmp_path / "ddp_term.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(ROOT / 'tests')!r})
+        from helpers import blobs
+        from patchgan_fast import TrainConfig
+        from patchgan_fast.training import train
+        with open({str(tmp_path)!r} + "/pid" + os.environ["RANK"], "w") as f:
+            f.write(str(os.getpid()))
+        cfg = TrainConfig(steps=100_000, checkpoint_every=20, val_fraction=0, checkpoint_dir={str(tmp_path / 'ckpt')!r},
+                          **{SMALL!r})
+        train(blobs(64), cfg, {str(tmp_path / 'never.pgf')!r})
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    ckpt = tmp_path / "ckpt" / T.CHECKPOINT
+    _wait_for(ckpt, proc, timeout=120)
+    os.kill(int((tmp_path / "pid1").read_text()), signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    stops = {int(m) for m in re.findall(rb"stopped by signal 15 at step (\d+)", err)}
+    assert len(stops) == 1, err[-3000:]  # both ranks, one step
+    assert len(re.findall(rb"stopped by signal 15 at step", err)) >= 2, err[-3000:]
+    assert torch.load(ckpt, weights_only=True)["step"] == stops.pop() > 0
+    assert not (tmp_path / "never.pgf").exists()
+
+
 def test_training_input_errors():
     with pytest.raises(ValueError, match=r"training images are 16x16 but TrainConfig.image_size is 32"):
         PatchGAN.fit(blobs(8, size=16), TrainConfig(**SMALL))
