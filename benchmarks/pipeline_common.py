@@ -9,11 +9,11 @@ import torch
 from patchgan_fast import PatchGAN, TrainConfig
 
 
-def default_model(size: int, channels: int, num_copies: int, device, seed: int = 0) -> PatchGAN:
+def default_model(size: int, channels: int, num_copies: int, device, seed: int = 0, error: str = "mse") -> PatchGAN:
     """The package's default configuration for ``size`` (``TrainConfig.for_image_size``), randomly
     initialized: throughput does not depend on what the weights learned."""
     layout = "phases" if num_copies > 1 else "none"
-    cfg = TrainConfig.for_image_size(size, layout=layout, num_copies=num_copies, seed=seed, progress=False)
+    cfg = TrainConfig.for_image_size(size, layout=layout, num_copies=num_copies, seed=seed, progress=False, error=error)
     torch.manual_seed(seed)
     return PatchGAN(cfg, channels, mean=(0.45,) * channels, std=(0.25,) * channels).to(device).eval()
 

@@ -16,9 +16,12 @@ from patchgan_fast import Scorer
 from patchgan_fast._reference import reference_pipeline
 from patchgan_fast.screening import _Files, screen
 
-# (name, C, H=W, K, B)
-GPU_CASES = [("c3-256-k4-b256", 3, 256, 4, 256), ("c3-256-k1-b256", 3, 256, 1, 256), ("c1-256-k4-b256", 1, 256, 4, 256)]
-CPU_CASES = [("c3-32-k4-b8", 3, 32, 4, 8), ("c1-32-k1-b8", 1, 32, 1, 8)]
+# (name, C, H=W, K, B, error): the squared error runs the fused Triton kernel; the structural error (msgms)
+# gathers the in-filled image and computes its maps with PyTorch convolutions, unfused
+GPU_CASES = [("c3-256-k4-b256", 3, 256, 4, 256, "mse"), ("c3-256-k1-b256", 3, 256, 1, 256, "mse"),
+             ("c1-256-k4-b256", 1, 256, 4, 256, "mse"), ("c1-256-k4-b256-msgms", 1, 256, 4, 256, "msgms")]
+CPU_CASES = [("c3-32-k4-b8", 3, 32, 4, 8, "mse"), ("c1-32-k1-b8", 1, 32, 1, 8, "mse"),
+             ("c1-32-k4-b8-msgms", 1, 32, 4, 8, "msgms")]
 CASES = GPU_CASES if torch.cuda.is_available() else CPU_CASES
 
 
@@ -35,8 +38,8 @@ def _timed(benchmark, fn, device, rounds):
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_pipeline_from_device_tensors(benchmark, device, record, case):
-    name, c, s, k, b = case
-    model = default_model(s, c, k, device)
+    name, c, s, k, b, error = case
+    model = default_model(s, c, k, device, error=error)
     x = smooth_images(b, c, s).to(device)
     scorer = Scorer(model)
     scores, _ = scorer(x)
@@ -49,7 +52,7 @@ def test_pipeline_from_device_tensors(benchmark, device, record, case):
     ref = seconds_per_call(lambda: reference_pipeline(model, x, model.score_config), device, repeats=3)
     benchmark.extra_info.update(images_per_s=round(b / fast, 1), reference_images_per_s=round(b / ref, 1),
                                 speedup=round(ref / fast, 2), compiled=scorer.compiled)
-    config = dict(case=name, model=f"default {s}px", precision=str(scorer.dtype), compile=scorer.compile_mode,
+    config = dict(case=name, model=f"default {s}px", error=error, precision=str(scorer.dtype), compile=scorer.compile_mode,
                   compiled=scorer.compiled)
     record("images_per_second", b / fast, "images/s", {**config, "path": "fast, uint8 on the device"})
     record("images_per_second", b / ref, "images/s", {**config, "path": "reference (eager fp32, K passes, unfold+sort)"})
