@@ -248,7 +248,7 @@ def rank_patch_errors(
 def reference_pipeline(model, images: Tensor, config, keys: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """Scoring as a careful researcher writes it in plain eager fp32 PyTorch: masks built in Python,
     one forward pass per copy, unfold-and-sort scoring (``error='msgms'``: of the structural error map
-    of the in-filled image). The baseline the fast pipeline is measured
+    of the in-filled image; ``'mse+msgms'``: of both, scaled by ``error_scales`` and summed). The baseline the fast pipeline is measured
     and checked against (``benchmarks/test_bench_pipeline.py``, ``tests/test_pipeline.py``).
 
     Args:
@@ -281,7 +281,7 @@ def reference_pipeline(model, images: Tensor, config, keys: Optional[Tensor] = N
         assignment = torch.zeros(b, gh, gw, dtype=torch.long, device=x.device)
     pixel_copy = assignment.repeat_interleave(p, 1).repeat_interleave(p, 2)[:, None]  # [B, 1, H, W]
     errors = torch.zeros(b, gh * gw, device=x.device)
-    infilled = torch.zeros_like(x) if config.error == "msgms" else None  # only the structural error needs it
+    infilled = torch.zeros_like(x) if config.error != "mse" else None  # only the structural error needs it
     with torch.no_grad():
         for copy in range(k):
             hidden = pixel_copy == copy if config.layout != "none" else torch.zeros_like(pixel_copy, dtype=torch.bool)
@@ -294,7 +294,12 @@ def reference_pipeline(model, images: Tensor, config, keys: Optional[Tensor] = N
         from .gms import gms_errors
 
         pixels = gms_errors(images, infilled, mean=config.mean, std=config.std)[:, None]
-        errors = F.unfold(pixels, kernel_size=p, stride=p).mean(1)
+        structural = F.unfold(pixels, kernel_size=p, stride=p).mean(1)
+        if config.error == "msgms":
+            errors = structural
+        else:  # mse+msgms
+            scale_mse, scale_msgms = config.error_scales or (1.0, 1.0)
+            errors = errors / scale_mse + structural / scale_msgms
     weighted = errors
     if config.patch_weights is not None:
         weighted = errors * torch.tensor(config.patch_weights, device=x.device).flatten()

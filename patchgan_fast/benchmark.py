@@ -29,6 +29,7 @@ from . import __version__, backend_info
 from .config import TrainConfig
 from .evaluation import image_metrics, pixel_metrics, plot_distributions, plot_roc
 from .methods import REGISTRY, get_method
+from .scoring import ERRORS
 
 DATASETS = ("fashion-mnist", "brain-mri")
 DEFAULT_METHODS = ("patchgan", "ae", "ocsvm", "alocc", "fanogan", "perceptual_ae")
@@ -104,10 +105,11 @@ def _train_and_score(job: tuple) -> tuple:
     if scoring_ablations:  # the same model scored other ways
         extra["patchgan, ranking off (sum)"] = m.score(test_x, ranking="none", maps=False)[0]
         extra["patchgan, no position weights"] = m.score(test_x, position_weights=False, maps=False)[0]
-        # the other error measure, unweighted (the model's position weights were made for its own measure)
-        other = "msgms" if config.error == "mse" else "mse"
-        extra[f"patchgan, {other} error, no position weights"] = m.score(
-            test_x, position_weights=False, maps=False, error=other)[0]
+        # the other error measures, unweighted (the model's position weights were made for its own measure)
+        for other in ERRORS:
+            if other != config.error:
+                extra[f"patchgan, {other} error, no position weights"] = m.score(
+                    test_x, position_weights=False, maps=False, error=other)[0]
     return scores, maps, extra, time.perf_counter() - t0
 
 

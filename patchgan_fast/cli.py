@@ -210,9 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--loss", choices=["default", "paper", "reconstruction"], default=None,
                    help="loss weights preset: paper = eq. 4 with lambda 0.2 (default: default)")
     t.add_argument("--ranking", choices=["paper", "none"], default=None, help="ranking preset used for scoring")
-    t.add_argument("--error", choices=["mse", "msgms"], default=None,
-                   help="patch error for scoring: mse (squared error, default) or msgms (multi-scale gradient "
-                        "magnitude similarity, structural)")
+    t.add_argument("--error", choices=["mse", "msgms", "mse+msgms"], default=None,
+                   help="patch error for scoring: mse (squared error, default), msgms (multi-scale gradient "
+                        "magnitude similarity, structural) or mse+msgms (both, each scaled by the spread of "
+                        "its normal validation scores)")
     t.add_argument("--layout", choices=["phases", "random", "none"], default=None, help="scoring masks layout")
     t.add_argument("--num-copies", type=int, default=None, help="K masked copies per image (square for phases)")
     t.add_argument("--width", type=int, default=None, help="reconstructor width")

@@ -30,8 +30,9 @@ class TrainConfig:
             boxes of image_size/16 to image_size/3.
         loss: a ``LOSS_PRESETS`` name; ``rec_weight``/``adv_weight`` override it when set.
         ranking: a ``RANKING_PRESETS`` name for scoring.
-        error: the patch error measure for scoring, one of ``scoring.ERRORS`` (``mse``, eq. 2, or
-            ``msgms``, structural); training's reconstruction loss is eq. 1 either way.
+        error: the patch error measure for scoring, one of ``scoring.ERRORS`` (``mse``, eq. 2;
+            ``msgms``, structural; ``mse+msgms``, both, scaled by ``PatchGAN.error_scales``);
+            training's reconstruction loss is eq. 1 either way.
         position_weights: weight each patch error by how hard its position is for normal images
             before ranking (``PatchGAN.patch_weights``, from the validation images).
         steps, batch_size, lr, weight_decay, betas: AdamW schedule (batch_size per process).

@@ -32,6 +32,9 @@ class PatchGAN(nn.Module):
             floats), from the mean patch error of the normal validation images at each position:
             ``1.1 m / (m_pos + 0.1 m)``, so positions where normal images are hard to reconstruct
             count less; None without validation images. Used when ``config.position_weights`` is on.
+        error_scales: the standard deviations (mse, msgms) of the normal validation images' scores
+            under each error measure (unweighted patch errors, the config's ranking), the divisors of
+            ``error='mse+msgms'``; None without validation images.
     """
 
     def __init__(self, config: TrainConfig, channels: int, mean: tuple[float, ...], std: tuple[float, ...]):
@@ -43,6 +46,7 @@ class PatchGAN(nn.Module):
         self.discriminator = PatchDiscriminator(channels, config.disc_width, config.disc_layers)
         self.score_stats: dict[str, float] = {}
         self.patch_weights: Optional[tuple[tuple[float, ...], ...]] = None
+        self.error_scales: Optional[tuple[float, float]] = None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.reconstructor(x)
@@ -51,7 +55,8 @@ class PatchGAN(nn.Module):
     def score_config(self) -> ScoreConfig:
         top, rest = RANKING_PRESETS[self.config.ranking]
         return ScoreConfig(
-            patch_size=self.config.patch_size, error=self.config.error, layout=self.config.layout, num_copies=self.config.num_copies,
+            patch_size=self.config.patch_size, error=self.config.error, error_scales=self.error_scales,
+            layout=self.config.layout, num_copies=self.config.num_copies,
             seed=self.config.seed % 2**32, top_weights=top, rest_weight=rest, mean=self.mean, std=self.std,
             patch_weights=self.patch_weights if self.config.position_weights else None,
             channels_last=next(self.parameters()).is_cuda,
@@ -86,6 +91,7 @@ class PatchGAN(nn.Module):
             "config": self.config.to_dict(), "channels": self.channels, "mean": list(self.mean), "std": list(self.std),
             "score_stats": dict(self.score_stats),
             "patch_weights": None if self.patch_weights is None else [list(r) for r in self.patch_weights],
+            "error_scales": None if self.error_scales is None else list(self.error_scales),
             "reconstructor": {k: v.detach().cpu() for k, v in self.reconstructor.state_dict().items()},
             "discriminator": {k: v.detach().cpu() for k, v in self.discriminator.state_dict().items()},
         }
@@ -110,6 +116,8 @@ class PatchGAN(nn.Module):
         model.score_stats = dict(state.get("score_stats", {}))
         weights = state.get("patch_weights")
         model.patch_weights = None if weights is None else tuple(tuple(float(v) for v in r) for r in weights)
+        scales = state.get("error_scales")  # absent in files written before 'mse+msgms'
+        model.error_scales = None if scales is None else tuple(float(v) for v in scales)
         return model.eval()
 
     @classmethod

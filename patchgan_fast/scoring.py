@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
-from ._reference import infilled_reference, rank_patch_errors, squared_errors_reference
+from ._reference import infilled_reference, normalize_reference, rank_patch_errors, squared_errors_reference
 from .gms import gms_errors
 
 #: Ranking presets (``top_weights``, ``rest_weight``) for eq. 5. ``paper``: 1.1 for the most anomalous
@@ -23,8 +23,10 @@ RANKING_PRESETS: dict[str, tuple[tuple[float, ...], float]] = {
 
 #: Patch error measures: ``mse``, the paper's eq. 2 (fused with the ranking in the Triton kernel);
 #: ``msgms``, RIAD's multi-scale gradient-magnitude similarity (:mod:`patchgan_fast.gms`), computed
-#: with PyTorch convolutions and ranked with ``torch.sort``.
-ERRORS = ("mse", "msgms")
+#: with PyTorch convolutions and ranked with ``torch.sort``; ``mse+msgms``, their sum, each divided by
+#: its scale in ``ScoreConfig.error_scales`` (a trained model's: the spread of its normal validation
+#: scores under each measure, so both count about equally).
+ERRORS = ("mse", "msgms", "mse+msgms")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class ScoreConfig:
     Attributes:
         patch_size: P, the side of the scoring patches; H and W must be multiples of it.
         error: the per-pixel error averaged over each patch, one of ``ERRORS``.
+        error_scales: for ``error='mse+msgms'``, the divisors (mse, msgms) of the two measures before
+            they are summed; None: 1 each. A trained :class:`~patchgan_fast.PatchGAN` sets them to
+            the standard deviations of its normal validation images' scores under each measure.
         layout: ``'phases'``, ``'random'`` (K disjoint patch-aligned masks, every patch hidden in
             exactly one copy) or ``'none'`` (K = 1, plain reconstruction).
         num_copies: K.
@@ -50,6 +55,7 @@ class ScoreConfig:
 
     patch_size: int = 16
     error: str = "mse"
+    error_scales: Optional[tuple[float, float]] = None
     layout: str = "phases"
     num_copies: int = 4
     seed: int = 0
@@ -65,6 +71,12 @@ class ScoreConfig:
     def __post_init__(self):
         if self.error not in ERRORS:
             raise ValueError(f"ScoreConfig.error must be one of {', '.join(ERRORS)}, got {self.error!r}")
+        if self.error_scales is not None:
+            scales = tuple(float(v) for v in self.error_scales)
+            if len(scales) != 2 or not all(0 < v < float("inf") for v in scales):
+                raise ValueError(f"ScoreConfig.error_scales must be two positive finite floats (mse, msgms), "
+                                 f"got {self.error_scales!r}")
+            object.__setattr__(self, "error_scales", scales)
         if self.layout not in ("none", "phases", "random"):
             raise ValueError(f"ScoreConfig.layout must be 'none', 'phases' or 'random', got {self.layout!r}")
         if self.layout == "none" and self.num_copies != 1:
@@ -199,7 +211,7 @@ def patch_scores(
     patch_weights: Optional[Tensor],
 ) -> tuple[Tensor, Tensor]:
     """(scores [B], patch errors [B, Gh, Gw]) with ``config.error``: the fused kernel for ``mse``;
-    for ``msgms`` the mean of :func:`pixel_errors` over each patch, ranked (eq. 5) in PyTorch.
+    otherwise the mean of :func:`pixel_errors` over each patch, ranked (eq. 5) in PyTorch.
     Arguments as :func:`~patchgan_fast.ops.patch_scores`, unchecked."""
     if config.error == "mse":
         return ops.patch_scores_unchecked(
@@ -207,7 +219,7 @@ def patch_scores(
             rest_weight=config.rest_weight, mean=config.mean, std=config.std, patch_weights=patch_weights,
         )
     pixels = pixel_errors(images, reconstructions, assignment, patch_size=config.patch_size, mean=config.mean,
-                          std=config.std, error=config.error)
+                          std=config.std, error=config.error, error_scales=config.error_scales)
     errors = nn.functional.avg_pool2d(pixels[:, None], config.patch_size)[:, 0]
     return rank_patch_errors(errors, top_weights=config.top_weights, rest_weight=config.rest_weight,
                              patch_weights=patch_weights), errors
@@ -222,25 +234,32 @@ def pixel_errors(
     mean: Optional[tuple[float, ...]] = None,
     std: Optional[tuple[float, ...]] = None,
     error: str = "mse",
+    error_scales: Optional[tuple[float, float]] = None,
 ) -> Tensor:
     """Each pixel's error against its reconstruction in the copy that hid it: ``[B, H, W]`` float32,
     in the units of ``patch_errors`` (the mean over each patch is its patch error). ``mse``: the
     squared error of the normalized pixel, averaged over channels (eq. 2); ``msgms``: the
-    :func:`~patchgan_fast.gms.gms_errors` map of the image against its in-filled reconstruction.
+    :func:`~patchgan_fast.gms.gms_errors` map of the image against its in-filled reconstruction;
+    ``mse+msgms``: the two maps divided by ``error_scales`` (default 1, 1) and summed.
 
     Args:
         images (Tensor[B, C, H, W]): as given to :func:`score_batch`.
         reconstructions (Tensor[K, B, C, H, W]), assignment (Tensor[B, Gh, Gw] or None): from a
             :class:`ScoreResult`.
-        patch_size, mean, std, error: those of the :class:`ScoreConfig` that scored them.
+        patch_size, mean, std, error, error_scales: those of the :class:`ScoreConfig` that scored them.
     """
+    if error not in ERRORS:
+        raise ValueError(f"unknown error {error!r}; expected one of {', '.join(ERRORS)}")
     if error == "mse":
         return squared_errors_reference(images, reconstructions, assignment, patch_size=patch_size, mean=mean,
                                         std=std).mean(1)
+    infilled = infilled_reference(reconstructions, assignment, patch_size=patch_size)
+    structural = gms_errors(images, infilled, mean=mean, std=std)
     if error == "msgms":
-        return gms_errors(images, infilled_reference(reconstructions, assignment, patch_size=patch_size),
-                          mean=mean, std=std)
-    raise ValueError(f"unknown error {error!r}; expected one of {', '.join(ERRORS)}")
+        return structural
+    squared = (normalize_reference(images, mean, std) - infilled.float()).square().mean(1)
+    a, b = error_scales or (1.0, 1.0)
+    return squared / a + structural / b
 
 
 def default_smoothing(patch_size: int) -> int:
@@ -272,7 +291,7 @@ def error_maps(
         part = None if keys is None else keys[i:i + batch].to(device)
         r = score_batch(model, x, config, keys=part)
         e = pixel_errors(x, r.reconstructions, r.assignment, patch_size=config.patch_size, mean=config.mean,
-                         std=config.std, error=config.error)
+                         std=config.std, error=config.error, error_scales=config.error_scales)
         if k > 1:
             e = nn.functional.avg_pool2d(e[:, None], k, 1, k // 2, count_include_pad=False)[:, 0]
         out.append(e.to(images.device))

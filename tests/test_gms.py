@@ -86,10 +86,28 @@ def test_msgms_patch_errors_are_patch_means_of_the_pixel_map_and_rank_with_the_w
     torch.testing.assert_close(maps, pixels)
 
 
+def test_combined_error_is_the_scaled_sum_of_both_measures():
+    images = random_images((4, 1, 32, 32), torch.uint8, seed=3)
+    cfg = ScoreConfig(patch_size=8, num_copies=4, error="mse+msgms", error_scales=(0.2, 0.05), mean=(0.5,), std=(0.25,))
+    res = score_batch(Blur(), images, cfg)
+    parts = {e: score_batch(Blur(), images, dataclasses.replace(cfg, error=e)).patch_errors for e in ("mse", "msgms")}
+    torch.testing.assert_close(res.patch_errors, parts["mse"] / 0.2 + parts["msgms"] / 0.05)
+    top2 = res.patch_errors.flatten(1).topk(2).values
+    torch.testing.assert_close(res.scores, 1.1 * top2[:, 0] + top2[:, 1])
+    pixels = pixel_errors(images, res.reconstructions, res.assignment, patch_size=8, mean=cfg.mean, std=cfg.std,
+                          error="mse+msgms", error_scales=(0.2, 0.05))
+    torch.testing.assert_close(error_maps(Blur(), images, cfg, smoothing=1), pixels)
+    unscaled = score_batch(Blur(), images, dataclasses.replace(cfg, error_scales=None)).patch_errors
+    torch.testing.assert_close(unscaled, parts["mse"] + parts["msgms"])
+    for bad in ((1.0,), (0.0, 1.0), (1.0, float("nan"))):
+        with pytest.raises(ValueError, match="error_scales must be two positive finite floats"):
+            ScoreConfig(error="mse+msgms", error_scales=bad)
+
+
 def test_unknown_errors_are_named():
-    with pytest.raises(ValueError, match="ScoreConfig.error must be one of mse, msgms, got 'ssim'"):
+    with pytest.raises(ValueError, match="ScoreConfig.error must be one of mse, msgms, mse\\+msgms, got 'ssim'"):
         ScoreConfig(error="ssim")
-    with pytest.raises(ValueError, match="unknown error 'l1'; expected one of mse, msgms"):
+    with pytest.raises(ValueError, match="unknown error 'l1'; expected one of mse, msgms, mse\\+msgms"):
         TrainConfig(error="l1")
     with pytest.raises(ValueError, match="unknown error"):
         pixel_errors(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 1, 8, 8), None, patch_size=8, error="l1")

@@ -28,11 +28,12 @@ def _model(channels=3, size=32, device="cpu", seed=0):
     ("phases", 4, False, "mse"), ("random", 4, False, "mse"), ("none", 1, False, "mse"), ("phases", 9, False, "mse"),
     ("phases", 4, True, "mse"), ("random", 4, True, "mse"),
     ("phases", 4, False, "msgms"), ("random", 4, True, "msgms"), ("none", 1, False, "msgms"),
+    ("phases", 4, True, "mse+msgms"), ("none", 1, False, "mse+msgms"),
 ])
 def test_fp32_scorer_equals_score_batch_and_the_reference(layout, k, weighted, error):
     model = _model()
     weights = torch.rand(4, 4, generator=torch.Generator().manual_seed(1)) * 2 if weighted else None
-    cfg = dataclasses.replace(model.score_config, layout=layout, num_copies=k, error=error,
+    cfg = dataclasses.replace(model.score_config, layout=layout, num_copies=k, error=error, error_scales=(0.3, 0.05),
                               patch_weights=None if weights is None else weights.tolist())
     images = random_images((11, 3, 32, 32), torch.uint8, seed=3)
     keys = torch.arange(11, dtype=torch.int64) * 7919
@@ -50,7 +51,7 @@ def test_fp32_scorer_equals_score_batch_and_the_reference(layout, k, weighted, e
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("error", ["mse", "msgms"])
+@pytest.mark.parametrize("error", ["mse", "msgms", "mse+msgms"])
 def test_bf16_scorer_is_within_the_stated_tolerance_of_the_reference(device, error):
     model = _model(device=device)
     cfg = dataclasses.replace(model.score_config, error=error)

@@ -64,6 +64,29 @@ def test_position_weights_come_from_the_validation_images(trained):
     assert not torch.allclose(score_batch(trained, x).scores, score_batch(off, x).scores)
 
 
+def test_error_scales_come_from_the_validation_images(trained):
+    """The spread of each measure's unweighted scores; a model scoring with 'mse+msgms' takes its position
+    weights and score statistics from the scaled sum."""
+    g = torch.Generator().manual_seed(trained.config.seed)  # the validation split of fit()
+    val = blobs(160)[torch.randperm(160, generator=g)[:16]]
+    unweighted = dataclasses.replace(trained.score_config, patch_weights=None)
+    parts = {}
+    for i, error in enumerate(("mse", "msgms")):
+        res = score_batch(trained, val, dataclasses.replace(unweighted, error=error))
+        parts[error] = res.patch_errors.double()
+        assert trained.error_scales[i] == pytest.approx(float(res.scores.double().std()), rel=1e-4)
+    both = PatchGAN.from_state({**trained.state(), "config": dataclasses.replace(trained.config, error="mse+msgms").to_dict()})
+    T._validation_statistics(both, val, torch.device("cpu"), 5)
+    assert both.error_scales == pytest.approx(trained.error_scales, rel=1e-6)
+    combined = parts["mse"] / both.error_scales[0] + parts["msgms"] / both.error_scales[1]
+    m_pos = combined.mean(0)
+    torch.testing.assert_close(torch.tensor(both.patch_weights, dtype=torch.float64),
+                               1.1 * m_pos.mean() / (m_pos + 0.1 * m_pos.mean()), rtol=1e-5, atol=1e-6)
+    scores = score_batch(both, val).scores.double()
+    assert both.score_stats["mean"] == pytest.approx(float(scores.mean()), rel=1e-5)
+    assert both.score_config.error_scales == both.error_scales
+
+
 def test_gradients_reach_both_networks():
     model = PatchGAN(TrainConfig(**SMALL), 1, (0.5,), (0.25,))
     x = blobs(4)
@@ -127,6 +150,7 @@ def test_save_load_gives_identical_scores(trained, tmp_path):
     assert torch.equal(score_batch(trained, x).scores, score_batch(loaded, x).scores)
     assert loaded.config == trained.config and loaded.score_stats == trained.score_stats
     assert loaded.patch_weights == trained.patch_weights and loaded.score_config == trained.score_config
+    assert loaded.error_scales == trained.error_scales is not None
     assert loaded.mean == trained.mean and loaded.std == trained.std
     assert not list(tmp_path.glob(".*.tmp")), "the temporary file of the atomic write was left behind"
 
