@@ -11,7 +11,8 @@ the same reconstructions (K = 4 phases masks):
   or top 1 %, over their mean inside the brain, or divided by the local variance of the reconstruction;
 - pixel maps divided by the mean validation error at the same position (normal data only);
 - the same patch scorings and pixel maps with the structural error (``error='msgms'``) instead of the
-  squared error.
+  squared error, and the patch scorings with both (``error='mse+msgms'``, scaled by the spread of each
+  measure's validation scores).
 
     python benchmarks/experiments/brain_levers.py --steps 2400 [--variants base,patch16]   # ~20 min per 1,000 steps
 
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from patchgan_fast import PatchGAN, TrainConfig, error_maps, score_batch
 from patchgan_fast.datasets import load_brain_mri
 from patchgan_fast.evaluation import image_metrics, pixel_metrics
+from patchgan_fast.training import _validation_statistics
 
 VARIANTS = {"base": {}, "patch16": dict(patch_size=16), "patch4": dict(patch_size=4)}  # training overrides
 
@@ -66,7 +68,11 @@ def evaluate(model, val, test, patch):
     sick = test.labels == 1
     res = {}
     te, ve = pixel_errors(model, test.images, patch), pixel_errors(model, val, patch)
-    for error in ("mse", "msgms"):
+    scaled = dataclasses.replace(model.config, patch_size=patch)
+    model.config, saved = scaled, model.config
+    _validation_statistics(model, val, torch.device("cpu"), 64)  # sets model.error_scales at this patch size
+    model.config = saved
+    for error in ("mse", "msgms", "mse+msgms"):
         cfg = dataclasses.replace(model.score_config, patch_size=patch, patch_weights=None, error=error)
         te_p, va_p = (torch.cat([score_batch(model, x[i:i + 64], cfg).patch_errors for i in range(0, len(x), 64)]).double()
                       for x in (test.images, val))
@@ -75,7 +81,7 @@ def evaluate(model, val, test, patch):
         for name, w in (("patch", 1.0), ("patch x 1.1 m / (m_pos + 0.1 m)", 1.1 * m / (m_pos + 0.1 * m)),
                         ("patch x 2 m / (m_pos + m)", 2 * m / (m_pos + m))):
             e = te_p * w
-            tag = "" if error == "mse" else "msgms "
+            tag = "" if error == "mse" else f"{error} "
             res[f"{tag}{name}, sum"] = (image_metrics(e.flatten(1).sum(1).tolist(), y)["auroc"], None)
             res[f"{tag}{name}, paper ranking"] = (image_metrics(ranked(e).tolist(), y)["auroc"], None)
         if error == "msgms":
