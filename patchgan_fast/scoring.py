@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
-from ._reference import infilled_reference, normalize_reference, rank_patch_errors, squared_errors_reference
+from ._reference import infilled_reference, normalize_reference, rank_patch_errors
 from .gms import gms_errors
 
 #: Ranking presets (``top_weights``, ``rest_weight``) for eq. 5. ``paper``: 1.1 for the most anomalous
@@ -250,16 +250,20 @@ def pixel_errors(
     """
     if error not in ERRORS:
         raise ValueError(f"unknown error {error!r}; expected one of {', '.join(ERRORS)}")
-    if error == "mse":
-        return squared_errors_reference(images, reconstructions, assignment, patch_size=patch_size, mean=mean,
-                                        std=std).mean(1)
     infilled = infilled_reference(reconstructions, assignment, patch_size=patch_size)
-    structural = gms_errors(images, infilled, mean=mean, std=std)
     if error == "msgms":
-        return structural
+        return gms_errors(images, infilled, mean=mean, std=std)
     squared = (normalize_reference(images, mean, std) - infilled.float()).square().mean(1)
-    a, b = error_scales or (1.0, 1.0)
-    return squared / a + structural / b
+    if error == "mse":
+        return squared
+    return combine_errors(squared, gms_errors(images, infilled, mean=mean, std=std), error_scales)
+
+
+def combine_errors(squared: Tensor, structural: Tensor, error_scales: Optional[tuple[float, float]]) -> Tensor:
+    """``error='mse+msgms'`` from its parts (pixel maps or patch errors, any shape): each divided by its
+    entry of ``error_scales`` (None: 1 each), summed."""
+    scale_mse, scale_msgms = error_scales or (1.0, 1.0)
+    return squared / scale_mse + structural / scale_msgms
 
 
 def default_smoothing(patch_size: int) -> int:

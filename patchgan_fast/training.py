@@ -28,7 +28,7 @@ from .config import TrainConfig
 from ._runtime import distributed, progress_bar
 from .model import PatchGAN, atomic_save
 from ._reference import rank_patch_errors
-from .scoring import pixel_errors, score_batch
+from .scoring import combine_errors, patch_scores, score_batch
 
 CHECKPOINT = "checkpoint.pt"
 _CKPT_FORMAT = 1
@@ -249,21 +249,19 @@ def _validation_statistics(model: PatchGAN, images: Tensor, device: torch.device
     the weights, and its scores (eq. 5, with the weights when ``config.position_weights`` is on) are
     ranked from the same errors."""
     cfg = dataclasses.replace(model.score_config, error="mse", patch_weights=None)
-    p = cfg.patch_size
+    structural_cfg = dataclasses.replace(cfg, error="msgms")
     squared, structural = [], []
     for i in range(0, len(images), batch):
         x = images[i:i + batch].to(device)
         r = score_batch(model, x, cfg)
         squared.append(r.patch_errors.cpu())
-        pixels = pixel_errors(x, r.reconstructions, r.assignment, patch_size=p, mean=cfg.mean, std=cfg.std, error="msgms")
-        structural.append(F.avg_pool2d(pixels[:, None], p)[:, 0].cpu())
+        structural.append(patch_scores(x, r.reconstructions, r.assignment, structural_cfg, None)[1].cpu())
     measures = {"mse": torch.cat(squared), "msgms": torch.cat(structural)}
     spread = [float(rank_patch_errors(e, top_weights=cfg.top_weights, rest_weight=cfg.rest_weight).std())
               if len(e) > 1 else 0.0 for e in measures.values()]
     model.error_scales = tuple(spread) if all(0 < v < float("inf") for v in spread) else None
     if model.config.error == "mse+msgms":
-        a, b = model.error_scales or (1.0, 1.0)
-        errors = measures["mse"] / a + measures["msgms"] / b
+        errors = combine_errors(measures["mse"], measures["msgms"], model.error_scales)
     else:
         errors = measures[model.config.error]
     model.patch_weights = _position_weights(errors)
