@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import inspect
 import json
 import multiprocessing
@@ -19,7 +20,6 @@ import os
 import platform
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -114,17 +114,52 @@ def _train_and_score(job: tuple) -> tuple:
     return scores, maps, extra, time.perf_counter() - t0
 
 
+def _indexed(item: tuple[int, tuple]) -> tuple[int, tuple]:
+    return item[0], _train_and_score(item[1])
+
+
+def _digest(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(repr((t.dtype, tuple(t.shape))).encode())
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _job_key(job: tuple, data: str) -> Optional[str]:
+    """What a job's result depends on: the method, its config and options, the data (``data``, a digest of
+    the group's tensors), the device kind and the versions. None where that cannot be told (a feature
+    network passed as a module): such a job is never reused."""
+    name, config, options, _, _, _, scoring_ablations, need_maps = job
+    perceptual = options.get("perceptual")
+    if perceptual is not None and not isinstance(perceptual, str):
+        return None
+    if isinstance(perceptual, str):  # the file's identity: path, size and modification time
+        st = Path(perceptual).stat()
+        perceptual = (str(Path(perceptual).resolve()), st.st_size, st.st_mtime_ns)
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    key = (__version__, torch.__version__, device, name, dataclasses.asdict(config), perceptual, scoring_ablations,
+           need_maps, data)
+    return hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+
+
 def _run_methods(
-    groups, methods, config, quick: bool, options: dict, jobs: int, seconds: dict, need_maps: bool
-) -> list[tuple[dict, dict]]:
+    groups, methods, config, quick: bool, options: dict, jobs: int, seconds: dict, need_maps: bool,
+    cache: Optional[Path] = None,
+) -> tuple[list[tuple[dict, dict]], int]:
     """Trains and scores every method (and, outside --quick, the Patch-GAN's ablations) on every
     ``(train_x, test_x)`` group, in ``jobs`` processes at once (models this small leave a GPU mostly
     idle, so several train side by side). Returns per group ``({method: (scores, maps)},
-    {variant: scores})`` (maps None where they cost an extra pass and ``need_maps`` is off) and adds each
-    method's training + scoring time to ``seconds``."""
+    {variant: scores})`` (maps None where they cost an extra pass and ``need_maps`` is off), and how
+    many jobs were reused; adds each method's training + scoring time to ``seconds``.
+
+    With ``cache`` (a folder), every finished job's result is written there as soon as it is done, and
+    a job whose result is already there (same method, config, data, device and versions) is not run
+    again: an interrupted benchmark, rerun with --resume, goes on where it stopped."""
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
-    work, index = [], []
+    work, index, keys = [], [], []
     for g, (train_x, test_x) in enumerate(groups):
+        data = _digest(train_x, test_x) if cache is not None else ""
         for name in methods:
             work.append((name, config, options.get(name, {}), train_x, test_x, threads, name == "patchgan", need_maps))
             index.append((g, name, None))
@@ -132,11 +167,38 @@ def _run_methods(
             for variant, cfg in _ablations(config).items():
                 work.append(("patchgan", cfg, {}, train_x, test_x, threads, False, False))
                 index.append((g, "patchgan", variant))
-    if jobs > 1:
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            outputs = list(pool.map(_train_and_score, work))
+        keys += [_job_key(w, data) if cache is not None else None for w in work[len(keys):]]
+    outputs: list = [None] * len(work)
+    for i, key in enumerate(keys):
+        if key is not None and (cache / f"{key}.pt").is_file():
+            saved = torch.load(cache / f"{key}.pt", weights_only=True)
+            outputs[i] = (saved["scores"], saved["maps"], saved["extra"], saved["seconds"])
+    reused = sum(o is not None for o in outputs)
+
+    def finish(i: int, result: tuple) -> None:
+        outputs[i] = result
+        if keys[i] is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            scores, maps, extra, sec = result
+            tmp = cache / f"{keys[i]}.pt.tmp"
+            torch.save({"scores": scores, "maps": maps, "extra": extra, "seconds": sec}, tmp)
+            os.replace(tmp, cache / f"{keys[i]}.pt")  # whole or absent, even when killed mid-write
+
+    pending = [i for i, o in enumerate(outputs) if o is None]
+    if jobs > 1 and len(pending) > 1:
+        pool = multiprocessing.get_context("spawn").Pool(jobs)
+        try:
+            for i, result in pool.imap_unordered(_indexed, [(i, work[i]) for i in pending]):
+                finish(i, result)
+            pool.close()
+        except BaseException:  # an error or an interrupt: stop the other jobs now (the finished ones are saved)
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
     else:
-        outputs = [_train_and_score(w) for w in work]
+        for i in pending:
+            finish(i, _train_and_score(work[i]))
     out = [({}, {}) for _ in groups]
     for (g, name, variant), (scores, maps, extra, sec) in zip(index, outputs):
         results, ablations = out[g]
@@ -151,13 +213,17 @@ def _run_methods(
     for _, ablations in out:  # the default and its scoring ablations first, then those of ABLATIONS in order
         order = [k for k in ablations if k not in ABLATIONS] + [k for k in ABLATIONS if k in ablations]
         ablations.update({k: ablations.pop(k) for k in order})
-    return out
+    return out, reused
 
 
 def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = False, steps: Optional[int] = None,
         classes: Optional[Sequence[int]] = None, seed: int = 0, size: int = 64, data: Optional[str] = None,
-        perceptual: Optional[str | torch.nn.Module] = None, jobs: int = 1, command: str = "") -> dict:
+        perceptual: Optional[str | torch.nn.Module] = None, jobs: int = 1, resume: bool = False, command: str = "") -> dict:
     """Runs the benchmark and writes table.md, results.json, roc.png and scores.png to ``out``.
+
+    Each trained model's scores go to ``out/jobs/`` as soon as it is done; with ``resume`` a rerun
+    with the same arguments and ``out`` reuses them, so an interrupted run loses no finished model
+    (without it they are deleted first and everything trains again).
 
     ``perceptual`` is the feature network of the deep perceptual AE, or the path of a .pt2 file
     (default: a random-init stand-in); ``jobs`` models train at once, in separate processes."""
@@ -171,6 +237,10 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = _config(dataset, quick, steps, seed, size)
+    cache = out / "jobs"  # every finished model's scores, so that an interrupted run resumes
+    if not resume:
+        for f in [*cache.glob("*.pt"), *cache.glob("*.pt.tmp")]:
+            f.unlink()
     records: list[dict] = []
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -197,7 +267,7 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
                 test_x, labels = test_x[keep], labels[keep]
             groups.append((train_x, test_x))
             labels_of.append(labels.tolist())
-        outputs = _run_methods(groups, methods, config, quick, options, jobs, seconds, need_maps=False)
+        outputs, reused = _run_methods(groups, methods, config, quick, options, jobs, seconds, need_maps=False, cache=cache)
         for c, y, (results, ablations) in zip(classes, labels_of, outputs):
             for m, (scores, _) in results.items():
                 auroc = image_metrics(scores.tolist(), y)["auroc"]
@@ -223,8 +293,8 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
 
         train, test = load_brain_mri(size=config.image_size, path=data, seed=seed,
                                      train_copies=2 if quick else 4, test_copies=4 if quick else 16)
-        [(results, ablations)] = _run_methods([(train.images, test.images)], methods, config, quick, options, jobs, seconds,
-                                                need_maps=True)
+        [(results, ablations)], reused = _run_methods([(train.images, test.images)], methods, config, quick, options, jobs,
+                                                        seconds, need_maps=True, cache=cache)
         y = test.labels.tolist()
         sick = test.labels == 1
         bins = test.size_bins
@@ -254,6 +324,9 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
             lines.append(f"| {v} | {image_metrics(scores.tolist(), y)['auroc']:.3f} |")
         curves = {m: (s.tolist(), y) for m, (s, _) in results.items()}
         title = "brain MRI, synthetic lesions"
+    if reused:
+        lines += ["", f"{reused} trained model(s) reused from {cache} (finished by the interrupted run that --resume "
+                  "continued)."]
     lines += ["", "Training + scoring time per method (s): " + ", ".join(f"{m} {t:.0f}" for m, t in seconds.items())]
     for m, t in seconds.items():
         _record(records, "train_and_score_seconds", t, "s", {"dataset": dataset, "method": m}, command)
@@ -304,7 +377,7 @@ def main(args) -> int:
             _load_perceptual(args.perceptual_net)  # fail early; each job loads its own copy
         run(args.dataset, [m.strip() for m in args.methods.split(",") if m.strip()], args.out, quick=args.quick,
             steps=args.steps, classes=[int(c) for c in args.classes.split(",")] if args.classes else None,
-            seed=args.seed, size=args.size, data=args.data, perceptual=args.perceptual_net, jobs=args.jobs, command=" ".join(["patchgan-fast", *sys.argv[1:]]))
+            seed=args.seed, size=args.size, data=args.data, perceptual=args.perceptual_net, jobs=args.jobs, resume=args.resume, command=" ".join(["patchgan-fast", *sys.argv[1:]]))
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -280,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--data", default=None, help="dataset folder (default: where the Debian package installs it)")
     b.add_argument("--out", default="benchmark-output", help="output folder (default benchmark-output/)")
+    b.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out: the models it finished (kept in OUT/jobs/) are not trained again")
     b.set_defaults(func=cmd_benchmark)
 
     d = sub.add_parser("demo", help="the whole loop on built-in real brain MRI", description=(

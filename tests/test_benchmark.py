@@ -7,6 +7,7 @@ import pytest
 import torch
 from helpers import write_fashion_mnist
 
+from patchgan_fast import benchmark
 from patchgan_fast.cli import main
 
 nib = pytest.importorskip("nibabel")
@@ -95,3 +96,43 @@ def test_jobs_train_side_by_side_with_the_same_results(tmp_path):
         tables.append({(r["metric"], r["config"].get("class"), r["config"]["method"]): r["value"]
                        for r in records if r["unit"] == "ratio"})
     assert len(tables[0]) == 6 and tables[0] == tables[1]
+
+
+def test_an_interrupted_run_resumes_without_training_finished_models_again(tmp_path, monkeypatch):
+    write_fashion_mnist(tmp_path, 60, 40, seed=4)
+    args = ["benchmark", "fashion-mnist", "--quick", "--classes", "1,4", "--steps", "3", "--data", str(tmp_path),
+            "--methods", "patchgan,ocsvm", "--out"]
+    assert main(args + [str(tmp_path / "whole")]) == 0
+    real, calls = benchmark._train_and_score, []
+
+    def interrupted_at_the_third(job):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(job[0])
+        return real(job)
+
+    monkeypatch.setattr(benchmark, "_train_and_score", interrupted_at_the_third)
+    out = tmp_path / "out"
+    assert main(args + [str(out)]) == 130
+    assert len(list((out / "jobs").glob("*.pt"))) == 2 and not list((out / "jobs").glob("*.tmp"))
+
+    def counted(job):
+        calls.append(job[0])
+        return real(job)
+
+    monkeypatch.setattr(benchmark, "_train_and_score", counted)
+    calls.clear()
+    assert main(args + [str(out), "--resume"]) == 0
+    assert calls == ["patchgan", "ocsvm"]  # class 4's jobs only
+    assert "2 trained model(s) reused from" in (out / "table.md").read_text()
+
+    def figures(folder):
+        return {(r["metric"], r["config"].get("class"), r["config"]["method"]): r["value"]
+                for r in json.loads((folder / "results.json").read_text()) if r["unit"] == "ratio"}
+
+    assert len(figures(out)) == 6 and figures(out) == figures(tmp_path / "whole")
+    calls.clear()  # without --resume everything trains again
+    assert main(args[:-2] + ["ocsvm", "--out", str(out)]) == 0 and calls == ["ocsvm", "ocsvm"]
+    calls.clear()  # other images under the same name are new data: nothing is reused
+    write_fashion_mnist(tmp_path, 60, 40, seed=5)
+    assert main(args + [str(out), "--resume"]) == 0 and len(calls) == 4
