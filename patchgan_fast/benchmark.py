@@ -144,8 +144,7 @@ def _job_key(job: tuple, data: str) -> Optional[str]:
 
 
 def _run_methods(
-    groups, methods, config, quick: bool, options: dict, jobs: int, seconds: dict, need_maps: bool,
-    cache: Optional[Path] = None,
+    groups, methods, config, quick: bool, options: dict, jobs: int, seconds: dict, need_maps: bool, cache: Path
 ) -> tuple[list[tuple[dict, dict]], int]:
     """Trains and scores every method (and, outside --quick, the Patch-GAN's ablations) on every
     ``(train_x, test_x)`` group, in ``jobs`` processes at once (models this small leave a GPU mostly
@@ -153,13 +152,12 @@ def _run_methods(
     {variant: scores})`` (maps None where they cost an extra pass and ``need_maps`` is off), and how
     many jobs were reused; adds each method's training + scoring time to ``seconds``.
 
-    With ``cache`` (a folder), every finished job's result is written there as soon as it is done, and
+    Every finished job's result is written to the folder ``cache`` as soon as it is done, and
     a job whose result is already there (same method, config, data, device and versions) is not run
     again: an interrupted benchmark, rerun with --resume, goes on where it stopped."""
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
-    work, index, keys = [], [], []
+    work, index = [], []
     for g, (train_x, test_x) in enumerate(groups):
-        data = _digest(train_x, test_x) if cache is not None else ""
         for name in methods:
             work.append((name, config, options.get(name, {}), train_x, test_x, threads, name == "patchgan", need_maps))
             index.append((g, name, None))
@@ -167,7 +165,8 @@ def _run_methods(
             for variant, cfg in _ablations(config).items():
                 work.append(("patchgan", cfg, {}, train_x, test_x, threads, False, False))
                 index.append((g, "patchgan", variant))
-        keys += [_job_key(w, data) if cache is not None else None for w in work[len(keys):]]
+    digests = [_digest(*group) for group in groups]
+    keys = [_job_key(w, digests[g]) for w, (g, _, _) in zip(work, index)]
     outputs: list = [None] * len(work)
     for i, key in enumerate(keys):
         if key is not None and (cache / f"{key}.pt").is_file():
