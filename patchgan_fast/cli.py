@@ -6,7 +6,9 @@ import argparse
 import csv
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -299,12 +301,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs one command. Ctrl-C and SIGTERM (``timeout``, batch schedulers) both stop it the same way: finished
+    work is kept, worker processes are stopped, and the exit status is 130."""
     args = build_parser().parse_args(argv)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    old_term = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() else None
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted; finished work is kept (rerun with --resume)", file=sys.stderr)
         return 130
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
 
 
 if __name__ == "__main__":
