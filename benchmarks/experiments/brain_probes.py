@@ -18,21 +18,17 @@ Results: benchmarks/results/cpu-experiment-brain-levers.md
 """
 
 import argparse
-import dataclasses
 import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from brain_levers import reconstruction, smooth
 
 from patchgan_fast import PatchGAN, score_batch
-from patchgan_fast._reference import infilled_reference
+from patchgan_fast._reference import normalize_reference
 from patchgan_fast.datasets import load_brain_mri
 from patchgan_fast.evaluation import image_metrics, pixel_metrics
-
-
-def smooth(e: torch.Tensor, k: int) -> torch.Tensor:
-    return e if k == 1 else F.avg_pool2d(e[:, None], k, 1, k // 2, count_include_pad=False)[:, 0]
 
 
 def report(name: str, maps: torch.Tensor, test) -> None:
@@ -46,15 +42,9 @@ def report(name: str, maps: torch.Tensor, test) -> None:
 
 def residuals(model: PatchGAN, x: torch.Tensor) -> torch.Tensor:
     """[B, H, W] image minus each pixel's reconstruction from the copy that hid it (normalized units)."""
-    cfg = dataclasses.replace(model.score_config, patch_size=8, layout="phases", num_copies=4)
-    mean = torch.tensor(cfg.mean or (0.0,)).view(1, -1, 1, 1)
-    std = torch.tensor(cfg.std or (1.0,)).view(1, -1, 1, 1)
-    out = []
-    for i in range(0, len(x), 64):
-        r = score_batch(model, x[i:i + 64], cfg)
-        infilled = infilled_reference(r.reconstructions, r.assignment, patch_size=8).float()
-        out.append(((x[i:i + 64] - mean) / std - infilled)[:, 0])
-    return torch.cat(out)
+    cfg = model.score_config
+    rec = torch.cat([reconstruction(model, x[i:i + 64], 8) for i in range(0, len(x), 64)])
+    return normalize_reference(x, cfg.mean, cfg.std)[:, 0] - rec
 
 
 def nearest_patch(train, test, p: int, stride: int) -> torch.Tensor:

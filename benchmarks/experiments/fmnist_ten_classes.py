@@ -72,9 +72,10 @@ def main() -> None:
                 _validation_statistics(m, val, torch.device("cpu"), 500)
                 s = torch.cat([score_batch(m, te[i:i + 500]).scores for i in range(0, len(te), 500)])
                 res[(c, f"patchgan, {error}{tag}")] = image_metrics(s.tolist(), y)["auroc"]
-                ensemble[error] = ensemble[error] + m.normalize(s)  # (s - mean) / std of the held-out images' scores
+                zs = m.normalize(s)  # (s - mean) / std of the held-out images' scores
+                ensemble[error] = ensemble[error] + zs
                 if error != "mse+msgms":
-                    z = z + m.normalize(s)
+                    z = z + zs
             if "msgms" in errors and "mse" in errors:
                 res[(c, f"patchgan, z(msgms) + z(mse){tag}")] = image_metrics(z.tolist(), y)["auroc"]
         if args.seeds > 1:  # the models' normalized scores summed
