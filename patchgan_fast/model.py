@@ -47,6 +47,8 @@ class PatchGAN(nn.Module):
         self.score_stats: dict[str, float] = {}
         self.patch_weights: Optional[tuple[tuple[float, ...], ...]] = None
         self.error_scales: Optional[tuple[float, float]] = None
+        # channels_last convolutions are about twice as fast as NCHW ones on CPUs (oneDNN) as on GPUs
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.reconstructor(x)
@@ -59,7 +61,7 @@ class PatchGAN(nn.Module):
             layout=self.config.layout, num_copies=self.config.num_copies,
             seed=self.config.seed % 2**32, top_weights=top, rest_weight=rest, mean=self.mean, std=self.std,
             patch_weights=self.patch_weights if self.config.position_weights else None,
-            channels_last=next(self.parameters()).is_cuda,
+            channels_last=True,
         )
 
     def normalize(self, scores: Tensor) -> Tensor:

@@ -29,6 +29,12 @@ RANKING_PRESETS: dict[str, tuple[tuple[float, ...], float]] = {
 ERRORS = ("mse", "msgms", "mse+msgms")
 
 
+def default_forward_batch(device: torch.device) -> int:
+    """Images per reconstructor call when scoring: 256 on a GPU; 64 on a CPU, where a whole batch in
+    one call runs 1.4-2.6x slower (the fashion-mnist and brain-mri models, 1,024 copies, 2 cores)."""
+    return 256 if device.type == "cuda" else 64
+
+
 @dataclass(frozen=True)
 class ScoreConfig:
     """How images are masked and scored.
@@ -143,7 +149,8 @@ def score_batch(
 ) -> ScoreResult:
     """Scores a batch: K masked copies -> reconstructor -> fused patch errors and ranked scores.
 
-    Runs the model as it is and returns every intermediate (masked copies, reconstructions); for
+    Runs the model as it is (on chunks of :func:`default_forward_batch` copies) and returns every
+    intermediate (masked copies, reconstructions); for
     throughput over many batches use :class:`~patchgan_fast.Scorer`, which returns the same scores.
 
     Args:
@@ -185,7 +192,8 @@ def score_batch(
     model.eval()
     try:
         with torch.inference_mode():
-            out = model(masked.flatten(0, 1))
+            outs = [model(c) for c in masked.flatten(0, 1).split(default_forward_batch(masked.device))]
+            out = torch.cat(outs) if len(outs) > 1 and all(isinstance(o, Tensor) for o in outs) else outs[0]
     finally:
         model.train(was_training)
     if not isinstance(out, Tensor) or tuple(out.shape) != (k * b, c, h, w):

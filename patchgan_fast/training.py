@@ -188,9 +188,8 @@ def train_step(model: PatchGAN, recon_net, disc_net, opt_r, opt_d, x: Tensor, ke
     on_gpu = x.is_cuda
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu)
     z, target = _masked_inputs(x, keys, model, step)
-    if on_gpu:
-        z = z.contiguous(memory_format=torch.channels_last)
-        target = target.contiguous(memory_format=torch.channels_last)
+    z = z.contiguous(memory_format=torch.channels_last)
+    target = target.contiguous(memory_format=torch.channels_last)
     with autocast:
         recon = recon_net(z)
     loss_rec = F.mse_loss(recon.float(), target)
@@ -342,8 +341,6 @@ def fit(data, config: TrainConfig, *, resume: bool = False) -> PatchGAN:
     torch.manual_seed(config.seed)
     model = PatchGAN(config, src.channels, mean, std).to(device)
     on_gpu = device.type == "cuda"
-    if on_gpu:
-        model = model.to(memory_format=torch.channels_last)
     rec_w, adv_w = config.loss_weights
     opt_r = torch.optim.AdamW(model.reconstructor.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     opt_d = torch.optim.AdamW(model.discriminator.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)

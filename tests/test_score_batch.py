@@ -82,6 +82,31 @@ def test_scores_do_not_depend_on_batch_position():
     torch.testing.assert_close(part, full[order], atol=1e-6, rtol=1e-5)
 
 
+def test_large_batches_run_in_chunks_and_score_as_one_forward():
+    calls = []
+
+    class Counting(TinyReconstructor):
+        def forward(self, x):
+            calls.append(len(x))
+            return super().forward(x)
+
+    model = Counting(1)
+    images = random_images((40, 1, 16, 16), torch.uint8)
+    cfg = ScoreConfig(patch_size=4, num_copies=4)
+    res = score_batch(model, images, cfg)
+    assert calls == [64, 64, 32]  # 160 copies in chunks of default_forward_batch (64 on a CPU)
+    with torch.no_grad():
+        whole = model.eval()(res.masked.flatten(0, 1)).view_as(res.reconstructions)
+    torch.testing.assert_close(res.reconstructions, whole, atol=1e-6, rtol=1e-5)
+
+    class Pair(nn.Module):
+        def forward(self, x):
+            return x, x
+
+    with pytest.raises(ValueError, match="returned tuple"):
+        score_batch(Pair(), images, cfg)
+
+
 @pytest.mark.parametrize("device", cpu_and_cuda())
 def test_bf16_channels_last_model_inputs(device):
     if device == "cpu":
