@@ -115,7 +115,12 @@ def _train_and_score(job: tuple) -> tuple:
 
 
 def _indexed(item: tuple[int, tuple]) -> tuple[int, tuple]:
-    return item[0], _train_and_score(item[1])
+    """A pool worker's job. Stopped by Ctrl-C or by the pool's terminate (SIGTERM, which training turns into
+    an interrupt), the worker exits quietly: the main process says what was kept."""
+    try:
+        return item[0], _train_and_score(item[1])
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
 
 
 def _digest(*tensors: torch.Tensor) -> str:

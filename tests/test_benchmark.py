@@ -100,6 +100,16 @@ def test_jobs_train_side_by_side_with_the_same_results(tmp_path):
     assert len(tables[0]) == 6 and tables[0] == tables[1]
 
 
+def test_a_stopped_pool_worker_exits_quietly(monkeypatch):
+    def stopped(job):  # a worker's training stopped by the pool's terminate (SIGTERM) or by Ctrl-C
+        raise KeyboardInterrupt("stopped by signal 15 at step 3")
+
+    monkeypatch.setattr(benchmark, "_train_and_score", stopped)
+    with pytest.raises(SystemExit) as e:  # multiprocessing prints no traceback for SystemExit
+        benchmark._indexed((0, ("patchgan",)))
+    assert e.value.code == 130
+
+
 def test_an_interrupted_run_resumes_without_training_finished_models_again(tmp_path, monkeypatch):
     write_fashion_mnist(tmp_path, 60, 40, seed=4)
     args = ["benchmark", "fashion-mnist", "--quick", "--classes", "1,4", "--steps", "3", "--data", str(tmp_path),
