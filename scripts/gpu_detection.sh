@@ -24,8 +24,9 @@ for dataset in fashion-mnist brain-mri; do
     exit 3
   fi
   status=0
-  # SIGINT to the benchmark and its worker processes: every finished model is already on disk
-  timeout -k 30 --signal=INT "$left" python -m patchgan_fast.cli benchmark "$dataset" --jobs "$jobs" --resume \
+  # SIGTERM stops the benchmark as Ctrl-C does (it terminates its workers; every finished model is
+  # already on disk); SIGINT would do nothing where a non-interactive shell started the script in the background
+  timeout -k 30 --signal=TERM "$left" python -m patchgan_fast.cli benchmark "$dataset" --jobs "$jobs" --resume \
     --methods patchgan,ae,ocsvm,alocc,fanogan,perceptual_ae,threshold --out "$out" || status=$?
   if [ -n "${OUT:-}" ] && [ -d "$out" ]; then mkdir -p "$OUT/$name-$dataset" && cp -r "$out"/. "$OUT/$name-$dataset/"; fi
   if [ "$status" -ne 0 ]; then
