@@ -4,7 +4,7 @@ and a JSON record of every figure.
 Table 1: image AUROC per method (Fashion-MNIST: per class of the one-class protocol and the mean;
 brain MRI: image AUROC, pixel AUROC (all pixels and brain pixels only), AUPRC and image AUROC per
 lesion-size bin). Table 2: the Patch-GAN's ablations (ranking on/off, position weights on/off and
-the other error measure, from the same model; outside --quick also the loss preset, the masking layout, K and the patch
+the other error measure, from the same model; outside --quick also the other loss presets, the masking layout, K and the patch
 size, see ``ABLATIONS``). Nothing is tuned on test labels: every hyperparameter is fixed below.
 """
 
@@ -64,13 +64,15 @@ def _record(records, metric, value, unit, config, command):
 
 
 def _default_variant(config: TrainConfig) -> str:
-    return f"patchgan ({config.error} error, ranking {config.ranking}, position weights)"
+    return f"patchgan ({config.error} error, loss {config.loss}, ranking {config.ranking}, position weights)"
 
 #: Table 2 variants trained besides the default Patch-GAN (full runs only): config overrides, or a
-#: function of the config that returns them. A variant that the image grid cannot hold (K larger than
-#: the patch count) is left out.
+#: function of the config that returns them. A variant that is the default itself (the dataset's own
+#: loss preset) or that the image grid cannot hold (K larger than the patch count) is left out.
 ABLATIONS = {
-    "patchgan, loss paper (lambda 0.2 on L_R)": dict(loss="paper"),
+    "patchgan, loss paper (0.2 L_R + 1.0 L_adv)": dict(loss="paper"),
+    "patchgan, loss default (1.0 L_R + 0.01 L_adv)": dict(loss="default"),
+    "patchgan, loss reconstruction (no adversarial term)": dict(loss="reconstruction"),
     "patchgan, no masks at scoring (K = 1)": dict(layout="none", num_copies=1),
     "patchgan, random layout K = 4": dict(layout="random", num_copies=4),
     "patchgan, phases K = 9": dict(layout="phases", num_copies=9),
@@ -84,7 +86,7 @@ def _ablations(config: TrainConfig) -> dict[str, TrainConfig]:
         if callable(overrides):
             overrides = overrides(config)
         cfg = dataclasses.replace(config, **overrides)
-        if cfg.num_copies <= (cfg.image_size // cfg.patch_size) ** 2:
+        if cfg != config and cfg.num_copies <= (cfg.image_size // cfg.patch_size) ** 2:
             out[variant] = cfg
     return out
 

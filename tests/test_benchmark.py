@@ -22,7 +22,7 @@ def test_quick_fashion_mnist_benchmark(tmp_path):
                  "--methods", "patchgan,ae,ocsvm"]) == 0
     table = (out / "table.md").read_text()
     assert "## Table 1" in table and "| patchgan |" in table and "| ocsvm |" in table and "ranking off" in table
-    assert "patchgan (mse+msgms error, ranking paper, position weights)" in table
+    assert "patchgan (mse+msgms error, loss default, ranking paper, position weights)" in table
     assert "patchgan, msgms error, no position weights" in table and "patchgan, mse error, no position weights" in table
     records = json.loads((out / "results.json").read_text())
     means = [r for r in records if r["metric"] == "mean_image_auroc"]
@@ -43,7 +43,7 @@ def test_quick_brain_mri_benchmark(tmp_path):
                  "--out", str(out), "--methods", "patchgan,threshold,fanogan"]) == 0
     table = (out / "table.md").read_text()
     assert "pixel AUROC" in table and "| threshold |" in table
-    assert "patchgan (mse error, ranking paper, position weights)" in table and "msgms error, no position weights" in table
+    assert "patchgan (mse error, loss reconstruction, ranking paper, position weights)" in table and "msgms error, no position weights" in table
     metrics = {(r["metric"], r["config"]["method"]) for r in json.loads((out / "results.json").read_text())}
     assert ("pixel_auroc", "patchgan") in metrics and ("image_auroc", "threshold") in metrics
     assert ("pixel_auroc", "fanogan") in metrics and ("pixel_auroc_brain", "patchgan") in metrics
@@ -81,9 +81,10 @@ def test_full_run_adds_the_ablations(tmp_path):
     assert main(["benchmark", "fashion-mnist", "--classes", "2", "--steps", "2", "--data", str(tmp_path),
                  "--out", str(out), "--methods", "patchgan"]) == 0
     table = (out / "table.md").read_text()
-    for variant in ("loss paper", "no masks at scoring", "random layout K = 4", "half-size patches", "ranking off",
-                    "no position weights", "mse error, no position weights"):
+    for variant in ("loss paper", "loss reconstruction", "no masks at scoring", "random layout K = 4",
+                    "half-size patches", "ranking off", "no position weights", "mse error, no position weights"):
         assert variant in table
+    assert "loss default (" not in table  # fashion-mnist's own preset: the default row, not trained twice
     assert "phases K = 9" not in table  # 32x32 images in 16x16 patches have 4 patches, too few for K = 9
 
 
