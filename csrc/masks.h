@@ -17,8 +17,8 @@ struct MaskArgs {
   int64_t num_copies;
   uint32_t seed;
   int64_t min_boxes, max_boxes, min_size, max_size;
-  int64_t grid_h() const { return height / patch_size; }
-  int64_t grid_w() const { return width / patch_size; }
+  int64_t grid_h() const { return patch_size > 0 ? height / patch_size : 0; }  // no grid for 'boxes' (patch_size 0)
+  int64_t grid_w() const { return patch_size > 0 ? width / patch_size : 0; }
 };
 
 // Checks every argument with TORCH_CHECK (message names what was received and what is expected).
