@@ -22,8 +22,8 @@ def test_quick_fashion_mnist_benchmark(tmp_path):
                  "--methods", "patchgan,ae,ocsvm"]) == 0
     table = (out / "table.md").read_text()
     assert "## Table 1" in table and "| patchgan |" in table and "| ocsvm |" in table and "ranking off" in table
-    assert "patchgan (mse+msgms error, loss default, ranking paper, position weights)" in table
-    assert "patchgan, msgms error, no position weights" in table and "patchgan, mse error, no position weights" in table
+    assert "patchgan (msgms error, loss default, ranking paper, position weights)" in table
+    assert "patchgan, mse+msgms error, no position weights" in table and "patchgan, mse error, no position weights" in table
     records = json.loads((out / "results.json").read_text())
     means = [r for r in records if r["metric"] == "mean_image_auroc"]
     assert {r["config"]["method"] for r in means} == {"patchgan", "ae", "ocsvm"}
