@@ -9,6 +9,19 @@ import torch
 import torch.distributed as dist
 
 
+def local_cuda_device() -> torch.device:
+    """This process's GPU: ``cuda:LOCAL_RANK`` (torchrun starts one process per GPU).
+
+    Raises:
+        RuntimeError: LOCAL_RANK names a GPU this machine lacks (more processes per node than GPUs).
+    """
+    rank, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+    if rank >= count:
+        raise RuntimeError(f"LOCAL_RANK is {rank} but this machine has {count} GPU(s): start at most {count} "
+                           "process(es) per node (torchrun --nproc_per_node), or run on the CPU")
+    return torch.device("cuda", rank)
+
+
 def distributed() -> tuple[int, int]:
     """(world size, rank); initializes the process group under torchrun (NCCL on GPU, gloo on CPU)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ._runtime import distributed, progress_bar
+from ._runtime import distributed, local_cuda_device, progress_bar
 from .io import ReadError, fit_to_size, list_images, read_images, suffix, to_uint8
 from .model import PatchGAN
 from .pipeline import BatchQueue, Scorer
@@ -148,7 +148,7 @@ def screen(
     world, rank = distributed()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and world > 1:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        dev = local_cuda_device()
     scorer = None
     if isinstance(model, Scorer):
         scorer, model, dev = model, model.source, model.device

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from . import ops
 from .config import TrainConfig
-from ._runtime import distributed, progress_bar
+from ._runtime import distributed, local_cuda_device, progress_bar
 from .model import PatchGAN, atomic_save
 from ._reference import rank_patch_errors
 from .scoring import combine_errors, patch_scores, score_batch
@@ -139,7 +139,7 @@ def _device(config: TrainConfig) -> torch.device:
     if config.device is not None:
         return torch.device(config.device)
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return local_cuda_device()
     return torch.device("cpu")
 
 

@@ -226,7 +226,7 @@ def test_torchrun_screening_equals_single_process(tmp_path, model_file):
     data = tmp_path / "data"
     _collection(data)
     assert main(["screen", model_file, str(data), "--out", str(tmp_path / "single"), "--workers", "0"]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # two CPU ranks (gloo)
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           "-m", "patchgan_fast.cli", "screen", model_file, str(data), "--out", str(tmp_path / "ddp"),
                           "--workers", "0"], capture_output=True, text=True, timeout=300, env=env)

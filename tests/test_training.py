@@ -270,7 +270,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
             f.write(f"world {{dist.get_world_size()}} steps {{model.history[-1]['step']}}")
         dist.destroy_process_group()
     """))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # two CPU ranks (gloo)
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
                          capture_output=True, text=True, timeout=120, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -296,7 +296,7 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
                           **{SMALL!r})
         train(blobs(64), cfg, {str(tmp_path / 'never.pgf')!r})
     """))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # two CPU ranks (gloo)
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     ckpt = tmp_path / "ckpt" / T.CHECKPOINT
@@ -360,3 +360,14 @@ def test_size_presets_build_models_that_fit_the_size(size, patch, depth):
     with torch.no_grad():
         assert model(torch.zeros(1, 3, size, size)).shape == (1, 3, size, size)
         assert score_batch(model, torch.zeros(2, 3, size, size, dtype=torch.uint8)).patch_errors.shape == (2, 8, 8)
+
+
+def test_more_local_ranks_than_gpus_is_a_clear_error(monkeypatch):
+    from patchgan_fast._runtime import local_cuda_device
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert local_cuda_device() == torch.device("cuda", 0)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(RuntimeError, match=r"LOCAL_RANK is 1 but this machine has 1 GPU\(s\): start at most 1"):
+        local_cuda_device()
