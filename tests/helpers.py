@@ -1,6 +1,7 @@
 """Shared helpers of the test suite."""
 
 import gzip
+import os
 
 import torch
 
@@ -52,3 +53,8 @@ def write_fashion_mnist(folder, n_train, n_test, seed=0):
     for split, n in (("train", n_train), ("t10k", n_test)):
         write_idx(folder / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)), 8)
         write_idx(folder / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10, 8)
+
+
+def torchrun_cpu_env() -> dict:
+    """The environment of a two-rank torchrun test: CPU ranks (gloo) even on a GPU machine, one thread each."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}

@@ -3,7 +3,6 @@ distributed screening, and the built-in dataset loaders, on files the tests make
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import blobs, write_fashion_mnist
+from helpers import blobs, torchrun_cpu_env, write_fashion_mnist
 from PIL import Image
 
 from patchgan_fast import PatchGAN, TrainConfig
@@ -226,7 +225,7 @@ def test_torchrun_screening_equals_single_process(tmp_path, model_file):
     data = tmp_path / "data"
     _collection(data)
     assert main(["screen", model_file, str(data), "--out", str(tmp_path / "single"), "--workers", "0"]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # two CPU ranks (gloo)
+    env = torchrun_cpu_env()
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           "-m", "patchgan_fast.cli", "screen", model_file, str(data), "--out", str(tmp_path / "ddp"),
                           "--workers", "0"], capture_output=True, text=True, timeout=300, env=env)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import blobs
+from helpers import blobs, torchrun_cpu_env
 from sklearn.metrics import roc_auc_score
 
 from patchgan_fast import PatchGAN, TrainConfig, score_batch
@@ -270,7 +270,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
             f.write(f"world {{dist.get_world_size()}} steps {{model.history[-1]['step']}}")
         dist.destroy_process_group()
     """))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # two CPU ranks (gloo)
+    env = torchrun_cpu_env()
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
                          capture_output=True, text=True, timeout=120, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -296,7 +296,7 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
                           **{SMALL!r})
         train(blobs(64), cfg, {str(tmp_path / 'never.pgf')!r})
     """))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # two CPU ranks (gloo)
+    env = torchrun_cpu_env()
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     ckpt = tmp_path / "ckpt" / T.CHECKPOINT
