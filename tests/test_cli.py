@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import blobs, torchrun_cpu_env, write_fashion_mnist
+from helpers import SMALL, blobs, torchrun_cpu_env, write_fashion_mnist
 from PIL import Image
 
 from patchgan_fast import PatchGAN, TrainConfig
@@ -25,8 +25,6 @@ nib = pytest.importorskip("nibabel")  # installed by scripts/setup.sh; carried a
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "patchgan_fast.cli"]
-SMALL = dict(image_size=32, patch_size=8, width=8, depth=2, disc_width=8, disc_layers=2, batch_size=16, lr=2e-3,
-             progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +196,8 @@ def test_interrupted_screening_resumes_to_the_same_result(tmp_path, model_file):
     data.mkdir()
     for i, im in enumerate(blobs(300, seed=7)):
         _png(data / f"{i:03d}.png", im[0].numpy())
-    args = ["screen", model_file, str(data), "--workers", "0", "--batch-size", "2", "--top", "3"]
+    # on the CPU, where every run gives the same digits (a GPU's may differ in the last place between processes)
+    args = ["screen", model_file, str(data), "--workers", "0", "--batch-size", "2", "--top", "3", "--device", "cpu"]
     ref = subprocess.run([*CLI, *args, "--out", str(tmp_path / "ref")], capture_output=True, text=True, timeout=600)
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "run"
@@ -224,7 +223,8 @@ def test_interrupted_screening_resumes_to_the_same_result(tmp_path, model_file):
 def test_torchrun_screening_equals_single_process(tmp_path, model_file):
     data = tmp_path / "data"
     _collection(data)
-    assert main(["screen", model_file, str(data), "--out", str(tmp_path / "single"), "--workers", "0"]) == 0
+    # the two gloo ranks run on the CPU (torchrun_cpu_env), so the single process does too
+    assert main(["screen", model_file, str(data), "--out", str(tmp_path / "single"), "--workers", "0", "--device", "cpu"]) == 0
     env = torchrun_cpu_env()
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           "-m", "patchgan_fast.cli", "screen", model_file, str(data), "--out", str(tmp_path / "ddp"),

@@ -149,8 +149,9 @@ def test_screen_reuses_a_given_scorer_with_the_same_scores(tmp_path):
         Image.fromarray(im.permute(1, 2, 0).numpy()).save(tmp_path / "data" / f"{i}.png")
     model = _model()
     rows = []
-    for name, source in (("a", model), ("b", Scorer(model, compile="none"))):
-        screen(source, [tmp_path / "data"], tmp_path / name, batch_size=2, num_workers=0, top=1, progress=False)
+    for name, source in (("a", model), ("b", Scorer(model, device="cpu", compile="none"))):
+        screen(source, [tmp_path / "data"], tmp_path / name, device="cpu", batch_size=2, num_workers=0, top=1,
+               progress=False)
         rows.append((tmp_path / name / "scores.csv").read_text())
     assert rows[0] == rows[1] and rows[0].count("\n") == 6
     with pytest.raises(TypeError, match="screen needs a Scorer built from a PatchGAN, got one built from Conv2d"):

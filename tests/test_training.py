@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import blobs, torchrun_cpu_env
+from helpers import SMALL, blobs, torchrun_cpu_env
 from sklearn.metrics import roc_auc_score
 
 from patchgan_fast import PatchGAN, TrainConfig, score_batch
@@ -20,8 +20,6 @@ from patchgan_fast import ops
 from patchgan_fast import training as T
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(image_size=32, patch_size=8, width=8, depth=2, disc_width=8, disc_layers=2, batch_size=16, lr=2e-3,
-             progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +134,7 @@ def test_training_masks_are_the_scoring_copies(layout):
 
 @pytest.mark.cuda
 def test_bf16_autocast_losses_are_finite_on_gpu():
-    model = PatchGAN.fit(blobs(64), TrainConfig(steps=5, device="cuda", val_fraction=0, **SMALL))
+    model = PatchGAN.fit(blobs(64), TrainConfig(steps=5, val_fraction=0, **{**SMALL, "device": "cuda"}))
     assert all(torch.isfinite(torch.tensor([h["rec"], h["adv"], h["d"]])).all() for h in model.history)
     assert next(model.parameters()).is_cuda
     assert torch.isfinite(score_batch(model, blobs(8).cuda()).scores).all()
