@@ -138,7 +138,9 @@ def normalize_reference(
     """uint8 -> [0, 1] by /255; then (x - mean) / std per channel, computed in ``dtype``."""
     x = images.to(dtype)
     if images.dtype == torch.uint8:
-        x = x / 255.0
+        # a tensor divisor: torch's CUDA division by a Python scalar multiplies by its reciprocal, which rounds
+        # differently from the correctly rounded division the CPU, the C++/CUDA op and the Triton kernel do
+        x = x / torch.tensor(255.0, dtype=dtype, device=x.device)
     if mean:
         m = torch.tensor(mean, dtype=torch.float32).to(dtype=dtype, device=x.device).view(-1, 1, 1)
         s = torch.tensor(std, dtype=torch.float32).to(dtype=dtype, device=x.device).view(-1, 1, 1)
