@@ -32,10 +32,12 @@ def _extension():
         ("PGF_TORCH_VERSION", f'"{torch.__version__}"'),
         ("PGF_CUDA_VERSION", f'"{torch.version.cuda if with_cuda else ""}"'),
     ]
-    cxx = opt + ["-std=c++17", "-fno-fast-math"]
+    # No -std flag: BuildExtension passes the C++ standard torch itself was built with (C++20 from torch 2.10 on),
+    # and an extension compiled against torch's headers under another standard risks mismatched inline code.
+    cxx = opt + ["-fno-fast-math"]
     if with_cuda:
         macros.append(("PGF_WITH_CUDA", None))
-        nvcc = opt + ["-std=c++17", "--fmad=false", "-lineinfo"]
+        nvcc = opt + ["--fmad=false", "-lineinfo"]
         return CUDAExtension(
             "patchgan_fast._C", sources + cuda_sources, define_macros=macros,
             extra_compile_args={"cxx": cxx, "nvcc": nvcc},
