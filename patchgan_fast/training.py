@@ -156,7 +156,8 @@ def _masked_inputs(x: Tensor, keys: Tensor, model: PatchGAN, step: int) -> tuple
     each image gets only the mask it uses (not K copies of the batch)."""
     cfg = model.config
     seed = _mask_seed(cfg, step)
-    target = ops.mask_images(x, keys, layout="none", num_copies=1, mean=model.mean, std=model.std)[0]
+    target = ops.mask_images(x, keys, layout="none", num_copies=1, mean=model.mean, std=model.std,
+                             memory_format=torch.channels_last)[0]  # the networks' layout
     h, w = target.shape[-2:]
     box_count, box_size = cfg.boxes
     hidden = ops.build_masks(keys, (h, w), layout="boxes", num_copies=1, seed=seed, box_count=box_count,
@@ -188,8 +189,7 @@ def train_step(model: PatchGAN, recon_net, disc_net, opt_r, opt_d, x: Tensor, ke
     on_gpu = x.is_cuda
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu)
     z, target = _masked_inputs(x, keys, model, step)
-    z = z.contiguous(memory_format=torch.channels_last)
-    target = target.contiguous(memory_format=torch.channels_last)
+    z = z.contiguous(memory_format=torch.channels_last)  # masked_fill with a broadcast mask returns NCHW
     with autocast:
         recon = recon_net(z)
     loss_rec = F.mse_loss(recon.float(), target)
