@@ -101,6 +101,8 @@ def copy_bandwidth(device):
 def record(request, device):
     """record(metric, value, unit, config): adds one figure to the results of this run."""
 
+    name = request.config.getoption("--record")
+
     def add(metric: str, value: float, unit: str, config: dict):
         _records.append({
             "metric": metric, "value": value, "unit": unit, "config": config, "device": device_name(device),
@@ -108,6 +110,8 @@ def record(request, device):
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "test": request.node.nodeid,
         })
+        if name:  # written at every figure: a run stopped by a time limit keeps what it measured
+            write_results(name, _records)
 
     return add
 
@@ -124,9 +128,3 @@ def write_results(name: str, records: list[dict]) -> None:
         cfg = ", ".join(f"{k}={v}" for k, v in r["config"].items())
         lines.append(f"| {r['metric']} | {cfg} | {r['value']:.4g} | {r['unit']} |")
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
-
-
-def pytest_sessionfinish(session):
-    name = session.config.getoption("--record")
-    if name and _records:
-        write_results(name, _records)

@@ -4,16 +4,19 @@
 #
 #   bash scripts/gpu_detection.sh [NAME] [JOBS]     # default NAME: the GPU model (e.g. h100), JOBS 8
 #
-# Needs the built-in data (Debian packages dataset-fashion-mnist and mricron-data, or
-# PATCHGAN_FAST_FASHION_MNIST / PATCHGAN_FAST_BRAIN_MRI pointing at copies of the files).
+# Needs the built-in data (Debian packages dataset-fashion-mnist and mricron-data, copies in .gpudata/, or
+# PATCHGAN_FAST_FASHION_MNIST / PATCHGAN_FAST_BRAIN_MRI pointing at copies of the files); the setup (python,
+# carried wheels and data, the build) is scripts/gpu_env.sh.
 #
 # The benchmarks run with --resume and stop themselves after BUDGET seconds (default 540, inside one
 # 10-minute device call): every model finished by then is in benchmarks/results/NAME-DATASET/jobs/
-# (copied to $OUT/NAME-DATASET/ when OUT is set, tables or not). To go on, put those jobs/ folders back
-# in place (on a fresh machine: fetch them and pass them with the device tool's carry) and run this again.
+# (packed into $OUT/NAME-DATASET.tar.gz when OUT is set, tables or not: a device machine returns only a few
+# files). To go on, unpack them in place (on a fresh machine: pass the folders with the device tool's carry)
+# and run this again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-name=${1:-$(python -c "import torch; print(torch.cuda.get_device_name().split()[1].lower() if torch.cuda.is_available() else 'cpu')")}
+source scripts/gpu_env.sh
+name=${1:-$GPU_NAME}
 jobs=${2:-8}
 budget=${BUDGET:-540}
 for dataset in fashion-mnist brain-mri; do
@@ -26,9 +29,9 @@ for dataset in fashion-mnist brain-mri; do
   status=0
   # SIGTERM stops the benchmark as Ctrl-C does (it terminates its workers; every finished model is
   # already on disk); SIGINT would do nothing where a non-interactive shell started the script in the background
-  timeout -k 30 --signal=TERM "$left" python -m patchgan_fast.cli benchmark "$dataset" --jobs "$jobs" --resume \
+  timeout -k 30 --signal=TERM "$left" $PY -m patchgan_fast.cli benchmark "$dataset" --jobs "$jobs" --resume \
     --methods patchgan,ae,ocsvm,alocc,fanogan,perceptual_ae,threshold --out "$out" || status=$?
-  if [ -n "${OUT:-}" ] && [ -d "$out" ]; then mkdir -p "$OUT/$name-$dataset" && cp -r "$out"/. "$OUT/$name-$dataset/"; fi
+  if [ -n "${OUT:-}" ] && [ -d "$out" ]; then tar -czf "$OUT/$name-$dataset.tar.gz" -C "$(dirname "$out")" "$(basename "$out")"; fi
   if [ "$status" -ne 0 ]; then
     echo "$dataset: stopped (exit $status) after $SECONDS s with $(ls "$out"/jobs 2>/dev/null | grep -c '\.pt$') models done; run this script again to continue" >&2
     exit "$status"
