@@ -1,6 +1,7 @@
 """Without a GPU the CUDA kernels cannot run, but they can still be compiled: nvcc builds
 csrc/cuda/ for sm_90 against this torch's headers, so a CPU-only CI catches CUDA code that does not
-compile. (The CPU build of torch lacks one generated CUDA header; a one-line stand-in supplies it.)"""
+compile, in C++20 as torch builds extensions. (The CPU build of torch lacks one generated CUDA header; a
+one-line stand-in supplies it.)"""
 
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ def test_cuda_kernels_compile_with_nvcc(tmp_path):
     (stub / "cuda_cmake_macros.h").write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
     cmd = ["nvcc", "-c", str(ROOT / "csrc" / "cuda" / "masks_cuda.cu"), "-o", str(tmp_path / "masks_cuda.o"),
            *[f"-I{p}" for p in include_paths()], f"-I{tmp_path}", f"-I{sysconfig.get_paths()['include']}",
-           "-std=c++17", "--fmad=false", "-O1", "-DTORCH_EXTENSION_NAME=_C", "-D_GLIBCXX_USE_CXX11_ABI=1",
+           "-std=c++20", "--fmad=false", "-O1", "-DTORCH_EXTENSION_NAME=_C", "-D_GLIBCXX_USE_CXX11_ABI=1",
            "-gencode", "arch=compute_90,code=sm_90", "-w"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, f"nvcc failed:\n{run.stderr[-5000:]}"
