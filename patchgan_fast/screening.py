@@ -8,6 +8,7 @@ Under ``torchrun`` every rank screens its own share of the files and rank 0 merg
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import html
@@ -154,7 +155,9 @@ def screen(
         scorer, model, dev = model, model.source, model.device
         if not isinstance(model, PatchGAN):
             raise TypeError(f"screen needs a Scorer built from a PatchGAN, got one built from {type(model).__name__}")
-    elif not isinstance(model, PatchGAN):
+    if isinstance(model, PatchGAN):
+        model = copy.deepcopy(model)  # the caller's model keeps its device and mode
+    else:
         model = PatchGAN.load(model)
     model = model.to(dev).eval()
     out = Path(out)

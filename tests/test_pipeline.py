@@ -154,8 +154,11 @@ def test_screen_reuses_a_given_scorer_with_the_same_scores(tmp_path):
                progress=False)
         rows.append((tmp_path / name / "scores.csv").read_text())
     assert rows[0] == rows[1] and rows[0].count("\n") == 6
+    model.train()
+    screen(model, [tmp_path / "data"], tmp_path / "c", num_workers=0, top=0, progress=False)
+    assert model.training and next(model.parameters()).device.type == "cpu"  # screen works on its own copy
     with pytest.raises(TypeError, match="screen needs a Scorer built from a PatchGAN, got one built from Conv2d"):
-        screen(Scorer(torch.nn.Conv2d(3, 3, 1), ScoreConfig(patch_size=8)), [tmp_path / "data"], tmp_path / "c")
+        screen(Scorer(torch.nn.Conv2d(3, 3, 1), ScoreConfig(patch_size=8)), [tmp_path / "data"], tmp_path / "d")
 
 
 class _Interrupting(torch.nn.Module):
