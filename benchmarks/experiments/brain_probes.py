@@ -56,14 +56,14 @@ def nearest_patch(train, test, p: int, stride: int) -> torch.Tensor:
     return F.interpolate(dist.view(len(test), 1, g, g), size=test.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 
 
-def asymmetry(x: torch.Tensor) -> torch.Tensor:
+def asymmetry(x: torch.Tensor, max_shift: int = 6) -> torch.Tensor:
     """[B, H, W] image minus its mirror image, registered per image (rotation and horizontal shift)."""
     n, size = len(x), x.shape[-1]
     mirrored = x.flip(-1)
     best, err = mirrored, torch.full((n,), float("inf"))
     for degrees in np.arange(-24, 25, 2):
         a = np.deg2rad(degrees)
-        for shift in range(-6, 7):
+        for shift in range(-max_shift, max_shift + 1):
             theta = torch.tensor([[np.cos(a), -np.sin(a), 2 * shift / size], [np.sin(a), np.cos(a), 0]],
                                  dtype=torch.float32).expand(n, 2, 3)
             w = F.grid_sample(mirrored, F.affine_grid(theta, list(x.shape), align_corners=False), align_corners=False)
@@ -77,11 +77,14 @@ def asymmetry(x: torch.Tensor) -> torch.Tensor:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="/tmp/brain_levers_rot/base-2400.pgf", help="a model cached by brain_levers.py")
+    ap.add_argument("--size", type=int, default=64, help="slice size; patch sizes, strides and shifts scale with it")
+    ap.add_argument("--probes", default="patchgan,nearest,asymmetry", help="which probes to run (comma-separated)")
     args = ap.parse_args()
+    probes, f = args.probes.split(","), args.size // 64
     torch.set_num_threads(2)
-    train, test = load_brain_mri(size=64, test_copies=16)
+    train, test = load_brain_mri(size=args.size, test_copies=16)
     print("| probe | image AUROC, max | image AUROC, top 1 % | pixel AUROC |\n|---|---|---|---|")
-    if os.path.exists(args.model):
+    if "patchgan" in probes and os.path.exists(args.model):
         model = PatchGAN.load(args.model)
         y = test.labels.tolist()
         scores = torch.cat([score_batch(model, test.images[i:i + 64]).scores for i in range(0, len(test.images), 64)])
@@ -90,11 +93,15 @@ def main() -> None:
         for k in (1, 3, 5, 7, 9):
             report(f"Patch-GAN residual, squared then smoothed k{k}", smooth(d * d, k), test)
             report(f"Patch-GAN residual, smoothed k{k} then squared", smooth(d, k) ** 2, test)
-    for p, stride in ((4, 2), (8, 4), (8, 2), (12, 4)):
-        report(f"nearest training patch, {p}x{p}, stride {stride}", nearest_patch(train.images, test.images, p, stride), test)
-    d = asymmetry(test.images)
-    for k in (1, 3, 5, 7):
-        report(f"asymmetry, squared then smoothed k{k}", smooth(d * d, k), test)
+    if "nearest" in probes:
+        for p, stride in ((4 * f, 2 * f), (8 * f, 4 * f), (8 * f, 2 * f), (12 * f, 4 * f)):
+            report(f"nearest training patch, {p}x{p}, stride {stride}", nearest_patch(train.images, test.images, p, stride),
+                   test)
+    if "asymmetry" in probes:
+        d = asymmetry(test.images, max_shift=6 * f)
+        for k in (1, 3, 5, 7):
+            k = k * f + (f > 1) * (1 - k * f % 2)  # odd windows of the same physical size
+            report(f"asymmetry, squared then smoothed k{k}", smooth(d * d, k), test)
 
 
 if __name__ == "__main__":
