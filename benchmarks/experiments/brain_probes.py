@@ -13,6 +13,7 @@ Probes, no test label used for any choice, on the brain-mri split at 64x64 with 
   horizontal shifts (+-6 px); the squared difference, smoothed.
 
     python benchmarks/experiments/brain_probes.py [--model DIR/base-2400.pgf]   # about 3 minutes on 2 CPU cores
+    python benchmarks/experiments/brain_probes.py --size 128 --probes nearest,asymmetry   # about 8 minutes
 
 Results: benchmarks/results/cpu-experiment-brain-levers.md
 """
