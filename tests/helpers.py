@@ -61,6 +61,9 @@ def write_fashion_mnist(folder, n_train, n_test, seed=0):
         write_idx(folder / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10, 8)
 
 
-def torchrun_cpu_env() -> dict:
-    """The environment of a two-rank torchrun test: CPU ranks (gloo) even on a GPU machine, one thread each."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+def torchrun_cpu_env(tmp_path) -> dict:
+    """The environment of a two-rank torchrun test: CPU ranks (gloo) even on a GPU machine, one thread each;
+    temporary files (torchrun's log folders among them) under the test's ``tmp_path``."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(exist_ok=True)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "TMPDIR": str(tmp)}

@@ -225,7 +225,7 @@ def test_torchrun_screening_equals_single_process(tmp_path, model_file):
     _collection(data)
     # the two gloo ranks run on the CPU (torchrun_cpu_env), so the single process does too
     assert main(["screen", model_file, str(data), "--out", str(tmp_path / "single"), "--workers", "0", "--device", "cpu"]) == 0
-    env = torchrun_cpu_env()
+    env = torchrun_cpu_env(tmp_path)
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           "-m", "patchgan_fast.cli", "screen", model_file, str(data), "--out", str(tmp_path / "ddp"),
                           "--workers", "0"], capture_output=True, text=True, timeout=300, env=env)

@@ -268,7 +268,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
             f.write(f"world {{dist.get_world_size()}} steps {{model.history[-1]['step']}}")
         dist.destroy_process_group()
     """))
-    env = torchrun_cpu_env()
+    env = torchrun_cpu_env(tmp_path)
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
                          capture_output=True, text=True, timeout=120, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -294,7 +294,7 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
                           **{SMALL!r})
         train(blobs(64), cfg, {str(tmp_path / 'never.pgf')!r})
     """))
-    env = torchrun_cpu_env()
+    env = torchrun_cpu_env(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     ckpt = tmp_path / "ckpt" / T.CHECKPOINT
