@@ -32,8 +32,8 @@ def _extension():
         ("PGF_TORCH_VERSION", f'"{torch.__version__}"'),
         ("PGF_CUDA_VERSION", f'"{torch.version.cuda if with_cuda else ""}"'),
     ]
-    # No -std flag: BuildExtension passes the C++ standard torch itself was built with (C++20 from torch 2.10 on),
-    # and an extension compiled against torch's headers under another standard risks mismatched inline code.
+    # No -std flag: BuildExtension passes the standard the installed torch needs (C++17 in older releases, C++20
+    # in recent ones such as 2.13, whose own build is C++20; newer headers refuse anything older).
     cxx = opt + ["-fno-fast-math"]
     if with_cuda:
         macros.append(("PGF_WITH_CUDA", None))
