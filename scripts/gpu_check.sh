@@ -52,8 +52,22 @@ except RuntimeError as e:
   timeout 60 $PY -c "$throw"
   local rc=$?
   echo "throw check exit $rc"
-  if [ $rc -ne 0 ] && command -v cuda-gdb >/dev/null; then
-    timeout 120 cuda-gdb -batch -ex run -ex bt --args "$PY" -c "$throw" 2>&1 | tail -40
+  if [ $rc -ne 0 ]; then
+    if command -v cuda-gdb >/dev/null; then
+      timeout 120 cuda-gdb -batch -ex run -ex bt --args "$PY" -c "$throw" 2>&1 | tail -40
+    fi
+    # the same throw from a minimal extension: does it crash too (the toolchain), or only ours (our code)?
+    timeout 240 $PY - <<'EOF'
+import torch
+from torch.utils.cpp_extension import load_inline
+m = load_inline("pgf_throw", "#include <torch/extension.h>\nvoid fail(at::Tensor t) { TORCH_CHECK(t.dim() == 1, \"got \", t.dim(), \"-D\"); }",
+                functions=["fail"], verbose=False)
+try:
+    m.fail(torch.zeros(2, 2))
+except RuntimeError as e:
+    print("minimal extension: TORCH_CHECK raised RuntimeError:", str(e).splitlines()[0])
+EOF
+    echo "minimal extension check exit $?"
   fi
   # torch.compile: how long a tiny model takes, on the CPU and the GPU (a hang dumps every thread's stack)
   for dev in cpu $($PY -c "import torch; print('cuda' if torch.cuda.is_available() else '')"); do
