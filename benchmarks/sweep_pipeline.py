@@ -78,8 +78,7 @@ def run(quick: bool, compile: str = "auto", record: str | None = None) -> list[d
         records.append({"metric": metric, "value": value, "unit": unit, "config": config, "device": device_name(device),
                         "versions": versions(), "command": command,
                         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
-        cfg = ", ".join(f"{k}={v}" for k, v in config.items())
-        print(f"{metric:26s} {value:12.4g} {unit:9s} {cfg}", flush=True)
+        print(f"{metric:26s} {value:12.4g} {unit:9s} " + ", ".join(f"{k}={v}" for k, v in config.items()), flush=True)
         if record:
             write_results(record, records)
 

@@ -24,7 +24,9 @@ stages=("$@")
 logs=$(mktemp -d)
 trap 'if [ -n "${OUT:-}" ]; then tar -czf "$OUT/logs.tar.gz" -C "$logs" .; cp benchmarks/results/"$name"*.{json,md} "$OUT/" 2>/dev/null; else mkdir -p benchmarks/results/logs; cp "$logs"/* benchmarks/results/logs/; fi' EXIT
 
-$PY -c "import patchgan_fast, json; print(json.dumps(patchgan_fast.backend_info()))" | tee "$logs/backend.txt"
+$PY -c "import patchgan_fast, json; info = patchgan_fast.backend_info(); print(json.dumps(info))
+if not (info['extension'] or {}).get('cuda'): print('WARNING: the extension was built without CUDA: the CUDA ops are not tested')" \
+  | tee "$logs/backend.txt"
 
 stage() {  # stage NAME COMMAND...: runs under the time limit, logs to $logs/NAME.log, prints the tail
   local n=$1; shift

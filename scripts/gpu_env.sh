@@ -13,7 +13,7 @@ if [ -z "${PY:-}" ]; then
 fi
 export PATH="$(dirname "$(command -v "$PY")"):$PATH"
 if ls .whl/*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+  $PY -m pip install -q --upgrade --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
 [ -f .gpudata/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && export PATCHGAN_FAST_FASHION_MNIST=$PWD/.gpudata/fashion-mnist
 [ -f .gpudata/mricron/ch2bet.nii.gz ] && export PATCHGAN_FAST_BRAIN_MRI=$PWD/.gpudata/mricron
