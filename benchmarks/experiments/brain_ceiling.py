@@ -32,6 +32,16 @@ from patchgan_fast.evaluation import image_metrics, pixel_metrics
 from patchgan_fast.models.networks import Reconstructor
 
 
+def auroc_per_bin(scores: torch.Tensor, test) -> list[float]:
+    """Image AUROC of the normal test images against the lesioned ones of each size bin (``SIZE_BINS``)."""
+    y, bins = test.labels.tolist(), test.size_bins
+    out = []
+    for b, _ in SIZE_BINS:
+        sel = [i for i, name in enumerate(bins) if name in ("", b)]
+        out.append(image_metrics([scores[i].item() for i in sel], [y[i] for i in sel])["auroc"])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=64)
@@ -81,10 +91,7 @@ def main() -> None:
     print("| image score | image AUROC | " + " | ".join(f"AUROC {b}" for b, _ in SIZE_BINS) + " |")
     print("|---|---|" + "---|" * len(SIZE_BINS))
     for name, s in scores.items():
-        cells = [image_metrics(s.tolist(), y)["auroc"]]
-        for b, _ in SIZE_BINS:
-            sel = [i for i, name_ in enumerate(bins) if name_ in ("", b)]
-            cells.append(image_metrics([s[i].item() for i in sel], [y[i] for i in sel])["auroc"])
+        cells = [image_metrics(s.tolist(), y)["auroc"], *auroc_per_bin(s, test)]
         print(f"| {name} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
     print(f"\npixel AUROC {px['pixel_auroc']:.3f}, in the brain {px_brain:.3f}, pixel AUPRC {px['pixel_auprc']:.3f}")
     print("lesioned test images per bin: " + ", ".join(f"{b} {bins.count(b)}" for b, _ in SIZE_BINS))

@@ -23,10 +23,10 @@ import time
 
 import torch
 import torch.nn.functional as F
+from brain_ceiling import auroc_per_bin
 from brain_probes import report
 
 from patchgan_fast.datasets import SIZE_BINS, load_brain_mri
-from patchgan_fast.evaluation import image_metrics
 from patchgan_fast.models.networks import Reconstructor
 
 
@@ -72,14 +72,10 @@ def main() -> None:
         maps = F.avg_pool2d(sq, k, 1, k // 2, count_include_pad=False)[:, 0]
         report(f"residual squared, smoothed k{k}", maps, test)
         report(f"residual squared, smoothed k{k}, masked to the brain", maps * test.brain[:, 0], test)
-    maps = F.avg_pool2d(sq, 5, 1, 2, count_include_pad=False)[:, 0] * test.brain[:, 0]
-    flat = maps.flatten(1).amax(1)
-    y, bins = test.labels.tolist(), test.size_bins
-    per_bin = []
-    for b, _ in SIZE_BINS:
-        sel = [i for i, name in enumerate(bins) if name in ("", b)]
-        per_bin.append(f"{b} {image_metrics([flat[i].item() for i in sel], [y[i] for i in sel])['auroc']:.3f}")
-    print("\nk5 masked to the brain, max, AUROC per lesion size: " + ", ".join(per_bin))
+    # the last map of the loop: k5, masked to the brain
+    per_bin = auroc_per_bin((maps * test.brain[:, 0]).flatten(1).amax(1), test)
+    print("\nk5 masked to the brain, max, AUROC per lesion size: "
+          + ", ".join(f"{b} {a:.3f}" for (b, _), a in zip(SIZE_BINS, per_bin)))
 
 
 if __name__ == "__main__":
