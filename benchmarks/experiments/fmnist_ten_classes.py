@@ -8,11 +8,12 @@ paper's ranking, with each error measure; raw-pixel OC-SVM (the benchmark's: nu 
 all 6,000 images) beside it.
 
     python benchmarks/experiments/fmnist_ten_classes.py [--classes 0,1] [--steps 200] [--errors mse+msgms,msgms,mse]
-        [--no-ocsvm] [--cache DIR] [--seeds N]   # 200 steps: about 15 minutes per class on 2 idle CPU cores, 5 with one error measure
+        [--no-ocsvm] [--cache DIR] [--seeds N] [--width 32]   # 200 steps: about 15 minutes per class on 2 idle CPU cores, 5 with one error measure
 
 ``--seeds N`` trains N models per class (training seeds 0 to N-1, the same held-out images) and adds their
 ensemble: the sum of each model's scores in units of its held-out images' scores (``PatchGAN.normalize``).
-``--cache`` keeps the trained models (``DIR/CLASS-STEPS.pgf``, ``DIR/CLASS-STEPS-sSEED.pgf``) for later scorings; with 2 threads training is
+``--cache`` keeps the trained models (``DIR/CLASS-STEPS.pgf``, ``DIR/CLASS-STEPS-sSEED.pgf``, ``-wWIDTH`` before the seed
+when ``--width`` is not 32) for later scorings; with 2 threads training is
 deterministic, so a rerun reproduces the same models and figures.
 
 Results: benchmarks/results/cpu-experiment-fmnist-ten-classes.md
@@ -41,6 +42,7 @@ def main() -> None:
     ap.add_argument("--errors", default="mse+msgms,msgms,mse", help="error measures to score with")
     ap.add_argument("--no-ocsvm", action="store_true", help="skip the OC-SVM baseline")
     ap.add_argument("--seeds", type=int, default=1, help="train this many models (seeds 0, 1, ...) and score their ensemble")
+    ap.add_argument("--width", type=int, default=32, help="reconstructor width (channels of its first stage)")
     args = ap.parse_args()
     classes = [int(c) for c in args.classes.split(",")]
     torch.set_num_threads(2)
@@ -54,9 +56,9 @@ def main() -> None:
         errors = args.errors.split(",")
         ensemble = dict.fromkeys(errors, 0)
         for seed in range(args.seeds):
-            cfg = TrainConfig(image_size=32, patch_size=16, depth=3, width=32, batch_size=64, steps=args.steps,
+            cfg = TrainConfig(image_size=32, patch_size=16, depth=3, width=args.width, batch_size=64, steps=args.steps,
                               lr=1e-3, val_fraction=0.0, progress=False, seed=seed)
-            name = f"{c}-{args.steps}" + (f"-s{seed}" if seed else "")
+            name = f"{c}-{args.steps}" + (f"-w{args.width}" if args.width != 32 else "") + (f"-s{seed}" if seed else "")
             path = Path(args.cache) / f"{name}.pgf" if args.cache else None
             if path is not None and path.exists():
                 m = PatchGAN.load(path)
