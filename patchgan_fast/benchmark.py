@@ -6,6 +6,7 @@ brain MRI: image AUROC, pixel AUROC (all pixels and brain pixels only), AUPRC an
 lesion-size bin). Table 2: the Patch-GAN's ablations (ranking on/off, position weights on/off and
 the other error measure, from the same model; outside --quick also the other loss presets, the masking layout, K and the patch
 size, see ``ABLATIONS``). Nothing is tuned on test labels: every hyperparameter is fixed below.
+``results.json`` holds one record per figure of both tables (``_record``).
 """
 
 from __future__ import annotations
@@ -54,13 +55,16 @@ def _subset(n: int, k: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(n, k)]
 
 
-def _record(records, metric, value, unit, config, command):
+def _record(records, metric, value, unit, config, run):
+    """One figure of the run: what was measured (``config``: dataset, class, method and, for Table 2, the
+    variant), the run's command, seed, training steps and --quick (``run``), the hardware and the versions."""
     records.append({
-        "metric": metric, "value": value, "unit": unit, "config": config,
+        "metric": metric, "value": value, "unit": unit, "config": config, **run,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.machine()})",
+        "cpu_count": os.cpu_count(),
         "versions": {"patchgan_fast": __version__, "torch": torch.__version__, "triton": backend_info()["triton"],
                      "python": platform.python_version()},
-        "command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     })
 
 
@@ -249,6 +253,7 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
         for f in [*cache.glob("*.pt"), *cache.glob("*.pt.tmp")]:
             f.unlink()
     records: list[dict] = []
+    run_info = {"command": command, "seed": seed, "steps": config.steps, "quick": quick}
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     lines = [f"# Benchmark: {dataset}{' (--quick)' if quick else ''}", "", f"Command: `{command}`  ",
@@ -279,20 +284,26 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
             for m, (scores, _) in results.items():
                 auroc = image_metrics(scores.tolist(), y)["auroc"]
                 table[m].append(auroc)
-                _record(records, "image_auroc", auroc, "ratio", {"dataset": dataset, "class": c, "method": m}, command)
+                _record(records, "image_auroc", auroc, "ratio", {"dataset": dataset, "class": c, "method": m}, run_info)
             for v, scores in ablations.items():
-                abl_table.setdefault(v, []).append(image_metrics(scores.tolist(), y)["auroc"])
+                auroc = image_metrics(scores.tolist(), y)["auroc"]
+                abl_table.setdefault(v, []).append(auroc)
+                _record(records, "image_auroc", auroc, "ratio",
+                        {"dataset": dataset, "class": c, "method": "patchgan", "variant": v}, run_info)
             if first is None:
                 first = (c, {m: (s.tolist(), y) for m, (s, _) in results.items()})
         header = "| method | " + " | ".join(FASHION_MNIST_CLASSES[c] for c in classes) + " | mean |"
         lines += ["## Table 1: image AUROC (%), one-class protocol", "", header, "|" + "---|" * (len(classes) + 2)]
         for m, vals in table.items():
             mean = sum(vals) / len(vals)
-            _record(records, "mean_image_auroc", mean, "ratio", {"dataset": dataset, "classes": classes, "method": m}, command)
+            _record(records, "mean_image_auroc", mean, "ratio", {"dataset": dataset, "classes": classes, "method": m}, run_info)
             lines.append(f"| {m} | " + " | ".join(f"{100 * v:.1f}" for v in vals) + f" | {100 * mean:.1f} |")
         lines += ["", "## Table 2: Patch-GAN ablations, mean image AUROC (%)", "", "| variant | mean |", "|---|---|"]
         for v, vals in abl_table.items():
-            lines.append(f"| {v} | {100 * sum(vals) / len(vals):.1f} |")
+            mean = sum(vals) / len(vals)
+            _record(records, "mean_image_auroc", mean, "ratio",
+                    {"dataset": dataset, "classes": classes, "method": "patchgan", "variant": v}, run_info)
+            lines.append(f"| {v} | {100 * mean:.1f} |")
         curves = first[1]
         title = f"Fashion-MNIST, normal class {FASHION_MNIST_CLASSES[first[0]]}"
     else:
@@ -322,13 +333,15 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
                 if any(bins[i] == b for i in sel):
                     row[f"image_auroc_{b}"] = image_metrics([scores[i].item() for i in sel], [y[i] for i in sel])["auroc"]
             for k, v in row.items():
-                _record(records, k, v, "ratio", {"dataset": dataset, "method": m}, command)
+                _record(records, k, v, "ratio", {"dataset": dataset, "method": m}, run_info)
             cells = [row.get(k) for k in ("image_auroc", "pixel_auroc", "pixel_auroc_brain", "pixel_auprc",
                                           *[f"image_auroc_{b}" for b, _ in SIZE_BINS])]
             lines.append(f"| {m} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
         lines += ["", "## Table 2: Patch-GAN ablations, image AUROC", "", "| variant | image AUROC |", "|---|---|"]
         for v, scores in ablations.items():
-            lines.append(f"| {v} | {image_metrics(scores.tolist(), y)['auroc']:.3f} |")
+            auroc = image_metrics(scores.tolist(), y)["auroc"]
+            _record(records, "image_auroc", auroc, "ratio", {"dataset": dataset, "method": "patchgan", "variant": v}, run_info)
+            lines.append(f"| {v} | {auroc:.3f} |")
         curves = {m: (s.tolist(), y) for m, (s, _) in results.items()}
         title = "brain MRI, synthetic lesions"
     if reused:
@@ -336,7 +349,7 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
                   "continued)."]
     lines += ["", "Training + scoring time per method (s): " + ", ".join(f"{m} {t:.0f}" for m, t in seconds.items())]
     for m, t in seconds.items():
-        _record(records, "train_and_score_seconds", t, "s", {"dataset": dataset, "method": m}, command)
+        _record(records, "train_and_score_seconds", t, "s", {"dataset": dataset, "method": m}, run_info)
     plot_roc(curves, out / "roc.png", title)
     main_method = "patchgan" if "patchgan" in curves else next(iter(curves))
     plot_distributions(*curves[main_method], out / "scores.png", f"{title}: {main_method}")

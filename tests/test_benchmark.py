@@ -22,14 +22,21 @@ def test_quick_fashion_mnist_benchmark(tmp_path):
                  "--methods", "patchgan,ae,ocsvm"]) == 0
     table = (out / "table.md").read_text()
     assert "## Table 1" in table and "| patchgan |" in table and "| ocsvm |" in table and "ranking off" in table
-    assert "patchgan (msgms error, loss default, ranking paper, position weights)" in table
+    default = "patchgan (msgms error, loss default, ranking paper, position weights)"
+    assert default in table
     assert "patchgan, mse+msgms error, no position weights" in table and "patchgan, mse error, no position weights" in table
     records = json.loads((out / "results.json").read_text())
     means = [r for r in records if r["metric"] == "mean_image_auroc"]
-    assert {r["config"]["method"] for r in means} == {"patchgan", "ae", "ocsvm"}
-    assert all(r["versions"]["torch"] and r["command"] for r in records)
+    assert {r["config"]["method"] for r in means if "variant" not in r["config"]} == {"patchgan", "ae", "ocsvm"}
+    assert all(r["versions"]["torch"] and r["command"] and r["device"] for r in records)
+    assert all((r["seed"], r["steps"], r["quick"]) == (0, 4, True) for r in records)
     assert all(0 <= r["value"] <= 1 for r in records if r["unit"] == "ratio")
     assert {r["config"]["method"] for r in records if r["metric"] == "train_and_score_seconds"} == {"patchgan", "ae", "ocsvm"}
+    # every Table 2 row is in the JSON too: per class and its mean, with the figure the table prints
+    variants = {r["config"]["variant"]: r["value"] for r in means if "variant" in r["config"]}
+    assert len(variants) == 5 and f"| patchgan, ranking off (sum) | {100 * variants['patchgan, ranking off (sum)']:.1f} |" in table
+    assert variants[default] == next(r["value"] for r in means if r["config"]["method"] == "patchgan" and "variant" not in r["config"])
+    assert len([r for r in records if r["metric"] == "image_auroc" and "variant" in r["config"]]) == 5 * 2
     assert (out / "roc.png").stat().st_size > 0 and (out / "scores.png").stat().st_size > 0
 
 
@@ -44,9 +51,12 @@ def test_quick_brain_mri_benchmark(tmp_path):
     table = (out / "table.md").read_text()
     assert "pixel AUROC" in table and "| threshold |" in table
     assert "patchgan (mse error, loss reconstruction, ranking paper, position weights)" in table and "msgms error, no position weights" in table
-    metrics = {(r["metric"], r["config"]["method"]) for r in json.loads((out / "results.json").read_text())}
+    records = json.loads((out / "results.json").read_text())
+    metrics = {(r["metric"], r["config"]["method"]) for r in records}
     assert ("pixel_auroc", "patchgan") in metrics and ("image_auroc", "threshold") in metrics
     assert ("pixel_auroc", "fanogan") in metrics and ("pixel_auroc_brain", "patchgan") in metrics
+    ablation = {r["config"]["variant"]: r["value"] for r in records if "variant" in r["config"]}
+    assert f"| patchgan, no position weights | {ablation['patchgan, no position weights']:.3f} |" in table
 
 
 def test_perceptual_ae_takes_an_exported_network(tmp_path, capsys):
@@ -96,9 +106,9 @@ def test_jobs_train_side_by_side_with_the_same_results(tmp_path):
         assert main(["benchmark", "fashion-mnist", "--quick", "--classes", "1,4", "--steps", "3", "--data", str(tmp_path),
                      "--out", str(out), "--methods", "patchgan,ae", "--jobs", jobs]) == 0
         records = json.loads((out / "results.json").read_text())
-        tables.append({(r["metric"], r["config"].get("class"), r["config"]["method"]): r["value"]
+        tables.append({(r["metric"], r["config"].get("class"), r["config"]["method"], r["config"].get("variant")): r["value"]
                        for r in records if r["unit"] == "ratio"})
-    assert len(tables[0]) == 6 and tables[0] == tables[1]
+    assert len(tables[0]) == 6 + 3 * 5 and tables[0] == tables[1]  # Table 1, and Table 2's 5 rows per class and mean
 
 
 def test_a_stopped_pool_worker_exits_quietly(monkeypatch):
@@ -140,10 +150,10 @@ def test_an_interrupted_run_resumes_without_training_finished_models_again(tmp_p
     assert "2 trained model(s) reused from" in (out / "table.md").read_text()
 
     def figures(folder):
-        return {(r["metric"], r["config"].get("class"), r["config"]["method"]): r["value"]
+        return {(r["metric"], r["config"].get("class"), r["config"]["method"], r["config"].get("variant")): r["value"]
                 for r in json.loads((folder / "results.json").read_text()) if r["unit"] == "ratio"}
 
-    assert len(figures(out)) == 6 and figures(out) == figures(tmp_path / "whole")
+    assert len(figures(out)) == 6 + 3 * 5 and figures(out) == figures(tmp_path / "whole")
     calls.clear()  # without --resume everything trains again
     assert main(args[:-2] + ["ocsvm", "--out", str(out)]) == 0 and calls == ["ocsvm", "ocsvm"]
     calls.clear()  # other images under the same name are new data: nothing is reused
