@@ -28,7 +28,7 @@ import torch
 
 from . import __version__, backend_info
 from .config import TrainConfig
-from .evaluation import image_metrics, pixel_metrics, plot_distributions, plot_roc
+from .evaluation import image_metrics, pixel_metrics, plot_distribution_panels, plot_roc
 from .methods import REGISTRY, get_method
 from .scoring import ERRORS
 
@@ -66,6 +66,9 @@ def _record(records, metric, value, unit, config, run):
                      "python": platform.python_version()},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     })
+
+
+_RANKING_OFF = "patchgan, ranking off (sum)"
 
 
 def _default_variant(config: TrainConfig) -> str:
@@ -111,7 +114,7 @@ def _train_and_score(job: tuple) -> tuple:
     scores, maps = m.score(test_x, **({"maps": False} if skip_maps else {}))
     extra = {}
     if scoring_ablations:  # the same model scored other ways
-        extra["patchgan, ranking off (sum)"] = m.score(test_x, ranking="none", maps=False)[0]
+        extra[_RANKING_OFF] = m.score(test_x, ranking="none", maps=False)[0]
         extra["patchgan, no position weights"] = m.score(test_x, position_weights=False, maps=False)[0]
         # the other error measures, unweighted (the model's position weights were made for its own measure)
         for other in ERRORS:
@@ -291,7 +294,8 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
                 _record(records, "image_auroc", auroc, "ratio",
                         {"dataset": dataset, "class": c, "method": "patchgan", "variant": v}, run_info)
             if first is None:
-                first = (c, {m: (s.tolist(), y) for m, (s, _) in results.items()})
+                first = (c, {m: (s.tolist(), y) for m, (s, _) in results.items()},
+                         {v: (s.tolist(), y) for v, s in ablations.items()})
         header = "| method | " + " | ".join(FASHION_MNIST_CLASSES[c] for c in classes) + " | mean |"
         lines += ["## Table 1: image AUROC (%), one-class protocol", "", header, "|" + "---|" * (len(classes) + 2)]
         for m, vals in table.items():
@@ -304,7 +308,7 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
             _record(records, "mean_image_auroc", mean, "ratio",
                     {"dataset": dataset, "classes": classes, "method": "patchgan", "variant": v}, run_info)
             lines.append(f"| {v} | {100 * mean:.1f} |")
-        curves = first[1]
+        curves, variants = first[1], first[2]
         title = f"Fashion-MNIST, normal class {FASHION_MNIST_CLASSES[first[0]]}"
     else:
         from .datasets import SIZE_BINS, load_brain_mri
@@ -343,6 +347,7 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
             _record(records, "image_auroc", auroc, "ratio", {"dataset": dataset, "method": "patchgan", "variant": v}, run_info)
             lines.append(f"| {v} | {auroc:.3f} |")
         curves = {m: (s.tolist(), y) for m, (s, _) in results.items()}
+        variants = {v: (s.tolist(), y) for v, s in ablations.items()}
         title = "brain MRI, synthetic lesions"
     if reused:
         lines += ["", f"{reused} trained model(s) reused from {cache} (finished by the interrupted run that --resume "
@@ -351,8 +356,9 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
     for m, t in seconds.items():
         _record(records, "train_and_score_seconds", t, "s", {"dataset": dataset, "method": m}, run_info)
     plot_roc(curves, out / "roc.png", title)
-    main_method = "patchgan" if "patchgan" in curves else next(iter(curves))
-    plot_distributions(*curves[main_method], out / "scores.png", f"{title}: {main_method}")
+    # Fig. 3: every method's normal and abnormal scores, and the Patch-GAN's without ranking beside them
+    panels = {**curves, **{v: c for v, c in variants.items() if v == _RANKING_OFF}}
+    plot_distribution_panels(panels, out / "scores.png", f"{title}: score distributions")
     lines += ["", f"Wall time {time.perf_counter() - t0:.0f} s. Plots: roc.png, scores.png. Every figure: results.json."]
     (out / "table.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps(records, indent=1) + "\n")

@@ -48,19 +48,36 @@ def plot_roc(curves: dict[str, tuple[Sequence[float], Sequence[int]]], path: str
 
 def plot_distributions(scores: Sequence[float], labels: Sequence[int], path: str | Path,
                        title: str = "Score distribution", bins: Optional[int] = 40) -> None:
-    """Histograms of normal and abnormal scores, like the paper's Fig. 3."""
+    """Histograms of normal and abnormal scores of one method, like a panel of the paper's Fig. 3."""
+    plot_distribution_panels({title: (scores, labels)}, path, bins=bins)
+
+
+def plot_distribution_panels(curves: dict[str, tuple[Sequence[float], Sequence[int]]], path: str | Path,
+                             title: Optional[str] = None, bins: Optional[int] = 40) -> None:
+    """Normal and abnormal score histograms, one panel per method (each on its own score scale), like
+    the paper's Fig. 3. Each class's histogram is a density (area 1), so that a few normal images beside
+    many abnormal ones (the one-class protocol) stay visible; the legend gives the counts."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels)
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
-    edges = np.histogram_bin_edges(s, bins=bins)
-    ax.hist(s[y == 0], bins=edges, alpha=0.6, label=f"normal ({int((y == 0).sum())})", color="#2e86c1")
-    ax.hist(s[y == 1], bins=edges, alpha=0.6, label=f"abnormal ({int((y == 1).sum())})", color="#c0392b")
-    ax.set(xlabel="anomaly score", ylabel="images", title=title)
-    ax.legend(fontsize=8)
+    cols = min(len(curves), 4)
+    rows = -(-len(curves) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 if cols == 1 else 3.6 * cols, 3.2 * rows), dpi=120, squeeze=False)
+    for ax, (name, (scores, labels)) in zip(axes.flat, curves.items()):
+        s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+        edges = np.histogram_bin_edges(s, bins=bins)
+        ax.hist(s[y == 0], bins=edges, alpha=0.6, density=True,
+                label=f"normal ({int((y == 0).sum())})", color="#2e86c1")
+        ax.hist(s[y == 1], bins=edges, alpha=0.6, density=True,
+                label=f"abnormal ({int((y == 1).sum())})", color="#c0392b")
+        ax.set(xlabel="anomaly score", ylabel="density", title=name)
+        ax.legend(fontsize=8)
+    for ax in axes.flat[len(curves):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -7,6 +7,7 @@ import signal
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from helpers import write_fashion_mnist
 
 from patchgan_fast import benchmark
@@ -37,7 +38,9 @@ def test_quick_fashion_mnist_benchmark(tmp_path):
     assert len(variants) == 5 and f"| patchgan, ranking off (sum) | {100 * variants['patchgan, ranking off (sum)']:.1f} |" in table
     assert variants[default] == next(r["value"] for r in means if r["config"]["method"] == "patchgan" and "variant" not in r["config"])
     assert len([r for r in records if r["metric"] == "image_auroc" and "variant" in r["config"]]) == 5 * 2
-    assert (out / "roc.png").stat().st_size > 0 and (out / "scores.png").stat().st_size > 0
+    assert (out / "roc.png").stat().st_size > 0
+    with Image.open(out / "scores.png") as fig3:  # one panel per method and the Patch-GAN without ranking, in a row
+        assert fig3.size == (4 * 432, 384)
 
 
 def test_quick_brain_mri_benchmark(tmp_path):
