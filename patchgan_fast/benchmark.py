@@ -357,7 +357,7 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
         _record(records, "train_and_score_seconds", t, "s", {"dataset": dataset, "method": m}, run_info)
     plot_roc(curves, out / "roc.png", title)
     # Fig. 3: every method's normal and abnormal scores, and the Patch-GAN's without ranking beside them
-    panels = {**curves, **{v: c for v, c in variants.items() if v == _RANKING_OFF}}
+    panels = {**curves, **({_RANKING_OFF: variants[_RANKING_OFF]} if _RANKING_OFF in variants else {})}
     plot_distribution_panels(panels, out / "scores.png", f"{title}: score distributions")
     lines += ["", f"Wall time {time.perf_counter() - t0:.0f} s. Plots: roc.png, scores.png. Every figure: results.json."]
     (out / "table.md").write_text("\n".join(lines) + "\n")
