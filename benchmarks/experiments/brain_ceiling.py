@@ -42,13 +42,16 @@ def auroc_per_bin(scores: torch.Tensor, test) -> list[float]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def setup(ap: argparse.ArgumentParser, width: int = 16, train_copies: int = 32):
+    """What the brain experiments share: their common arguments (added to ``ap``, which may hold the
+    script's own), 2 threads and the seed, the split, a Reconstructor with skips and its Adam optimizer.
+
+    Returns (args, train, test, net, opt)."""
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--width", type=int, default=16)
-    ap.add_argument("--train-copies", type=int, default=32, help="augmented copies of each training slice")
+    ap.add_argument("--width", type=int, default=width)
+    ap.add_argument("--train-copies", type=int, default=train_copies, help="augmented copies of each training slice")
     ap.add_argument("--test-copies", type=int, default=16, help="copies of each test slice (half get a lesion)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -57,7 +60,11 @@ def main() -> None:
     train, test = load_brain_mri(size=args.size, seed=args.seed, train_copies=args.train_copies,
                                  test_copies=args.test_copies)
     net = Reconstructor(channels=1, width=args.width, depth=3, skips=True)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    return args, train, test, net, torch.optim.Adam(net.parameters(), lr=1e-3)
+
+
+def main() -> None:
+    args, train, test, net, opt = setup(argparse.ArgumentParser())
     gen = torch.Generator().manual_seed(args.seed + 77)  # lesions for training, apart from the test split's
     t0 = time.time()
     for step in range(args.steps):

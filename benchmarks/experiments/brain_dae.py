@@ -23,11 +23,10 @@ import time
 
 import torch
 import torch.nn.functional as F
-from brain_ceiling import auroc_per_bin
+from brain_ceiling import auroc_per_bin, setup
 from brain_probes import report
 
-from patchgan_fast.datasets import SIZE_BINS, load_brain_mri
-from patchgan_fast.models.networks import Reconstructor
+from patchgan_fast.datasets import SIZE_BINS
 
 
 def coarse_noise(x: torch.Tensor, std: float, gen: torch.Generator) -> torch.Tensor:
@@ -39,19 +38,8 @@ def coarse_noise(x: torch.Tensor, std: float, gen: torch.Generator) -> torch.Ten
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--noise", type=float, default=0.2, help="standard deviation of the coarse noise")
-    ap.add_argument("--train-copies", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    torch.set_num_threads(2)
-    torch.manual_seed(args.seed)
-    train, test = load_brain_mri(size=args.size, seed=args.seed, train_copies=args.train_copies, test_copies=16)
-    net = Reconstructor(channels=1, width=args.width, depth=3, skips=True)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    args, train, test, net, opt = setup(ap, width=32, train_copies=4)
     gen = torch.Generator().manual_seed(args.seed + 5)
     t0 = time.time()
     for step in range(args.steps):

@@ -27,12 +27,11 @@ import time
 
 import torch
 import torch.nn.functional as F
-from brain_ceiling import auroc_per_bin
+from brain_ceiling import auroc_per_bin, setup
 from brain_probes import report
 
-from patchgan_fast.datasets import SIZE_BINS, load_brain_mri
+from patchgan_fast.datasets import SIZE_BINS
 from patchgan_fast.evaluation import pixel_metrics
-from patchgan_fast.models.networks import Reconstructor
 
 
 def foreign_patches(x: torch.Tensor, pool: torch.Tensor, gen: torch.Generator, sides=(0.1, 0.4)):
@@ -54,19 +53,7 @@ def foreign_patches(x: torch.Tensor, pool: torch.Tensor, gen: torch.Generator, s
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--width", type=int, default=16)
-    ap.add_argument("--train-copies", type=int, default=32, help="augmented copies of each training slice")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    torch.set_num_threads(2)
-    torch.manual_seed(args.seed)
-    train, test = load_brain_mri(size=args.size, seed=args.seed, train_copies=args.train_copies, test_copies=16)
-    net = Reconstructor(channels=1, width=args.width, depth=3, skips=True)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    args, train, test, net, opt = setup(argparse.ArgumentParser())
     gen = torch.Generator().manual_seed(args.seed + 11)
     t0 = time.time()
     for step in range(args.steps):
