@@ -296,6 +296,10 @@ def error_maps(
     k = default_smoothing(config.patch_size) if smoothing is None else smoothing
     if not isinstance(k, int) or k < 1 or k % 2 == 0:
         raise ValueError(f"expected smoothing a positive odd int, got {k!r}")
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ValueError(f"expected batch a positive int, got {batch!r}")
+    if not isinstance(images, Tensor):
+        raise TypeError(f"expected images as a torch.Tensor [B, C, H, W], got {type(images).__name__}")
     device = _model_dtype_device(model)[1] or images.device
     out = []
     for i in range(0, len(images), batch):

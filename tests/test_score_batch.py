@@ -176,6 +176,10 @@ def test_error_maps_localize_a_lesion_within_its_patch():
     assert 9 <= y < 12 and 13 <= x < 16
     with pytest.raises(ValueError, match="smoothing a positive odd int, got 4"):
         error_maps(Template(template), images, ScoreConfig(patch_size=8), smoothing=4)
+    with pytest.raises(ValueError, match="batch a positive int, got 0"):
+        error_maps(Template(template), images, ScoreConfig(patch_size=8), batch=0)
+    with pytest.raises(TypeError, match="torch.Tensor .* got ndarray"):
+        error_maps(Template(template), images.numpy(), ScoreConfig(patch_size=8))
 
 
 def test_patch_weights_must_fit_the_grid():
