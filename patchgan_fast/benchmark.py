@@ -99,6 +99,18 @@ def _ablations(config: TrainConfig) -> dict[str, TrainConfig]:
     return out
 
 
+def _multiscale_sizes(config: TrainConfig) -> list[int]:
+    """The patch sizes of the multi-scale scoring ablation: the model's, half and a quarter of it (those
+    that tile the image at least 2 x 2 and leave enough patches for K copies)."""
+    sizes = [config.patch_size // d for d in (1, 2, 4)]
+    return [p for p in sizes if p >= 2 and config.image_size % p == 0 and config.image_size // p >= 2
+            and (config.image_size // p) ** 2 >= config.num_copies]
+
+
+#: Bump when the scoring ablations of _train_and_score change: finished jobs saved without them are not reused.
+_SCORING_REVISION = 2
+
+
 def _train_and_score(job: tuple) -> tuple:
     """Trains one method on ``train_x`` and scores ``test_x``: (scores, maps, {variant: scores} of the
     scoring ablations, seconds). Without ``need_maps``, methods whose maps cost an extra pass (the
@@ -121,6 +133,9 @@ def _train_and_score(job: tuple) -> tuple:
             if other != config.error:
                 extra[f"patchgan, {other} error, no position weights"] = m.score(
                     test_x, position_weights=False, maps=False, error=other)[0]
+        sizes = _multiscale_sizes(config)
+        if len(sizes) > 1 and m.held_out is not None and len(m.held_out) >= 2:  # it normalizes by their spread
+            extra[f"patchgan, multi-scale scoring (patches {'+'.join(map(str, sizes))})"] = m.score_multiscale(test_x, sizes)
     return scores, maps, extra, time.perf_counter() - t0
 
 
@@ -153,8 +168,8 @@ def _job_key(job: tuple, data: str) -> Optional[str]:
         st = Path(perceptual).stat()
         perceptual = (str(Path(perceptual).resolve()), st.st_size, st.st_mtime_ns)
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    key = (__version__, torch.__version__, device, name, dataclasses.asdict(config), perceptual, scoring_ablations,
-           need_maps, data)
+    key = (__version__, torch.__version__, device, name, dataclasses.asdict(config), perceptual,
+           scoring_ablations and _SCORING_REVISION, need_maps, data)
     return hashlib.sha256(repr(key).encode()).hexdigest()[:32]
 
 

@@ -9,8 +9,9 @@ here or chosen on normal data only, never on test labels.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from .config import TrainConfig
 from .model import PatchGAN
 from .pipeline import Scorer
 from .scoring import error_maps, score_batch
+from .training import _validation_statistics, validation_split
 
 
 def _batched(fn, images: Tensor, batch: int = 256):
@@ -38,9 +40,11 @@ class PatchGANMethod:
     def __init__(self, config: TrainConfig):
         self.config = config
         self.model: Optional[PatchGAN] = None
+        self.held_out: Optional[Tensor] = None  # fit's held-out normal images (a Tensor input's), for multi-scale scoring
 
     def fit(self, images: Tensor) -> "PatchGANMethod":
         self.model = PatchGAN.fit(images, self.config)
+        self.held_out = images[validation_split(len(images), self.config)[0]] if isinstance(images, Tensor) else None
         return self
 
     def _device(self):
@@ -65,6 +69,29 @@ class PatchGANMethod:
             return scorer(x)[0].cpu(), error_maps(self.model, x, cfg).cpu() if maps else None
 
         return _batched(one, images)
+
+    def score_multiscale(self, images: Tensor, patch_sizes: Sequence[int]) -> Tensor:
+        """Multi-scale scoring (after RIAD's masks of several cell sizes): the same model scores
+        ``images`` with the masks and patches of each size in ``patch_sizes`` (its own layout and K),
+        each size's scores in units of its held-out normal images' scores (position weights and
+        statistics recomputed from them), summed over the sizes.
+
+        Raises:
+            RuntimeError: fewer than 2 held-out images (``val_fraction=0``, a tiny training set, or a
+                Dataset rather than a Tensor given to ``fit``).
+        """
+        if self.held_out is None or len(self.held_out) < 2:
+            raise RuntimeError(f"multi-scale scoring needs at least 2 held-out normal images, got "
+                               f"{0 if self.held_out is None else len(self.held_out)}: fit on a Tensor with val_fraction > 0")
+        total = 0
+        for p in patch_sizes:
+            probe = copy.copy(self.model)  # shares the networks; its own config and statistics
+            probe.config = dataclasses.replace(self.model.config, patch_size=int(p))
+            _validation_statistics(probe, self.held_out, self._device(), 256)
+            scorer = Scorer(probe, probe.score_config, compile="none")
+            scores = _batched(lambda x: (scorer(x.to(self._device()))[0].cpu(), None), images)[0]
+            total = total + probe.normalize(scores)
+        return total
 
 
 class AutoencoderMethod(PatchGANMethod):

@@ -310,6 +310,14 @@ def _norm(v):
 # ----------------------------------------------------------------------------- the loop
 
 
+def validation_split(n: int, config: TrainConfig) -> tuple[Tensor, Tensor]:
+    """The indices (validation, training) into ``n`` normal images as :func:`fit` splits them: a
+    ``config.val_fraction`` share (at least one image left to train on), drawn with ``config.seed``."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
+    n_val = min(int(round(n * config.val_fraction)) if config.val_fraction > 0 else 0, n - 1)
+    return perm[:n_val], perm[n_val:]
+
+
 def fit(data, config: TrainConfig, *, resume: bool = False) -> PatchGAN:
     """Trains a Patch-GAN on normal images.
 
@@ -326,11 +334,8 @@ def fit(data, config: TrainConfig, *, resume: bool = False) -> PatchGAN:
     world, rank = distributed()
     device = _device(config)
     src = _Source(data, config)
-    g = torch.Generator().manual_seed(config.seed)
-    perm = torch.randperm(src.n, generator=g)
-    n_val = int(round(src.n * config.val_fraction)) if config.val_fraction > 0 else 0
-    n_val = min(n_val, src.n - 1)
-    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    val_idx, train_idx = validation_split(src.n, config)
+    n_val = len(val_idx)
     order = _Order(train_idx, config.seed)
 
     raw = src.batch(train_idx[:2048])

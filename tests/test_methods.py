@@ -31,6 +31,22 @@ def test_method_trains_and_scores(name):
     assert auroc > (0.5 if name == "alocc" else 0.8), f"{name}: AUROC {auroc:.3f} on obvious anomalies"
 
 
+def test_multiscale_scoring_sums_normalized_scores_per_patch_size():
+    method = get_method("patchgan", dataclasses.replace(CONFIG, steps=10)).fit(blobs(96))
+    model = method.model
+    before = (model.config, model.patch_weights, dict(model.score_stats), model.error_scales)
+    images = torch.cat([blobs(8, seed=5), blobs(8, seed=6, abnormal=True)])
+    own = model.normalize(method.score(images, maps=False)[0])
+    # at the model's own patch size the held-out statistics are those of training: its normalized scores
+    torch.testing.assert_close(method.score_multiscale(images, [8]), own, atol=1e-4, rtol=1e-4)
+    both = method.score_multiscale(images, [8, 4])
+    assert both.shape == (16,) and torch.isfinite(both).all() and not torch.allclose(both, own)
+    assert (model.config, model.patch_weights, dict(model.score_stats), model.error_scales) == before  # untouched
+    no_val = get_method("patchgan", dataclasses.replace(CONFIG, steps=2, val_fraction=0.0)).fit(blobs(32))
+    with pytest.raises(RuntimeError, match="needs at least 2 held-out normal images, got 0"):
+        no_val.score_multiscale(images, [8, 4])
+
+
 def test_unknown_method_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"unknown method 'svdd'; expected one of patchgan, ae, alocc, fanogan, perceptual_ae, ocsvm, threshold"):
         get_method("svdd", CONFIG)

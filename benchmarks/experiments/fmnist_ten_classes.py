@@ -8,12 +8,16 @@ paper's ranking, with each error measure; raw-pixel OC-SVM (the benchmark's: nu 
 all 6,000 images) beside it.
 
     python benchmarks/experiments/fmnist_ten_classes.py [--classes 0,1] [--steps 200] [--errors mse+msgms,msgms,mse]
-        [--no-ocsvm] [--cache DIR] [--seeds N] [--width 32]   # 200 steps: about 15 minutes per class on 2 idle CPU cores, 5 with one error measure
+        [--no-ocsvm] [--cache DIR] [--seeds N] [--width 32] [--score-patches 16,8]
+        # 200 steps: about 15 minutes per class on 2 idle CPU cores, 5 with one error measure
 
 ``--seeds N`` trains N models per class (training seeds 0 to N-1, the same held-out images) and adds their
 ensemble: the sum of each model's scores in units of its held-out images' scores (``PatchGAN.normalize``).
 ``--cache`` keeps the trained models (``DIR/CLASS-STEPS.pgf``, ``DIR/CLASS-STEPS-sSEED.pgf``, ``-wWIDTH`` before the seed
-when ``--width`` is not 32) for later scorings; with 2 threads training is
+when ``--width`` is not 32) for later scorings; ``--score-patches`` scores each model with the masks and patches of
+every size given (K = 4 phases each; the model always trains with patch 16) and adds, per error measure, the sum of
+the sizes' scores in units of their held-out images' scores (multi-scale scoring, after RIAD's masks of several cell sizes;
+the z-sum and ensemble rows then sum over the sizes too); with 2 threads training is
 deterministic, so a rerun reproduces the same models and figures.
 
 Results: benchmarks/results/cpu-experiment-fmnist-ten-classes.md
@@ -43,8 +47,10 @@ def main() -> None:
     ap.add_argument("--no-ocsvm", action="store_true", help="skip the OC-SVM baseline")
     ap.add_argument("--seeds", type=int, default=1, help="train this many models (seeds 0, 1, ...) and score their ensemble")
     ap.add_argument("--width", type=int, default=32, help="reconstructor width (channels of its first stage)")
+    ap.add_argument("--score-patches", default="16", help="patch sizes to score with (comma-separated; 16 trains)")
     args = ap.parse_args()
     classes = [int(c) for c in args.classes.split(",")]
+    patches = [int(p) for p in args.score_patches.split(",")]
     torch.set_num_threads(2)
     res = {}
     for c in classes:
@@ -70,11 +76,17 @@ def main() -> None:
             z = 0
             tag = f", seed {seed}" if args.seeds > 1 else ""
             for error in errors:
-                m.config = dataclasses.replace(cfg, error=error)
-                _validation_statistics(m, val, torch.device("cpu"), 500)
-                s = torch.cat([score_batch(m, te[i:i + 500]).scores for i in range(0, len(te), 500)])
-                res[(c, f"patchgan, {error}{tag}")] = image_metrics(s.tolist(), y)["auroc"]
-                zs = m.normalize(s)  # (s - mean) / std of the held-out images' scores
+                zs = 0
+                for p in patches:
+                    m.config = dataclasses.replace(cfg, error=error, patch_size=p)
+                    _validation_statistics(m, val, torch.device("cpu"), 500)
+                    s = torch.cat([score_batch(m, te[i:i + 500]).scores for i in range(0, len(te), 500)])
+                    at = "" if p == 16 else f", patch {p}"
+                    res[(c, f"patchgan, {error}{at}{tag}")] = image_metrics(s.tolist(), y)["auroc"]
+                    zs = zs + m.normalize(s)  # (s - mean) / std of the held-out images' scores
+                if len(patches) > 1:
+                    sizes = "+".join(map(str, patches))
+                    res[(c, f"patchgan, {error}, patches {sizes}{tag}")] = image_metrics(zs.tolist(), y)["auroc"]
                 ensemble[error] = ensemble[error] + zs
                 if error != "mse+msgms":
                     z = z + zs
