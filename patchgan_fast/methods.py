@@ -85,9 +85,11 @@ class PatchGANMethod:
                                f"{0 if self.held_out is None else len(self.held_out)}: fit on a Tensor with val_fraction > 0")
         total = 0
         for p in patch_sizes:
-            probe = copy.copy(self.model)  # shares the networks; its own config and statistics
-            probe.config = dataclasses.replace(self.model.config, patch_size=int(p))
-            _validation_statistics(probe, self.held_out, self._device(), 256)
+            probe = self.model  # its own size: the statistics training computed from these images
+            if int(p) != self.model.config.patch_size:
+                probe = copy.copy(self.model)  # shares the networks; its own config and statistics
+                probe.config = dataclasses.replace(self.model.config, patch_size=int(p))
+                _validation_statistics(probe, self.held_out, self._device(), 256)
             scorer = Scorer(probe, probe.score_config, compile="none")
             scores = _batched(lambda x: (scorer(x.to(self._device()))[0].cpu(), None), images)[0]
             total = total + probe.normalize(scores)
