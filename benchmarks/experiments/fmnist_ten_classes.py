@@ -16,7 +16,8 @@ ensemble: the sum of each model's scores in units of its held-out images' scores
 ``--cache`` keeps the trained models (``DIR/CLASS-STEPS.pgf``, ``DIR/CLASS-STEPS-sSEED.pgf``, ``-wWIDTH`` before the seed
 when ``--width`` is not 32) for later scorings; ``--score-patches`` scores each model with the masks and patches of
 every size given (K = 4 phases each; the model always trains with patch 16) and adds, per error measure, the sum of
-the sizes' scores in units of their held-out images' scores (multi-scale scoring, after RIAD's masks of several cell sizes;
+the sizes' scores in units of their held-out images' scores (multi-scale scoring, after RIAD's masks of several cell sizes,
+``PatchGANMethod.score_multiscale`` as the benchmark's Table 2 row;
 the z-sum and ensemble rows then sum over the sizes too); with 2 threads training is
 deterministic, so a rerun reproduces the same models and figures.
 
@@ -31,10 +32,10 @@ from pathlib import Path
 import torch
 from scoring_scale import print_table
 
-from patchgan_fast import PatchGAN, TrainConfig, score_batch
+from patchgan_fast import PatchGAN, TrainConfig
 from patchgan_fast.datasets import FASHION_MNIST_CLASSES, one_class_split
 from patchgan_fast.evaluation import image_metrics
-from patchgan_fast.methods import OCSVMMethod
+from patchgan_fast.methods import OCSVMMethod, PatchGANMethod
 from patchgan_fast.training import _validation_statistics
 
 
@@ -75,15 +76,17 @@ def main() -> None:
                     m.save(path)
             z = 0
             tag = f", seed {seed}" if args.seeds > 1 else ""
+            method = PatchGANMethod(cfg)
+            method.model, method.held_out = m, val
             for error in errors:
+                m.config = dataclasses.replace(cfg, error=error)
+                _validation_statistics(m, val, torch.device("cpu"), 500)
                 zs = 0
-                for p in patches:
-                    m.config = dataclasses.replace(cfg, error=error, patch_size=p)
-                    _validation_statistics(m, val, torch.device("cpu"), 500)
-                    s = torch.cat([score_batch(m, te[i:i + 500]).scores for i in range(0, len(te), 500)])
+                for p in patches:  # each size's scores in units of the held-out images' (AUROC unchanged)
+                    s = method.score_multiscale(te, [p])
                     at = "" if p == 16 else f", patch {p}"
                     res[(c, f"patchgan, {error}{at}{tag}")] = image_metrics(s.tolist(), y)["auroc"]
-                    zs = zs + m.normalize(s)  # (s - mean) / std of the held-out images' scores
+                    zs = zs + s  # the multi-scale score: score_multiscale(te, patches), without scoring twice
                 if len(patches) > 1:
                     sizes = "+".join(map(str, patches))
                     res[(c, f"patchgan, {error}, patches {sizes}{tag}")] = image_metrics(zs.tolist(), y)["auroc"]
