@@ -3,8 +3,9 @@ and a JSON record of every figure.
 
 Table 1: image AUROC per method (Fashion-MNIST: per class of the one-class protocol and the mean;
 brain MRI: image AUROC, pixel AUROC (all pixels and brain pixels only), AUPRC and image AUROC per
-lesion-size bin). Table 2: the Patch-GAN's ablations (ranking on/off, position weights on/off and
-the other error measure, from the same model; outside --quick also the other loss presets, the masking layout, K and the patch
+lesion-size bin). Table 2: the Patch-GAN's ablations (ranking on/off, position weights on/off, the
+other error measures, multi-scale scoring and the score plus a nearest-neighbour score of its features,
+from the same model; outside --quick also the other loss presets, the masking layout, K and the patch
 size, see ``ABLATIONS``). Nothing is tuned on test labels: every hyperparameter is fixed below.
 ``results.json`` holds one record per figure of both tables (``_record``).
 """
@@ -29,7 +30,7 @@ import torch
 from . import __version__, backend_info
 from .config import TrainConfig
 from .evaluation import image_metrics, pixel_metrics, plot_distribution_panels, plot_roc
-from .methods import REGISTRY, get_method
+from .methods import FEATURE_SPACES, REGISTRY, get_method
 from .scoring import ERRORS
 
 DATASETS = ("fashion-mnist", "brain-mri")
@@ -108,7 +109,7 @@ def _multiscale_sizes(config: TrainConfig) -> list[int]:
 
 
 #: Bump when the scoring ablations of _train_and_score change: finished jobs saved without them are not reused.
-_SCORING_REVISION = 2
+_SCORING_REVISION = 3
 
 
 def _train_and_score(job: tuple) -> tuple:
@@ -133,9 +134,13 @@ def _train_and_score(job: tuple) -> tuple:
             if other != config.error:
                 extra[f"patchgan, {other} error, no position weights"] = m.score(
                     test_x, position_weights=False, maps=False, error=other)[0]
-        sizes = _multiscale_sizes(config)
-        if len(sizes) > 1 and m.held_out is not None and len(m.held_out) >= 2:  # it normalizes by their spread
-            extra[f"patchgan, multi-scale scoring (patches {'+'.join(map(str, sizes))})"] = m.score_multiscale(test_x, sizes)
+        if m.held_out is not None and len(m.held_out) >= 2:  # these normalize by the held-out images' spread
+            sizes = _multiscale_sizes(config)
+            if len(sizes) > 1:
+                extra[f"patchgan, multi-scale scoring (patches {'+'.join(map(str, sizes))})"] = m.score_multiscale(
+                    test_x, sizes)
+            for space in FEATURE_SPACES:
+                extra[f"patchgan + nearest-neighbour {space} features (k = 5)"] = m.score_neighbours(test_x, 5, space)
     return scores, maps, extra, time.perf_counter() - t0
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._reference import normalize_reference
 from .baselines import FAnoGANMethod, PerceptualAEMethod, _unit
 from .config import TrainConfig
 from .model import PatchGAN
@@ -32,6 +33,13 @@ def _batched(fn, images: Tensor, batch: int = 256):
     return scores, maps
 
 
+#: The feature spaces of :meth:`PatchGANMethod.score_neighbours`: name -> the model's function that embeds images.
+FEATURE_SPACES = {
+    "discriminator": lambda m: m.discriminator.features,
+    "bottleneck": lambda m: m.reconstructor.encode,
+}
+
+
 class PatchGANMethod:
     """The Patch-GAN: masked reconstruction, ranked patch errors (eq. 5)."""
 
@@ -40,11 +48,15 @@ class PatchGANMethod:
     def __init__(self, config: TrainConfig):
         self.config = config
         self.model: Optional[PatchGAN] = None
-        self.held_out: Optional[Tensor] = None  # fit's held-out normal images (a Tensor input's), for multi-scale scoring
+        # fit's held-out and training images (a Tensor input's), for multi-scale and nearest-neighbour scoring
+        self.held_out: Optional[Tensor] = None
+        self.trained_on: Optional[Tensor] = None
 
     def fit(self, images: Tensor) -> "PatchGANMethod":
         self.model = PatchGAN.fit(images, self.config)
-        self.held_out = images[validation_split(len(images), self.config)[0]] if isinstance(images, Tensor) else None
+        if isinstance(images, Tensor):
+            val, train = validation_split(len(images), self.config)
+            self.held_out, self.trained_on = images[val], images[train]
         return self
 
     def _device(self):
@@ -80,9 +92,7 @@ class PatchGANMethod:
             RuntimeError: fewer than 2 held-out images (``val_fraction=0``, a tiny training set, or a
                 Dataset rather than a Tensor given to ``fit``).
         """
-        if self.held_out is None or len(self.held_out) < 2:
-            raise RuntimeError(f"multi-scale scoring needs at least 2 held-out normal images, got "
-                               f"{0 if self.held_out is None else len(self.held_out)}: fit on a Tensor with val_fraction > 0")
+        self._check_held_out("multi-scale scoring")
         total = 0
         for p in patch_sizes:
             probe = self.model  # its own size: the statistics training computed from these images
@@ -94,6 +104,51 @@ class PatchGANMethod:
             scores = _batched(lambda x: (scorer(x.to(self._device()))[0].cpu(), None), images)[0]
             total = total + probe.normalize(scores)
         return total
+
+    def score_neighbours(self, images: Tensor, k: int = 5, features: str = "discriminator") -> Tensor:
+        """The model's score plus a nearest-neighbour score, each in units of the held-out normal images'
+        scores, summed. The second is the mean Euclidean distance from an image's features (flattened, unit
+        length) to those of its ``k`` nearest training images (kNN on learnt features, as DN2): the
+        reconstruction score asks whether the model can repair an image from its context, this one whether
+        the image looks like any normal one, and an image of another kind that the model repairs well
+        passes only the first.
+
+        Args:
+            features: ``'discriminator'`` (the output of its last stride-2 stage) or ``'bottleneck'`` (the
+                reconstructor's, of the whole unmasked image).
+
+        Raises:
+            RuntimeError: fewer than 2 held-out images (see :meth:`score_multiscale`).
+            ValueError: ``k`` not in 1 .. the number of training images, or unknown ``features``.
+        """
+        self._check_held_out("nearest-neighbour scoring")
+        if features not in FEATURE_SPACES:
+            raise ValueError(f"expected features one of {sorted(FEATURE_SPACES)}, got {features!r}")
+        if not 1 <= k <= len(self.trained_on):
+            raise ValueError(f"expected k in 1..{len(self.trained_on)} (the training images), got {k}")
+        bank = self._embed(self.trained_on, features)
+
+        def distances(x: Tensor) -> Tensor:
+            feats = self._embed(x, features)
+            return torch.cat([torch.cdist(feats[i:i + 1024], bank).topk(k, dim=1, largest=False).values.mean(1)
+                              for i in range(0, len(feats), 1024)]).cpu()
+
+        near, normal = distances(images), distances(self.held_out)
+        return self.model.normalize(self.score(images, maps=False)[0]) + (near - normal.mean()) / normal.std()
+
+    def _embed(self, images: Tensor, features: str) -> Tensor:
+        """[N, D] unit-length features (``FEATURE_SPACES``) of ``images``, on the model's device."""
+        m, dev = self.model, self._device()
+        net = FEATURE_SPACES[features](m)
+        with torch.inference_mode():
+            feats = [net(normalize_reference(images[i:i + 256].to(dev), m.mean, m.std)).flatten(1)
+                     for i in range(0, len(images), 256)]
+        return torch.nn.functional.normalize(torch.cat(feats), dim=1)
+
+    def _check_held_out(self, what: str) -> None:
+        if self.held_out is None or len(self.held_out) < 2:
+            raise RuntimeError(f"{what} needs at least 2 held-out normal images, got "
+                               f"{0 if self.held_out is None else len(self.held_out)}: fit on a Tensor with val_fraction > 0")
 
 
 class AutoencoderMethod(PatchGANMethod):

@@ -47,6 +47,42 @@ def test_multiscale_scoring_sums_normalized_scores_per_patch_size():
         no_val.score_multiscale(images, [8, 4])
 
 
+@pytest.mark.parametrize("space", ["discriminator", "bottleneck"])
+def test_nearest_neighbour_scoring_adds_normalized_feature_distances(space):
+    method = get_method("patchgan", dataclasses.replace(CONFIG, steps=10)).fit(blobs(96))
+    model = method.model
+    assert len(method.held_out) + len(method.trained_on) == 96
+    net = model.discriminator.features if space == "discriminator" else model.reconstructor.encode
+
+    def embed(x):
+        return torch.nn.functional.normalize(net((x.float() / 255 - model.mean[0]) / model.std[0]).flatten(1), dim=1)
+
+    images = torch.cat([blobs(8, seed=5), blobs(8, seed=6, abnormal=True)])
+    own = model.normalize(method.score(images, maps=False)[0])
+    near = torch.cdist(embed(images), embed(method.trained_on)).topk(3, dim=1, largest=False).values.mean(1)
+    # the kNN part is the distance in units of the held-out images' distances: an increasing affine map of it
+    part = method.score_neighbours(images, 3, space) - own
+    slope = (part[0] - part[1]) / (near[0] - near[1])
+    assert slope > 0
+    torch.testing.assert_close(part, part[0] + slope * (near - near[0]), atol=1e-3, rtol=1e-3)
+    # a training image is its own nearest neighbour: k = 1 gives its minimum distance, 0
+    train = method.trained_on[:4]
+    one = method.score_neighbours(train, 1, space) - model.normalize(method.score(train, maps=False)[0])
+    assert torch.allclose(one, one[0].expand_as(one), atol=1e-2) and one[0] < 0
+
+
+def test_nearest_neighbour_scoring_refuses_bad_arguments():
+    method = get_method("patchgan", dataclasses.replace(CONFIG, steps=2)).fit(blobs(32))
+    images = blobs(4, seed=5)
+    with pytest.raises(ValueError, match=r"expected k in 1\.\.\d+ \(the training images\), got 0"):
+        method.score_neighbours(images, k=0)
+    with pytest.raises(ValueError, match=r"expected features one of \['bottleneck', 'discriminator'\], got 'pixels'"):
+        method.score_neighbours(images, features="pixels")
+    no_val = get_method("patchgan", dataclasses.replace(CONFIG, steps=2, val_fraction=0.0)).fit(blobs(32))
+    with pytest.raises(RuntimeError, match="nearest-neighbour scoring needs at least 2 held-out normal images, got 0"):
+        no_val.score_neighbours(images)
+
+
 def test_unknown_method_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"unknown method 'svdd'; expected one of patchgan, ae, alocc, fanogan, perceptual_ae, ocsvm, threshold"):
         get_method("svdd", CONFIG)

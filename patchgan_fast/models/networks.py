@@ -54,7 +54,8 @@ class Reconstructor(nn.Module):
         self.head = nn.Conv2d(widths[0], channels, 1)
         self.stride = 2**depth
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _encode(self, x: Tensor) -> list[Tensor]:
+        """The stem's and every stage's outputs, then the bottleneck's."""
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"expected input [N, {self.channels}, H, W], got {tuple(x.shape)}")
         if x.shape[-2] % self.stride or x.shape[-1] % self.stride:
@@ -64,7 +65,17 @@ class Reconstructor(nn.Module):
         for block in self.down:
             h = block(h)
             feats.append(h)
-        h = self.bottleneck(h)
+        feats.append(self.bottleneck(h))
+        return feats
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The bottleneck features of ``x``: ``[N, C, H, W] -> [N, min(width * 2**depth, max_width), H / 2**depth,
+        W / 2**depth]``."""
+        return self._encode(x)[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        feats = self._encode(x)
+        h = feats.pop()
         for i, block in enumerate(self.up):
             h = nn.functional.interpolate(h, scale_factor=2, mode="nearest")
             if self.skips:
@@ -93,6 +104,11 @@ class PatchDiscriminator(nn.Module):
         mods += [nn.Conv2d(c, nxt, 4, stride=1, padding=1, bias=False), _norm(nxt), nn.LeakyReLU(0.2, inplace=True)]
         mods.append(nn.Conv2d(nxt, 1, 4, stride=1, padding=1))
         self.net = nn.Sequential(*mods)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The output of the last stride-2 stage (before the stride-1 layers that make the logits):
+        ``[N, C, H, W] -> [N, min(width * 2**(layers - 1), max_width), H / 2**layers, W / 2**layers]``."""
+        return self.net[:-4](x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
