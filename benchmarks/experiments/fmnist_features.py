@@ -1,0 +1,113 @@
+"""Experiment (issue 5): nearest-neighbour distances in the Patch-GAN's own feature spaces, alone and
+added to its reconstruction score, on the whole Fashion-MNIST one-class protocol.
+
+The reconstruction score asks "can the model repair this image from its context?"; a garment of
+another class that the model in-fills well (a pullover for a coat model) passes it. Distances to the
+nearest training images in a learnt feature space ask instead "does this image look like any normal
+one?", the question behind the best published numbers without pretrained weights (GEOM, Deep SVDD
+and DN2-style kNN); the two kinds of evidence may add.
+
+Every class: the models and split of ``fmnist_ten_classes.py`` (200 steps, seed 0; 5,400 training
+images, 600 held out, all 10,000 test images), loaded from its ``--cache`` (trained here when missing).
+Per image, the feature vectors (flattened, L2-normalized):
+
+- reconstructor bottleneck of the whole image (the encoder never saw an unmasked image in training),
+- the same averaged over the K = 4 masked copies the model was trained on,
+- discriminator features after its third stage (256 x 4 x 4),
+- raw pixels (no network; a reference).
+
+kNN score: mean Euclidean distance to the k nearest training images' vectors (k = 1 and 5, both
+reported). "z(a) + z(b)": each score in units of the held-out images' scores (mean, standard
+deviation), summed; the reconstruction score is the package's (MSGMS, position weights, paper ranking,
+patch 16). Nothing uses test labels.
+
+    python benchmarks/experiments/fmnist_features.py --cache DIR [--classes 0,1] [--steps 200]
+
+Results: benchmarks/results/cpu-experiment-fmnist-ten-classes.md
+"""
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from fmnist_levers2 import hidden_masks
+from scoring_scale import print_table
+
+from patchgan_fast import PatchGAN, TrainConfig, score_batch
+from patchgan_fast._reference import normalize_reference
+from patchgan_fast.datasets import FASHION_MNIST_CLASSES, one_class_split
+from patchgan_fast.evaluation import image_metrics
+from patchgan_fast.training import _validation_statistics
+
+
+@torch.inference_mode()
+def features(m: PatchGAN, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{space: [N, D] L2-normalized vectors} for every feature space of the module docstring."""
+    m.eval()
+    bottleneck = lambda xn: m.reconstructor.encode(xn).flatten(1)  # noqa: E731
+    out: dict[str, list] = {}
+    masks = hidden_masks(x.shape[-1], 0, 0)
+    for i in range(0, len(x), 500):
+        xn = normalize_reference(x[i:i + 500], m.mean, m.std)
+        out.setdefault("bottleneck", []).append(bottleneck(xn))
+        out.setdefault("bottleneck, masked copies", []).append(
+            torch.stack([bottleneck(xn.masked_fill(hid, 0.0)) for hid in masks]).mean(0))
+        out.setdefault("discriminator", []).append(m.discriminator.net[:8](xn).flatten(1))
+        out.setdefault("pixels", []).append(xn.flatten(1))
+    return {k: F.normalize(torch.cat(v), dim=1) for k, v in out.items()}
+
+
+def knn(query: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean Euclidean distance of every query vector to its k nearest vectors of ``bank``."""
+    return torch.cat([torch.cdist(query[i:i + 1000], bank).topk(k, dim=1, largest=False).values.mean(1)
+                      for i in range(0, len(query), 1000)])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9")
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--cache", required=True, help="fmnist_ten_classes.py's model folder (DIR/CLASS-STEPS.pgf)")
+    args = ap.parse_args()
+    classes = [int(c) for c in args.classes.split(",")]
+    torch.set_num_threads(2)
+    res = {}
+    for c in classes:
+        t = time.time()
+        tr, te, labels = one_class_split(c)
+        y = labels.tolist()
+        held = torch.randperm(len(tr), generator=torch.Generator().manual_seed(0))
+        fit_x, val = tr[held[600:]], tr[held[:600]]
+        cfg = TrainConfig(image_size=32, patch_size=16, depth=3, width=32, batch_size=64, steps=args.steps,
+                          lr=1e-3, val_fraction=0.0, progress=False, seed=0)
+        path = Path(args.cache) / f"{c}-{args.steps}.pgf"
+        if path.exists():
+            m = PatchGAN.load(path)
+        else:
+            m = PatchGAN.fit(fit_x, cfg)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            m.save(path)
+        m.config = dataclasses.replace(cfg, error="msgms")
+        _validation_statistics(m, val, torch.device("cpu"), 500)
+        rec = {name: torch.cat([score_batch(m, x[i:i + 500]).scores for i in range(0, len(x), 500)])
+               for name, x in (("test", te), ("val", val))}
+        z = lambda s, v: (s - v.mean()) / v.std()  # noqa: E731
+        res[(c, "reconstruction (msgms, the package's score)")] = image_metrics(rec["test"].tolist(), y)["auroc"]
+        ft, fv, fb = features(m, te), features(m, val), features(m, fit_x)
+        for space in ft:
+            for k in (1, 5):
+                st, sv = knn(ft[space], fb[space], k), knn(fv[space], fb[space], k)
+                res[(c, f"kNN {space}, k {k}")] = image_metrics(st.tolist(), y)["auroc"]
+                both = z(rec["test"], rec["val"]) + z(st, sv)
+                res[(c, f"z(reconstruction) + z(kNN {space}, k {k})")] = image_metrics(both.tolist(), y)["auroc"]
+        print(c, FASHION_MNIST_CLASSES[c], {k[1]: round(100 * v, 1) for k, v in res.items() if k[0] == c},
+              f"{time.time() - t:.0f} s", flush=True)
+    print("| method | " + " | ".join(FASHION_MNIST_CLASSES[c] for c in classes) + " | mean |")
+    print_table(res, classes)
+
+
+if __name__ == "__main__":
+    main()
