@@ -29,16 +29,14 @@ Results: benchmarks/results/cpu-experiment-fmnist-ten-classes.md
 import argparse
 import dataclasses
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from fmnist_levers2 import hidden_masks
-from scoring_scale import print_table
+from fmnist_ten_classes import print_class, print_results, protocol_split, trained_model
 
-from patchgan_fast import PatchGAN, TrainConfig, score_batch
+from patchgan_fast import PatchGAN, score_batch
 from patchgan_fast._reference import normalize_reference
-from patchgan_fast.datasets import FASHION_MNIST_CLASSES, one_class_split
 from patchgan_fast.evaluation import image_metrics
 from patchgan_fast.training import _validation_statistics
 
@@ -77,19 +75,8 @@ def main() -> None:
     res = {}
     for c in classes:
         t = time.time()
-        tr, te, labels = one_class_split(c)
-        y = labels.tolist()
-        held = torch.randperm(len(tr), generator=torch.Generator().manual_seed(0))
-        fit_x, val = tr[held[600:]], tr[held[:600]]
-        cfg = TrainConfig(image_size=32, patch_size=16, depth=3, width=32, batch_size=64, steps=args.steps,
-                          lr=1e-3, val_fraction=0.0, progress=False, seed=0)
-        path = Path(args.cache) / f"{c}-{args.steps}.pgf"
-        if path.exists():
-            m = PatchGAN.load(path)
-        else:
-            m = PatchGAN.fit(fit_x, cfg)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            m.save(path)
+        _, fit_x, val, te, y = protocol_split(c)
+        m, cfg = trained_model(c, fit_x, args.steps, args.cache)
         m.config = dataclasses.replace(cfg, error="msgms")
         _validation_statistics(m, val, torch.device("cpu"), 500)
         rec = {name: torch.cat([score_batch(m, x[i:i + 500]).scores for i in range(0, len(x), 500)])
@@ -103,10 +90,8 @@ def main() -> None:
                 res[(c, f"kNN {space}, k {k}")] = image_metrics(st.tolist(), y)["auroc"]
                 both = z(rec["test"], rec["val"]) + z(st, sv)
                 res[(c, f"z(reconstruction) + z(kNN {space}, k {k})")] = image_metrics(both.tolist(), y)["auroc"]
-        print(c, FASHION_MNIST_CLASSES[c], {k[1]: round(100 * v, 1) for k, v in res.items() if k[0] == c},
-              f"{time.time() - t:.0f} s", flush=True)
-    print("| method | " + " | ".join(FASHION_MNIST_CLASSES[c] for c in classes) + " | mean |")
-    print_table(res, classes)
+        print_class(c, res, t)
+    print_results(res, classes)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,39 @@ from patchgan_fast.methods import OCSVMMethod, PatchGANMethod
 from patchgan_fast.training import _validation_statistics
 
 
+def protocol_split(c: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    """(all 6,000 training images, the 5,400 to train on, the 600 held out, the 10,000 test images, their labels)."""
+    tr, te, labels = one_class_split(c)
+    held = torch.randperm(len(tr), generator=torch.Generator().manual_seed(0))
+    return tr, tr[held[600:]], tr[held[:600]], te, labels.tolist()
+
+
+def trained_model(c: int, fit_x: torch.Tensor, steps: int, cache: str, width: int = 32, seed: int = 0
+                  ) -> tuple[PatchGAN, TrainConfig]:
+    """The class's model and its config: loaded from ``cache`` when there, else trained (and saved there)."""
+    cfg = TrainConfig(image_size=32, patch_size=16, depth=3, width=width, batch_size=64, steps=steps,
+                      lr=1e-3, val_fraction=0.0, progress=False, seed=seed)
+    name = f"{c}-{steps}" + (f"-w{width}" if width != 32 else "") + (f"-s{seed}" if seed else "")
+    path = Path(cache) / f"{name}.pgf" if cache else None
+    if path is not None and path.exists():
+        return PatchGAN.load(path), cfg
+    m = PatchGAN.fit(fit_x, cfg)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        m.save(path)
+    return m, cfg
+
+
+def print_class(c: int, res: dict, started: float) -> None:
+    print(c, FASHION_MNIST_CLASSES[c], {k[1]: round(100 * v, 1) for k, v in res.items() if k[0] == c},
+          f"{time.time() - started:.0f} s", flush=True)
+
+
+def print_results(res: dict, classes) -> None:
+    print("| method | " + " | ".join(FASHION_MNIST_CLASSES[c] for c in classes) + " | mean |")
+    print_table(res, classes)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9")
@@ -55,25 +88,12 @@ def main() -> None:
     torch.set_num_threads(2)
     res = {}
     for c in classes:
-        tr, te, labels = one_class_split(c)
-        y = labels.tolist()
-        held = torch.randperm(len(tr), generator=torch.Generator().manual_seed(0))
-        fit_x, val = tr[held[600:]], tr[held[:600]]
+        tr, fit_x, val, te, y = protocol_split(c)
         t = time.time()
         errors = args.errors.split(",")
         ensemble = dict.fromkeys(errors, 0)
         for seed in range(args.seeds):
-            cfg = TrainConfig(image_size=32, patch_size=16, depth=3, width=args.width, batch_size=64, steps=args.steps,
-                              lr=1e-3, val_fraction=0.0, progress=False, seed=seed)
-            name = f"{c}-{args.steps}" + (f"-w{args.width}" if args.width != 32 else "") + (f"-s{seed}" if seed else "")
-            path = Path(args.cache) / f"{name}.pgf" if args.cache else None
-            if path is not None and path.exists():
-                m = PatchGAN.load(path)
-            else:
-                m = PatchGAN.fit(fit_x, cfg)
-                if path is not None:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    m.save(path)
+            m, cfg = trained_model(c, fit_x, args.steps, args.cache, args.width, seed)
             z = 0
             tag = f", seed {seed}" if args.seeds > 1 else ""
             method = PatchGANMethod(cfg)
@@ -101,10 +121,8 @@ def main() -> None:
         if not args.no_ocsvm:
             svm = OCSVMMethod(cfg).fit(tr)
             res[(c, "ocsvm")] = image_metrics(svm.score(te)[0].tolist(), y)["auroc"]
-        print(c, FASHION_MNIST_CLASSES[c], {k[1]: round(100 * v, 1) for k, v in res.items() if k[0] == c},
-              f"{time.time() - t:.0f} s", flush=True)
-    print("| method | " + " | ".join(FASHION_MNIST_CLASSES[c] for c in classes) + " | mean |")
-    print_table(res, classes)
+        print_class(c, res, t)
+    print_results(res, classes)
 
 
 if __name__ == "__main__":
