@@ -30,7 +30,8 @@ import torch
 from . import __version__, backend_info
 from .config import TrainConfig
 from .evaluation import image_metrics, pixel_metrics, plot_distribution_panels, plot_roc
-from .methods import FEATURE_SPACES, REGISTRY, get_method
+from .methods import REGISTRY, get_method
+from .neighbours import FEATURE_SPACES
 from .scoring import ERRORS
 
 DATASETS = ("fashion-mnist", "brain-mri")
@@ -109,7 +110,7 @@ def _multiscale_sizes(config: TrainConfig) -> list[int]:
 
 
 #: Bump when the scoring ablations of _train_and_score change: finished jobs saved without them are not reused.
-_SCORING_REVISION = 3
+_SCORING_REVISION = 4
 
 
 def _train_and_score(job: tuple) -> tuple:

@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import __version__
+from .neighbours import FEATURE_SPACES
 
 
 def _load(paths: Sequence[str], size: int, channels: Optional[int], resize: str, workers: int):
@@ -62,7 +63,8 @@ def cmd_train(a) -> int:
 
     images, _, errors = _load(a.data, a.size, a.channels, a.resize, _workers(a.workers))
     overrides = {k: getattr(a, k) for k in ("patch_size", "steps", "batch_size", "lr", "loss", "ranking", "error",
-                                            "layout", "num_copies", "width", "depth", "seed", "device", "checkpoint_dir")
+                                            "layout", "num_copies", "width", "depth", "seed", "device", "checkpoint_dir",
+                                            "neighbours", "neighbour_k", "neighbour_bank")
                  if getattr(a, k) is not None}
     if a.skips:
         overrides["skips"] = True
@@ -223,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--skips", action="store_true", help="U-Net skip connections in the reconstructor")
     t.add_argument("--no-position-weights", action="store_true",
                    help="rank raw patch errors, without weighting each position by its normal validation error")
+    t.add_argument("--neighbours", choices=FEATURE_SPACES, default=None,
+                   help="also score by the distance of an image's features (this network's, or both's) to those of its "
+                        "nearest training images, added to the patch score in units of the validation images' "
+                        "(default: off)")
+    t.add_argument("--neighbour-k", type=int, default=None, help="nearest training images per score (default 5)")
+    t.add_argument("--neighbour-bank", type=int, default=None,
+                   help="most training images whose features the model file keeps (default 1000)")
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--checkpoint-dir", default=None, help="where resumable checkpoints go (default OUT.checkpoints/)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")

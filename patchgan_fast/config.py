@@ -35,6 +35,12 @@ class TrainConfig:
             training's reconstruction loss is eq. 1 either way.
         position_weights: weight each patch error by how hard its position is for normal images
             before ranking (``PatchGAN.patch_weights``, from the validation images).
+        neighbours: a feature space of :mod:`patchgan_fast.neighbours` (``'discriminator'``,
+            ``'bottleneck'`` or ``'discriminator+bottleneck'``) to give the model a feature bank: after training it keeps the features of
+            up to ``neighbour_bank`` training images (a seeded random choice), and its image score becomes
+            eq. 5 plus the mean distance to the ``neighbour_k`` nearest of them, each in units of the
+            validation images' (:meth:`PatchGAN.add_neighbours`). None: eq. 5 alone. Needs
+            ``val_fraction > 0``.
         steps, batch_size, lr, weight_decay, betas: AdamW schedule (batch_size per process).
         val_fraction: share of the normal images held out for model selection and score statistics.
         val_every, checkpoint_every: in steps; checkpoints need ``checkpoint_dir``.
@@ -61,6 +67,9 @@ class TrainConfig:
     ranking: str = "paper"
     error: str = "mse"
     position_weights: bool = True
+    neighbours: Optional[str] = None
+    neighbour_k: int = 5
+    neighbour_bank: int = 1000
     steps: int = 2000
     batch_size: int = 32
     lr: float = 2e-4
@@ -84,6 +93,19 @@ class TrainConfig:
             raise ValueError(f"unknown ranking preset {self.ranking!r}; expected one of {', '.join(RANKING_PRESETS)}")
         if self.error not in ERRORS:
             raise ValueError(f"unknown error {self.error!r}; expected one of {', '.join(ERRORS)}")
+        if self.neighbours is not None:
+            from .neighbours import check_space
+
+            check_space(self.neighbours)
+            if self.val_fraction <= 0:
+                raise ValueError(f"neighbours={self.neighbours!r} needs held-out images to scale its score: "
+                                 f"val_fraction > 0, got {self.val_fraction}")
+        for name in ("neighbour_k", "neighbour_bank"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.neighbour_k > self.neighbour_bank:
+            raise ValueError(f"neighbour_k ({self.neighbour_k}) must not exceed neighbour_bank ({self.neighbour_bank})")
         stride = 2**self.depth
         if self.image_size % self.patch_size or self.image_size % stride:
             raise ValueError(
@@ -130,6 +152,6 @@ class TrainConfig:
         """The fields a resumed run must share with the run that wrote the checkpoint."""
         d = self.to_dict()
         for k in ("progress", "checkpoint_dir", "num_workers", "device", "val_every", "checkpoint_every",
-                  "position_weights", "error"):
+                  "position_weights", "error", "neighbours", "neighbour_k", "neighbour_bank"):
             d.pop(k)
         return d

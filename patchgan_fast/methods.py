@@ -17,13 +17,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._reference import normalize_reference
 from .baselines import FAnoGANMethod, PerceptualAEMethod, _unit
 from .config import TrainConfig
 from .model import PatchGAN
 from .pipeline import Scorer
 from .scoring import error_maps, score_batch
-from .training import _validation_statistics, validation_split
+from .training import _validation_statistics, bank_choice, validation_split
 
 
 def _batched(fn, images: Tensor, batch: int = 256):
@@ -31,13 +30,6 @@ def _batched(fn, images: Tensor, batch: int = 256):
     scores = torch.cat([s for s, _ in outs])
     maps = None if outs[0][1] is None else torch.cat([m for _, m in outs])
     return scores, maps
-
-
-#: The feature spaces of :meth:`PatchGANMethod.score_neighbours`: name -> the model's function that embeds images.
-FEATURE_SPACES = {
-    "discriminator": lambda m: m.discriminator.features,
-    "bottleneck": lambda m: m.reconstructor.encode,
-}
 
 
 class PatchGANMethod:
@@ -106,44 +98,24 @@ class PatchGANMethod:
         return total
 
     def score_neighbours(self, images: Tensor, k: int = 5, features: str = "discriminator") -> Tensor:
-        """The model's score plus a nearest-neighbour score, each in units of the held-out normal images'
-        scores, summed. The second is the mean Euclidean distance from an image's features (flattened, unit
-        length) to those of its ``k`` nearest training images (kNN on learnt features, as DN2): the
-        reconstruction score asks whether the model can repair an image from its context, this one whether
-        the image looks like any normal one, and an image of another kind that the model repairs well
-        passes only the first.
+        """The model's score plus a nearest-neighbour score of its features, each in units of the held-out
+        normal images' scores, summed: what the model would score had it been trained with
+        ``TrainConfig(neighbours=features, neighbour_k=k)`` (the same bank of ``config.neighbour_bank``
+        training images; :meth:`PatchGAN.add_neighbours` on a copy, the model itself is not changed).
 
         Args:
-            features: ``'discriminator'`` (the output of its last stride-2 stage) or ``'bottleneck'`` (the
-                reconstructor's, of the whole unmasked image).
+            features: one of ``neighbours.FEATURE_SPACES``: ``'discriminator'`` (the output of its last
+                stride-2 stage), ``'bottleneck'`` (the reconstructor's, of the whole unmasked image) or both.
 
         Raises:
             RuntimeError: fewer than 2 held-out images (see :meth:`score_multiscale`).
-            ValueError: ``k`` not in 1 .. the number of training images, or unknown ``features``.
+            ValueError: ``k`` not in 1 .. the number of bank images, or unknown ``features``.
         """
         self._check_held_out("nearest-neighbour scoring")
-        if features not in FEATURE_SPACES:
-            raise ValueError(f"expected features one of {sorted(FEATURE_SPACES)}, got {features!r}")
-        if not 1 <= k <= len(self.trained_on):
-            raise ValueError(f"expected k in 1..{len(self.trained_on)} (the training images), got {k}")
-        bank = self._embed(self.trained_on, features)
-
-        def distances(x: Tensor) -> Tensor:
-            feats = self._embed(x, features)
-            return torch.cat([torch.cdist(feats[i:i + 1024], bank).topk(k, dim=1, largest=False).values.mean(1)
-                              for i in range(0, len(feats), 1024)]).cpu()
-
-        near, normal = distances(images), distances(self.held_out)
-        return self.model.normalize(self.score(images, maps=False)[0]) + (near - normal.mean()) / normal.std()
-
-    def _embed(self, images: Tensor, features: str) -> Tensor:
-        """[N, D] unit-length features (``FEATURE_SPACES``) of ``images``, on the model's device."""
-        m, dev = self.model, self._device()
-        net = FEATURE_SPACES[features](m)
-        with torch.inference_mode():
-            feats = [net(normalize_reference(images[i:i + 256].to(dev), m.mean, m.std)).flatten(1)
-                     for i in range(0, len(images), 256)]
-        return torch.nn.functional.normalize(torch.cat(feats), dim=1)
+        bank = self.trained_on[bank_choice(len(self.trained_on), self.config)]
+        probe = copy.deepcopy(self.model).add_neighbours(bank, self.held_out, features, k)
+        scorer = Scorer(probe, probe.score_config, compile="none")
+        return _batched(lambda x: (scorer(x.to(self._device()))[0].cpu(), None), images)[0]
 
     def _check_held_out(self, what: str) -> None:
         if self.held_out is None or len(self.held_out) < 2:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -10,11 +12,14 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from . import ops
+from ._reference import normalize_reference
 from .config import TrainConfig
 from .models import PatchDiscriminator, Reconstructor
-from .scoring import RANKING_PRESETS, ScoreConfig
+from .neighbours import Embedding, check_space, combine, mean_distances
+from .scoring import RANKING_PRESETS, ScoreConfig, score_batch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: feature bank and neighbour scales (files of format 1 have neither)
 _KIND = "patchgan_fast.PatchGAN"
 
 
@@ -35,6 +40,10 @@ class PatchGAN(nn.Module):
         error_scales: the standard deviations (mse, msgms) of the normal validation images' scores
             under each error measure (unweighted patch errors, the config's ranking), the divisors of
             ``error='mse+msgms'``; None without validation images.
+        feature_bank: Tensor[N, D] float32, the unit-length features (``config.neighbours``'s space) of N
+            normal training images, or None (see :meth:`add_neighbours`); a buffer, so it moves with the model.
+        neighbour_scales: (mean, std) of the validation images' eq. 5 scores, then of their mean distances
+            to the bank: the units in which the two scores are summed; None without a bank.
     """
 
     def __init__(self, config: TrainConfig, channels: int, mean: tuple[float, ...], std: tuple[float, ...]):
@@ -47,6 +56,8 @@ class PatchGAN(nn.Module):
         self.score_stats: dict[str, float] = {}
         self.patch_weights: Optional[tuple[tuple[float, ...], ...]] = None
         self.error_scales: Optional[tuple[float, float]] = None
+        self.register_buffer("feature_bank", None, persistent=False)
+        self.neighbour_scales: Optional[tuple[float, float, float, float]] = None
         # channels_last: faster convolutions on GPUs and on CPUs alike (oneDNN: scoring 1.6-2x faster on 2 cores)
         self.to(memory_format=torch.channels_last)
 
@@ -62,6 +73,7 @@ class PatchGAN(nn.Module):
             seed=self.config.seed % 2**32, top_weights=top, rest_weight=rest, mean=self.mean, std=self.std,
             patch_weights=self.patch_weights if self.config.position_weights else None,
             channels_last=True,
+            neighbour_scales=self.neighbour_scales if self.feature_bank is not None else None,
         )
 
     def normalize(self, scores: Tensor) -> Tensor:
@@ -74,6 +86,78 @@ class PatchGAN(nn.Module):
         if not self.score_stats or not self.score_stats.get("std"):
             raise RuntimeError("this model has no validation score statistics; train it with val_fraction > 0")
         return (scores - self.score_stats["mean"]) / self.score_stats["std"]
+
+    def add_neighbours(self, images: Tensor, held_out: Tensor, features: str = "discriminator", k: int = 5,
+                       batch: int = 256) -> "PatchGAN":
+        """Gives the model a feature bank, so that it scores with eq. 5 plus a nearest-neighbour score: the
+        mean Euclidean distance from an image's features to those of its ``k`` nearest bank images, each
+        score in units of the held-out images' scores, summed (:mod:`patchgan_fast.neighbours`). Sets
+        ``feature_bank``, ``neighbour_scales``, ``config.neighbours``/``neighbour_k`` and ``score_stats``
+        (now those of the summed score); replaces an earlier bank. ``fit`` calls it when
+        ``TrainConfig.neighbours`` is set; a model trained without one can be given one afterwards.
+
+        Args:
+            images (Tensor[N, C, H, W]): normal images for the bank (uint8, or float in [0, 1]); the
+                training images, or a share of them.
+            held_out (Tensor[M, C, H, W]): other normal images (the validation images), for the units.
+            features: one of ``neighbours.FEATURE_SPACES``.
+            k: neighbours per image, 1 .. N.
+            batch: images per network call.
+
+        Raises:
+            ValueError: unknown ``features``, ``k`` outside 1 .. N, fewer than 2 held-out images, or held-out
+                scores without spread.
+        """
+        check_space(features)
+        for name, x in (("images", images), ("held_out", held_out)):
+            if not isinstance(x, Tensor) or x.dim() != 4:
+                raise TypeError(f"expected {name} as a Tensor [N, C, H, W], got "
+                                f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(images):
+            raise ValueError(f"expected k in 1..{len(images)} (the bank images), got {k!r}")
+        if len(held_out) < 2:
+            raise ValueError(f"expected at least 2 held-out images to scale the scores, got {len(held_out)}")
+        self.feature_bank, self.neighbour_scales = None, None  # eq. 5 alone while the units are measured
+        config = dataclasses.replace(self.config, neighbours=features, neighbour_k=k)
+        device = next(self.parameters()).device
+        plain = torch.cat([score_batch(self, held_out[i:i + batch].to(device)).scores.cpu()
+                           for i in range(0, len(held_out), batch)])
+        bank = self._embed(images, features, batch)
+        near = mean_distances(self._embed(held_out, features, batch), bank, k).cpu()
+        scales = (float(plain.mean()), float(plain.std()), float(near.mean()), float(near.std()))
+        if not all(math.isfinite(v) for v in scales) or scales[1] <= 0 or scales[3] <= 0:
+            raise ValueError(f"the held-out images' scores and distances have no spread (mean, std of each: {scales}); "
+                             "give more, or more varied, held-out images")
+        self.config, self.feature_bank, self.neighbour_scales = config, bank, scales
+        self.score_stats = score_statistics(combine(plain, near, scales))
+        return self
+
+    def neighbour_distances(self, images: Tensor, batch: int = 256) -> Tensor:
+        """Tensor[B] float32: the mean distance from each image's features to its ``config.neighbour_k``
+        nearest in the feature bank, on the model's device.
+
+        Raises:
+            RuntimeError: the model has no feature bank.
+        """
+        if self.feature_bank is None:
+            raise RuntimeError("this model has no feature bank; train it with TrainConfig(neighbours=...) "
+                               "or call add_neighbours")
+        return mean_distances(self._embed(images, self.config.neighbours, batch), self.feature_bank,
+                              self.config.neighbour_k)
+
+    def _embed(self, images: Tensor, features: str, batch: int) -> Tensor:
+        """[N, D] unit-length features of ``images`` (any device) on the model's device."""
+        ops.check_images(images)
+        device = next(self.parameters()).device
+        net, was_training = Embedding(self, features), self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                feats = [net(normalize_reference(images[i:i + batch].to(device), self.mean, self.std))
+                         for i in range(0, len(images), batch)]
+        finally:
+            self.train(was_training)
+        return torch.cat(feats)
 
     @classmethod
     def fit(cls, data, config: Optional[TrainConfig] = None, *, resume: bool = False) -> "PatchGAN":
@@ -94,6 +178,8 @@ class PatchGAN(nn.Module):
             "score_stats": dict(self.score_stats),
             "patch_weights": None if self.patch_weights is None else [list(r) for r in self.patch_weights],
             "error_scales": None if self.error_scales is None else list(self.error_scales),
+            "feature_bank": None if self.feature_bank is None else self.feature_bank.detach().cpu(),
+            "neighbour_scales": None if self.neighbour_scales is None else list(self.neighbour_scales),
             "reconstructor": {k: v.detach().cpu() for k, v in self.reconstructor.state_dict().items()},
             "discriminator": {k: v.detach().cpu() for k, v in self.discriminator.state_dict().items()},
         }
@@ -120,6 +206,9 @@ class PatchGAN(nn.Module):
         model.patch_weights = None if weights is None else tuple(tuple(float(v) for v in r) for r in weights)
         scales = state.get("error_scales")  # absent in files written before 'mse+msgms'
         model.error_scales = None if scales is None else tuple(float(v) for v in scales)
+        if state.get("feature_bank") is not None:  # format 2
+            model.feature_bank = state["feature_bank"].float()
+            model.neighbour_scales = tuple(float(v) for v in state["neighbour_scales"])
         return model.eval()
 
     @classmethod
@@ -142,6 +231,13 @@ class PatchGAN(nn.Module):
                 f"file): {reason}"
             ) from exc
         return cls.from_state(state, repr(str(path)))
+
+
+def score_statistics(scores: Tensor) -> dict[str, float]:
+    """``PatchGAN.score_stats`` of normal validation scores: mean, std, p50, p95, p99, count."""
+    q = torch.quantile(scores.double(), torch.tensor([0.5, 0.95, 0.99], dtype=torch.float64))
+    return {"mean": float(scores.mean()), "std": float(scores.std()) if len(scores) > 1 else 0.0,
+            "p50": float(q[0]), "p95": float(q[1]), "p99": float(q[2]), "count": len(scores)}
 
 
 def _package_version() -> str:

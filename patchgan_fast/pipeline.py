@@ -6,12 +6,15 @@ copy, bf16 on CUDA) runs on chunks of images, all K copies of a chunk in one for
 memory stays bounded for any batch size; the fused Triton kernel reads the K reconstructions in
 their own dtype and returns the ranked scores. No fp32 copy of the reconstructions is ever made
 (with ``error='msgms'`` the in-filled image is gathered and its structural error map computed in
-PyTorch instead).
+PyTorch instead). A model with a feature bank (``config.neighbour_scales``) also embeds each chunk's
+unmasked images with a private fp32 copy of its feature network and adds their nearest-neighbour
+distances (:mod:`patchgan_fast.neighbours`).
 
 On CUDA the reconstructor is captured with CUDA graphs through ``torch.compile(mode='reduce-overhead')``
 (chunks are padded to one shape, so it compiles once); when compilation fails, the scorer warns once
-and runs eagerly. Scores equal :func:`score_batch`'s (bit for bit in fp32 on the CPU; within bf16
-rounding on the GPU, see ``tests/test_pipeline.py``).
+and runs eagerly. Scores equal :func:`score_batch`'s (bit for bit in fp32 on the CPU, within float
+rounding with a feature bank, whose network sees other batch sizes; within bf16 rounding on the GPU,
+see ``tests/test_pipeline.py``).
 
     scorer = Scorer(model)                 # PatchGAN or any [N, C, H, W] -> [N, C, H, W] module
     scores, patch_errors = scorer(images)  # uint8 [B, C, H, W], on the CPU or the device
@@ -27,6 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
+from ._reference import normalize_reference
+from .neighbours import Embedding, combine, mean_distances
 from .scoring import ScoreConfig, default_forward_batch, patch_scores
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -96,6 +101,13 @@ class Scorer:
         self.fallback_reason: Optional[str] = None
         self._run = self._compiled() if self.compiled else self.net
         self._weights: dict[tuple[int, int], Optional[Tensor]] = {}  # patch weights on the device, per grid
+        self._neighbours = None
+        if config.neighbour_scales is not None:  # eq. 5 + nearest-neighbour distance: the feature net in fp32
+            if getattr(model, "feature_bank", None) is None:
+                raise ValueError(f"config.neighbour_scales is set but the model ({type(model).__name__}) has no feature "
+                                 "bank; give it one (PatchGAN.add_neighbours) or score without neighbour_scales")
+            embed = copy.deepcopy(Embedding(model, model.config.neighbours)).to(self.device).eval().requires_grad_(False)
+            self._neighbours = (embed, model.feature_bank.to(self.device), model.config.neighbour_k)
 
     def _compiled(self):
         mode = "reduce-overhead" if self.compile_mode == "cudagraphs" else None
@@ -171,6 +183,8 @@ class Scorer:
                     kx = torch.cat([kx, kx[-1:].expand(short)])
                 recon = self._reconstruct(self._masks(x, kx))
                 s, e = self._patch_scores(x, recon, kx, (gh, gw))
+                if self._neighbours is not None:
+                    s = combine(s, self._distances(x), cfg.neighbour_scales)
                 scores.append(s[: n - short])
                 errors.append(e[: n - short])
         scores, errors = torch.cat(scores), torch.cat(errors)
@@ -206,6 +220,11 @@ class Scorer:
         if cfg.num_copies > 1:
             assignment = ops.patch_assignment(keys, grid, layout=cfg.layout, num_copies=cfg.num_copies, seed=cfg.seed)
         return patch_scores(x, recon, assignment, cfg, self._position_weights(grid))
+
+    def _distances(self, x: Tensor) -> Tensor:
+        """[n] mean distances of the images' features to their nearest in the model's feature bank."""
+        embed, bank, k = self._neighbours
+        return mean_distances(embed(normalize_reference(x, self.config.mean, self.config.std)), bank, k)
 
     def _position_weights(self, grid: tuple[int, int]) -> Optional[Tensor]:
         """The config's patch weights on the device, made once per grid."""

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from . import ops
 from ._reference import infilled_reference, normalize_reference, rank_patch_errors
 from .gms import gms_errors
+from .neighbours import combine
 
 #: Ranking presets (``top_weights``, ``rest_weight``) for eq. 5. ``paper``: 1.1 for the most anomalous
 #: patch and 1.0 for the next, as in Chen et al.; ``none``: the unranked sum (the paper's "without
@@ -57,6 +58,10 @@ class ScoreConfig:
         fill: value of hidden pixels after normalization.
         dtype: model input dtype; None uses the dtype of the model's parameters.
         channels_last: feed the model channels_last tensors.
+        neighbour_scales: (mean, std) of normal images' eq. 5 scores, then of their nearest-neighbour
+            distances; when set, the image score is eq. 5 plus the model's nearest-neighbour distance
+            (``model.neighbour_distances``), each in these units, summed (:mod:`patchgan_fast.neighbours`).
+            A :class:`~patchgan_fast.PatchGAN` with a feature bank sets them; None: eq. 5 alone.
     """
 
     patch_size: int = 16
@@ -73,6 +78,7 @@ class ScoreConfig:
     fill: float = 0.0
     dtype: Optional[torch.dtype] = None
     channels_last: bool = False
+    neighbour_scales: Optional[tuple[float, float, float, float]] = None
 
     def __post_init__(self):
         if self.error not in ERRORS:
@@ -83,6 +89,12 @@ class ScoreConfig:
                 raise ValueError(f"ScoreConfig.error_scales must be two positive finite floats (mse, msgms), "
                                  f"got {self.error_scales!r}")
             object.__setattr__(self, "error_scales", scales)
+        if self.neighbour_scales is not None:
+            scales = tuple(float(v) for v in self.neighbour_scales)
+            if len(scales) != 4 or not all(abs(v) < float("inf") for v in scales) or scales[1] <= 0 or scales[3] <= 0:
+                raise ValueError(f"ScoreConfig.neighbour_scales must be four finite floats (score mean, score std > 0, "
+                                 f"distance mean, distance std > 0), got {self.neighbour_scales!r}")
+            object.__setattr__(self, "neighbour_scales", scales)
         if self.layout not in ("none", "phases", "random"):
             raise ValueError(f"ScoreConfig.layout must be 'none', 'phases' or 'random', got {self.layout!r}")
         if self.layout == "none" and self.num_copies != 1:
@@ -123,11 +135,14 @@ class ScoreResult:
     """Output of :func:`score_batch`.
 
     Attributes:
-        scores (Tensor[B] float32): image anomaly scores (eq. 5), higher = more abnormal.
+        scores (Tensor[B] float32): image anomaly scores (eq. 5; with ``config.neighbour_scales``, eq. 5
+            plus the nearest-neighbour distance, each in units of normal images'), higher = more abnormal.
         patch_errors (Tensor[B, Gh, Gw] float32): per-patch errors (eq. 2, or ``config.error``), for localization.
         assignment (Tensor[B, Gh, Gw] uint8 or None): the copy that hid each patch (None for K = 1).
         masked (Tensor[K, B, C, H, W]): the masked, normalized copies fed to the model.
         reconstructions (Tensor[K, B, C, H, W]): the model's outputs.
+        neighbour_distances (Tensor[B] float32 or None): the nearest-neighbour distances added to the
+            scores (with ``config.neighbour_scales``).
     """
 
     scores: Tensor
@@ -135,6 +150,7 @@ class ScoreResult:
     assignment: Optional[Tensor]
     masked: Tensor
     reconstructions: Tensor
+    neighbour_distances: Optional[Tensor] = None
 
 
 def _model_dtype_device(model: nn.Module) -> tuple[Optional[torch.dtype], Optional[torch.device]]:
@@ -210,8 +226,16 @@ def score_batch(
         )
     weights = config.patch_weights_tensor((h // config.patch_size, w // config.patch_size), images.device)
     scores, errors = patch_scores(images, recon, assignment, config, weights)
+    distances = None
+    if config.neighbour_scales is not None:
+        if getattr(model, "feature_bank", None) is None:
+            raise ValueError(f"config.neighbour_scales is set but the model ({type(model).__name__}) has no feature bank; "
+                             "give it one (PatchGAN.add_neighbours) or score without neighbour_scales")
+        distances = model.neighbour_distances(images)
+        scores = combine(scores, distances, config.neighbour_scales)
     ops._raise_if_not_finite(scores)
-    return ScoreResult(scores=scores, patch_errors=errors, assignment=assignment, masked=masked, reconstructions=recon)
+    return ScoreResult(scores=scores, patch_errors=errors, assignment=assignment, masked=masked, reconstructions=recon,
+                       neighbour_distances=distances)
 
 
 def patch_scores(
@@ -293,6 +317,8 @@ def error_maps(
     """
     if config is None:
         config = getattr(model, "score_config", None) or ScoreConfig()
+    if isinstance(config, ScoreConfig):  # the maps need the reconstructions only
+        config = dataclasses.replace(config, neighbour_scales=None)
     k = default_smoothing(config.patch_size) if smoothing is None else smoothing
     if not isinstance(k, int) or k < 1 or k % 2 == 0:
         raise ValueError(f"expected smoothing a positive odd int, got {k!r}")

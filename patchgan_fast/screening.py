@@ -360,6 +360,10 @@ def _report(out: Path, rows: list[dict], errors: list[dict], heat: list[str], mo
     stats = model.score_stats
     ref = (f"<p>Normal validation scores: median {stats['p50']:.4g}, 95th percentile {stats['p95']:.4g}, "
            f"99th {stats['p99']:.4g}.</p>") if stats else ""
+    if model.feature_bank is not None:
+        ref += (f"<p>Score: the ranked patch score (eq. 5) plus the mean distance of the image's "
+                f"{e(model.config.neighbours)} features to those of its {model.config.neighbour_k} nearest normal "
+                f"training images, each in units of the normal validation images'.</p>")
     doc = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>patchgan_fast screening report</title>
 <style>body{{font-family:sans-serif;margin:2em}}td{{padding:4px 8px;vertical-align:middle}}

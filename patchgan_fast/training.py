@@ -26,7 +26,7 @@ from torch import Tensor
 from . import ops
 from .config import TrainConfig
 from ._runtime import distributed, local_cuda_device, progress_bar
-from .model import PatchGAN, atomic_save
+from .model import PatchGAN, atomic_save, score_statistics
 from ._reference import rank_patch_errors
 from .scoring import combine_errors, patch_scores, score_batch
 
@@ -247,7 +247,7 @@ def _validation_statistics(model: PatchGAN, images: Tensor, device: torch.device
     measures give the scales (the spread of each measure's scores), the configured measure's errors
     the weights, and its scores (eq. 5, with the weights when ``config.position_weights`` is on) are
     ranked from the same errors."""
-    cfg = dataclasses.replace(model.score_config, error="mse", patch_weights=None)
+    cfg = dataclasses.replace(model.score_config, error="mse", patch_weights=None, neighbour_scales=None)
     structural_cfg = dataclasses.replace(cfg, error="msgms")
     squared, structural = [], []
     for i in range(0, len(images), batch):
@@ -267,9 +267,7 @@ def _validation_statistics(model: PatchGAN, images: Tensor, device: torch.device
     cfg = model.score_config
     scores = rank_patch_errors(errors, top_weights=cfg.top_weights, rest_weight=cfg.rest_weight,
                                patch_weights=cfg.patch_weights_tensor(errors.shape[1:], "cpu"))
-    q = torch.quantile(scores.double(), torch.tensor([0.5, 0.95, 0.99], dtype=torch.float64))
-    model.score_stats = {"mean": float(scores.mean()), "std": float(scores.std()) if len(scores) > 1 else 0.0,
-                         "p50": float(q[0]), "p95": float(q[1]), "p99": float(q[2]), "count": len(scores)}
+    model.score_stats = score_statistics(scores)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -318,6 +316,12 @@ def validation_split(n: int, config: TrainConfig) -> tuple[Tensor, Tensor]:
     return perm[:n_val], perm[n_val:]
 
 
+def bank_choice(n: int, config: TrainConfig) -> Tensor:
+    """Which of ``n`` training images (positions in fit's training split) go into the feature bank: a
+    seeded random ``config.neighbour_bank`` of them (all when there are fewer)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))[:config.neighbour_bank]
+
+
 def fit(data, config: TrainConfig, *, resume: bool = False) -> PatchGAN:
     """Trains a Patch-GAN on normal images.
 
@@ -336,6 +340,10 @@ def fit(data, config: TrainConfig, *, resume: bool = False) -> PatchGAN:
     src = _Source(data, config)
     val_idx, train_idx = validation_split(src.n, config)
     n_val = len(val_idx)
+    if config.neighbours is not None and (n_val < 2 or len(train_idx) < config.neighbour_k):
+        raise ValueError(f"neighbours={config.neighbours!r} needs at least 2 held-out images and neighbour_k = "
+                         f"{config.neighbour_k} training images, got {n_val} and {len(train_idx)} of {src.n} (val_fraction "
+                         f"{config.val_fraction}): give more images, or change val_fraction or neighbour_k")
     order = _Order(train_idx, config.seed)
 
     raw = src.batch(train_idx[:2048])
@@ -451,6 +459,9 @@ def fit(data, config: TrainConfig, *, resume: bool = False) -> PatchGAN:
         model.reconstructor.load_state_dict(best[1])
     if n_val and rank == 0:
         _validation_statistics(model, val_images, device, config.batch_size)
+        if config.neighbours is not None:
+            bank = train_idx[bank_choice(len(train_idx), config)]
+            model.add_neighbours(src.batch(bank), val_images, config.neighbours, config.neighbour_k, config.batch_size)
     model.history = history
     if world > 1:
         dist.barrier()

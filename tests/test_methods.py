@@ -54,8 +54,9 @@ def test_nearest_neighbour_scoring_adds_normalized_feature_distances(space):
     assert len(method.held_out) + len(method.trained_on) == 96
     net = model.discriminator.features if space == "discriminator" else model.reconstructor.encode
 
-    def embed(x):
-        return torch.nn.functional.normalize(net((x.float() / 255 - model.mean[0]) / model.std[0]).flatten(1), dim=1)
+    def embed(x):  # feature maps average-pooled to 4 x 4 positions, flattened, unit length
+        f = torch.nn.functional.adaptive_avg_pool2d(net((x.float() / 255 - model.mean[0]) / model.std[0]), 4)
+        return torch.nn.functional.normalize(f.flatten(1), dim=1)
 
     images = torch.cat([blobs(8, seed=5), blobs(8, seed=6, abnormal=True)])
     own = model.normalize(method.score(images, maps=False)[0])
@@ -69,14 +70,15 @@ def test_nearest_neighbour_scoring_adds_normalized_feature_distances(space):
     train = method.trained_on[:4]
     one = method.score_neighbours(train, 1, space) - model.normalize(method.score(train, maps=False)[0])
     assert torch.allclose(one, one[0].expand_as(one), atol=1e-2) and one[0] < 0
+    assert model.feature_bank is None and model.score_config.neighbour_scales is None  # the method's model is untouched
 
 
 def test_nearest_neighbour_scoring_refuses_bad_arguments():
     method = get_method("patchgan", dataclasses.replace(CONFIG, steps=2)).fit(blobs(32))
     images = blobs(4, seed=5)
-    with pytest.raises(ValueError, match=r"expected k in 1\.\.\d+ \(the training images\), got 0"):
+    with pytest.raises(ValueError, match=r"expected k in 1\.\.\d+ \(the bank images\), got 0"):
         method.score_neighbours(images, k=0)
-    with pytest.raises(ValueError, match=r"expected features one of \['bottleneck', 'discriminator'\], got 'pixels'"):
+    with pytest.raises(ValueError, match="expected features one of discriminator, bottleneck, discriminator\\+bottleneck, got 'pixels'"):
         method.score_neighbours(images, features="pixels")
     no_val = get_method("patchgan", dataclasses.replace(CONFIG, steps=2, val_fraction=0.0)).fit(blobs(32))
     with pytest.raises(RuntimeError, match="nearest-neighbour scoring needs at least 2 held-out normal images, got 0"):

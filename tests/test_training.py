@@ -169,8 +169,12 @@ def test_corrupt_truncated_foreign_and_newer_files_raise(trained, tmp_path):
     state = trained.state()
     state["format_version"] = 99
     torch.save(state, tmp_path / "new.pgf")
-    with pytest.raises(ValueError, match=r"has model format 99.*reads formats up to 1: upgrade patchgan_fast"):
+    with pytest.raises(ValueError, match=r"has model format 99.*reads formats up to 2: upgrade patchgan_fast"):
         PatchGAN.load(tmp_path / "new.pgf")
+    old = {k: v for k, v in trained.state().items() if k not in ("feature_bank", "neighbour_scales")}
+    torch.save({**old, "format_version": 1}, tmp_path / "old.pgf")  # as written before feature banks
+    loaded = PatchGAN.load(tmp_path / "old.pgf")
+    assert loaded.feature_bank is None and loaded.score_config.neighbour_scales is None
     with pytest.raises(FileNotFoundError, match=r"model file '.*missing.pgf' does not exist"):
         PatchGAN.load(tmp_path / "missing.pgf")
 

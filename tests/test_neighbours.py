@@ -1,0 +1,151 @@
+"""A Patch-GAN with a feature bank: eq. 5 plus the distance to the nearest normal training images' features,
+each in units of the validation images' scores (TrainConfig.neighbours, PatchGAN.add_neighbours), on every
+scoring path (score_batch, Scorer, the model file, the CLI)."""
+
+import csv
+import dataclasses
+
+import pytest
+import torch
+from helpers import SMALL, blobs
+from PIL import Image
+
+from patchgan_fast import PatchGAN, Scorer, ScoreConfig, TrainConfig, score_batch
+from patchgan_fast._reference import normalize_reference
+from patchgan_fast.cli import main
+from patchgan_fast.neighbours import Embedding
+from patchgan_fast.training import bank_choice, validation_split
+
+CONFIG = TrainConfig(**SMALL, steps=10, val_fraction=0.25, neighbours="bottleneck", neighbour_k=3, neighbour_bank=20)
+TRAIN = blobs(48)
+TEST = torch.cat([blobs(6, seed=1), blobs(6, seed=2, abnormal=True)])
+
+
+@pytest.fixture(scope="module")
+def model():
+    return PatchGAN.fit(TRAIN, CONFIG)
+
+
+def _features(model, images, space="bottleneck"):
+    """The features of the unmasked images, average-pooled to at most 4 x 4, flattened, unit length (by hand)."""
+    x = (images.float() / 255 - model.mean[0]) / model.std[0]
+    f = model.reconstructor.encode(x) if space == "bottleneck" else model.discriminator.features(x)
+    f = torch.nn.functional.adaptive_avg_pool2d(f, (min(f.shape[-2], 4), min(f.shape[-1], 4)))
+    return torch.nn.functional.normalize(f.flatten(1), dim=1)
+
+
+@torch.inference_mode()
+def test_the_score_is_eq5_plus_the_distance_each_in_validation_units(model):
+    val, train = validation_split(len(TRAIN), CONFIG)
+    bank = TRAIN[train[bank_choice(len(train), CONFIG)]]
+    assert len(bank) == 20 and torch.allclose(model.feature_bank, _features(model, bank), atol=1e-5)
+    plain = dataclasses.replace(model.score_config, neighbour_scales=None)
+    near = torch.cdist(_features(model, TEST), model.feature_bank).topk(3, dim=1, largest=False).values.mean(1)
+    a, b, c, d = model.neighbour_scales
+    result = score_batch(model, TEST)
+    torch.testing.assert_close(result.neighbour_distances, near, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(result.scores, (score_batch(model, TEST, plain).scores - a) / b + (near - c) / d,
+                               atol=1e-4, rtol=1e-4)
+    # the units: the validation images' eq. 5 scores and distances; score_stats are of the summed score
+    held_out = TRAIN[val]
+    eq5 = score_batch(model, held_out, plain).scores
+    dist = torch.cdist(_features(model, held_out), model.feature_bank).topk(3, dim=1, largest=False).values.mean(1)
+    torch.testing.assert_close(torch.tensor([a, b, c, d]), torch.stack([eq5.mean(), eq5.std(), dist.mean(), dist.std()]),
+                               atol=1e-4, rtol=1e-4)
+    assert abs(model.score_stats["mean"]) < 1e-4 and model.score_stats["count"] == len(val)
+    torch.testing.assert_close(model.normalize(score_batch(model, held_out).scores).mean(), torch.tensor(0.0), atol=1e-4, rtol=0)
+    # patch errors, the localization map, are eq. 2's as without the bank
+    torch.testing.assert_close(result.patch_errors, score_batch(model, TEST, plain).patch_errors)
+
+
+def test_every_scoring_path_agrees_and_the_model_file_keeps_the_bank(model, tmp_path):
+    expected = score_batch(model, TEST).scores
+    torch.testing.assert_close(Scorer(model, compile="none")(TEST)[0], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(Scorer(model, compile="none", forward_batch=8)(TEST)[0], expected, atol=1e-5, rtol=1e-5)
+    model.save(tmp_path / "m.pgf")
+    loaded = PatchGAN.load(tmp_path / "m.pgf")
+    assert (loaded.config, loaded.neighbour_scales, loaded.score_stats) == (model.config, model.neighbour_scales,
+                                                                           model.score_stats)
+    assert torch.equal(loaded.feature_bank, model.feature_bank)
+    assert torch.equal(score_batch(loaded, TEST).scores, expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_gpu_scorer_adds_the_same_distances(model):
+    expected = score_batch(model, TEST).scores
+    for precision, tol in (("fp32", 1e-3), ("bf16", 5e-2)):  # the feature network runs in fp32 either way
+        got = Scorer(model, device="cuda", precision=precision, compile="none")(TEST)[0].cpu()
+        torch.testing.assert_close(got, expected, atol=tol * float(expected.abs().max()), rtol=0)
+
+
+def test_a_bank_can_be_added_to_a_trained_model_and_replaced():
+    plain = PatchGAN.fit(TRAIN, dataclasses.replace(CONFIG, neighbours=None))
+    assert plain.feature_bank is None and plain.score_config.neighbour_scales is None
+    before = score_batch(plain, TEST).scores
+    val, train = validation_split(len(TRAIN), CONFIG)
+    plain.add_neighbours(TRAIN[train], TRAIN[val], "discriminator", k=2)
+    assert plain.config.neighbours == "discriminator" and plain.config.neighbour_k == 2
+    assert len(plain.feature_bank) == len(train)
+    after = score_batch(plain, TEST)
+    a, b, c, d = plain.neighbour_scales
+    torch.testing.assert_close(after.scores, (before - a) / b + (after.neighbour_distances - c) / d, atol=1e-4, rtol=1e-4)
+    plain.add_neighbours(TRAIN[train[:5]], TRAIN[val], "bottleneck", k=1)  # replaces the bank and the units
+    assert len(plain.feature_bank) == 5 and plain.config.neighbours == "bottleneck"
+    assert torch.allclose(score_batch(plain, TRAIN[train[:5]]).neighbour_distances, torch.zeros(5), atol=1e-3)
+
+
+@torch.inference_mode()
+def test_the_joint_space_puts_both_unit_vectors_side_by_side(model):
+    both = Embedding(model, "discriminator+bottleneck")(normalize_reference(TEST, model.mean, model.std))
+    by_hand = torch.cat([_features(model, TEST, "discriminator"), _features(model, TEST, "bottleneck")], 1) / 2**0.5
+    torch.testing.assert_close(both, by_hand, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both.norm(dim=1), torch.ones(len(TEST)))
+
+
+def test_bad_settings_are_refused_with_what_was_given(model):
+    spaces = r"discriminator, bottleneck, discriminator\+bottleneck"
+    for bad, message in ((dict(neighbours="pixels"), f"expected features one of {spaces}, got 'pixels'"),
+                         (dict(val_fraction=0.0), "needs held-out images to scale its score: val_fraction > 0, got 0.0"),
+                         (dict(neighbour_k=0), "neighbour_k must be a positive int, got 0"),
+                         (dict(neighbour_k=30), r"neighbour_k \(30\) must not exceed neighbour_bank \(20\)")):
+        with pytest.raises(ValueError, match=message):
+            dataclasses.replace(CONFIG, **bad)
+    # too few images for the held-out units: refused before training, not after it
+    with pytest.raises(ValueError, match="needs at least 2 held-out images and neighbour_k = 3 training images, got 1 and 3"):
+        PatchGAN.fit(blobs(4), CONFIG)
+    val, train = validation_split(len(TRAIN), CONFIG)
+    with pytest.raises(ValueError, match=r"expected k in 1\.\.20 \(the bank images\), got 21"):
+        model.add_neighbours(TRAIN[train[:20]], TRAIN[val], k=21)
+    with pytest.raises(ValueError, match="expected at least 2 held-out images to scale the scores, got 1"):
+        model.add_neighbours(TRAIN[train], TRAIN[val[:1]])
+    with pytest.raises(ValueError, match=r"neighbour_scales must be four finite floats .* got \(0.0, 0.0, 1.0, 1.0\)"):
+        ScoreConfig(neighbour_scales=(0.0, 0.0, 1.0, 1.0))
+    plain = PatchGAN(dataclasses.replace(CONFIG, neighbours=None), 1, (0.5,), (0.2,))
+    config = dataclasses.replace(plain.score_config, neighbour_scales=(0.0, 1.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match=r"neighbour_scales is set but the model \(PatchGAN\) has no feature bank"):
+        score_batch(plain, TEST, config)
+    with pytest.raises(ValueError, match=r"neighbour_scales is set but the model \(PatchGAN\) has no feature bank"):
+        Scorer(plain, config)
+    with pytest.raises(RuntimeError, match="this model has no feature bank"):
+        plain.neighbour_distances(TEST)
+
+
+def test_the_train_command_gives_the_model_a_bank_that_screening_uses(tmp_path):
+    (tmp_path / "normal").mkdir()
+    for i, im in enumerate(blobs(24)):
+        Image.fromarray(im[0].numpy()).save(tmp_path / "normal" / f"{i}.png")
+    out = tmp_path / "m.pgf"
+    assert main(["train", str(tmp_path / "normal"), "--out", str(out), "--size", "32", "--steps", "2", "--width", "8",
+                 "--depth", "2", "--batch-size", "8", "--workers", "0", "--neighbours", "discriminator",
+                 "--neighbour-k", "2", "--neighbour-bank", "10"]) == 0
+    model = PatchGAN.load(out)
+    assert model.config.neighbours == "discriminator" and model.config.neighbour_k == 2 and len(model.feature_bank) == 10
+    screened = tmp_path / "screened"
+    assert main(["screen", str(out), str(tmp_path / "normal"), "--out", str(screened), "--workers", "0",
+                 "--compile", "none"]) == 0
+    assert "discriminator features to those of its 2 nearest normal training images" in (screened / "report.html").read_text()
+    with open(screened / "scores.csv", newline="") as f:
+        rows = {r["path"].rsplit("/", 1)[-1]: float(r["score"]) for r in csv.DictReader(f)}
+    names = [f"{i}.png" for i in range(24)]
+    expected = score_batch(model, blobs(24)).scores
+    torch.testing.assert_close(torch.tensor([rows[n] for n in names]), expected, atol=1e-4, rtol=1e-4)
