@@ -29,6 +29,13 @@ def check_space(features: str) -> None:
         raise ValueError(f"expected features one of {', '.join(FEATURE_SPACES)}, got {features!r}")
 
 
+def check_bank(model: nn.Module) -> None:
+    """Raises ValueError unless ``model`` has a feature bank (a config with ``neighbour_scales`` needs one)."""
+    if getattr(model, "feature_bank", None) is None:
+        raise ValueError(f"config.neighbour_scales is set but the model ({type(model).__name__}) has no feature bank; "
+                         "give it one (PatchGAN.add_neighbours) or score without neighbour_scales")
+
+
 class Embedding(nn.Module):
     """Normalized images ``[N, C, H, W]`` -> unit-length feature vectors ``[N, D]`` float32 in one of
     ``FEATURE_SPACES`` of a :class:`~patchgan_fast.PatchGAN` (it shares the model's network)."""

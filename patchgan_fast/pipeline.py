@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from . import ops
 from ._reference import normalize_reference
-from .neighbours import Embedding, combine, mean_distances
+from .neighbours import Embedding, check_bank, combine, mean_distances
 from .scoring import ScoreConfig, default_forward_batch, patch_scores
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -103,9 +103,7 @@ class Scorer:
         self._weights: dict[tuple[int, int], Optional[Tensor]] = {}  # patch weights on the device, per grid
         self._neighbours = None
         if config.neighbour_scales is not None:  # eq. 5 + nearest-neighbour distance: the feature net in fp32
-            if getattr(model, "feature_bank", None) is None:
-                raise ValueError(f"config.neighbour_scales is set but the model ({type(model).__name__}) has no feature "
-                                 "bank; give it one (PatchGAN.add_neighbours) or score without neighbour_scales")
+            check_bank(model)
             embed = copy.deepcopy(Embedding(model, model.config.neighbours)).to(self.device).eval().requires_grad_(False)
             self._neighbours = (embed, model.feature_bank.to(self.device), model.config.neighbour_k)
 

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from . import ops
 from ._reference import infilled_reference, normalize_reference, rank_patch_errors
 from .gms import gms_errors
-from .neighbours import combine
+from .neighbours import check_bank, combine
 
 #: Ranking presets (``top_weights``, ``rest_weight``) for eq. 5. ``paper``: 1.1 for the most anomalous
 #: patch and 1.0 for the next, as in Chen et al.; ``none``: the unranked sum (the paper's "without
@@ -228,9 +228,7 @@ def score_batch(
     scores, errors = patch_scores(images, recon, assignment, config, weights)
     distances = None
     if config.neighbour_scales is not None:
-        if getattr(model, "feature_bank", None) is None:
-            raise ValueError(f"config.neighbour_scales is set but the model ({type(model).__name__}) has no feature bank; "
-                             "give it one (PatchGAN.add_neighbours) or score without neighbour_scales")
+        check_bank(model)
         distances = model.neighbour_distances(images)
         scores = combine(scores, distances, config.neighbour_scales)
     ops._raise_if_not_finite(scores)

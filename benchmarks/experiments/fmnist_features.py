@@ -40,6 +40,7 @@ from fmnist_ten_classes import print_class, print_results, protocol_split, train
 from patchgan_fast import PatchGAN, score_batch
 from patchgan_fast._reference import normalize_reference
 from patchgan_fast.evaluation import image_metrics
+from patchgan_fast.neighbours import mean_distances
 from patchgan_fast.training import _validation_statistics
 
 
@@ -55,15 +56,9 @@ def features(m: PatchGAN, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out.setdefault("bottleneck", []).append(bottleneck(xn))
         out.setdefault("bottleneck, masked copies", []).append(
             torch.stack([bottleneck(xn.masked_fill(hid, 0.0)) for hid in masks]).mean(0))
-        out.setdefault("discriminator", []).append(m.discriminator.net[:8](xn).flatten(1))
+        out.setdefault("discriminator", []).append(m.discriminator.features(xn).flatten(1))
         out.setdefault("pixels", []).append(xn.flatten(1))
     return {k: F.normalize(torch.cat(v), dim=1) for k, v in out.items()}
-
-
-def knn(query: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
-    """Mean Euclidean distance of every query vector to its k nearest vectors of ``bank``."""
-    return torch.cat([torch.cdist(query[i:i + 1000], bank).topk(k, dim=1, largest=False).values.mean(1)
-                      for i in range(0, len(query), 1000)])
 
 
 def main() -> None:
@@ -88,15 +83,15 @@ def main() -> None:
         ft, fv, fb = features(m, te), features(m, val), features(m, fit_x)
         for space in ft:
             for k in (1, 5):
-                st, sv = knn(ft[space], fb[space], k), knn(fv[space], fb[space], k)
+                st, sv = mean_distances(ft[space], fb[space], k), mean_distances(fv[space], fb[space], k)
                 res[(c, f"kNN {space}, k {k}")] = image_metrics(st.tolist(), y)["auroc"]
                 both = z(rec["test"], rec["val"]) + z(st, sv)
                 res[(c, f"z(reconstruction) + z(kNN {space}, k {k})")] = image_metrics(both.tolist(), y)["auroc"]
         # Both learnt spaces together: two kNN scores summed, or one kNN in the joint space (both unit vectors
         # side by side, the package's 'discriminator+bottleneck'); and the bank a model file could afford to
         # carry: a fixed random 1,000 of the 5,400 training images (a seeded generator, not chosen by any score).
-        st = {s: knn(ft[s], fb[s], 5) for s in ("discriminator", "bottleneck")}
-        sv = {s: knn(fv[s], fb[s], 5) for s in st}
+        st = {s: mean_distances(ft[s], fb[s], 5) for s in ("discriminator", "bottleneck")}
+        sv = {s: mean_distances(fv[s], fb[s], 5) for s in st}
         three = z(rec["test"], rec["val"]) + sum(z(st[s], sv[s]) for s in st)
         res[(c, "z(reconstruction) + z(kNN discriminator, k 5) + z(kNN bottleneck, k 5)")] = \
             image_metrics(three.tolist(), y)["auroc"]
@@ -105,7 +100,7 @@ def main() -> None:
         keep = torch.randperm(len(fit_x), generator=torch.Generator().manual_seed(0))[:1000]
         for s in ("discriminator", "bottleneck", "discriminator+bottleneck"):
             for bank, name in ((fb[s], ""), (fb[s][keep], ", bank of 1,000")):
-                both = z(rec["test"], rec["val"]) + z(knn(ft[s], bank, 5), knn(fv[s], bank, 5))
+                both = z(rec["test"], rec["val"]) + z(mean_distances(ft[s], bank, 5), mean_distances(fv[s], bank, 5))
                 res[(c, f"z(reconstruction) + z(kNN {s}, k 5{name})")] = image_metrics(both.tolist(), y)["auroc"]
         print_class(c, res, t)
     print_results(res, classes)
