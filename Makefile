@@ -12,6 +12,7 @@ demo:
 
 test:
 	bash scripts/setup.sh
+	.venv/bin/lint-imports --config .importlinter   # the layers: each imports only from those below it
 	$(PY) -m pytest -q tests
 	$(PY) -m pytest -q benchmarks --benchmark-disable
 

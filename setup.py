@@ -8,13 +8,15 @@ nvcc); NO_CUDA=1 skips them; DEBUG=1 builds with -O0 -g.
 
 import glob
 import os
+import re
 
 import torch
-from setuptools import setup
+from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-VERSION = "0.1.0"
+with open(os.path.join(ROOT, "patchgan_fast", "runtime", "__init__.py")) as f:
+    VERSION = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 
 def _extension():
@@ -49,7 +51,8 @@ setup(
     name="patchgan_fast",
     version=VERSION,
     description="Patch-GAN novelty detection for medical images with fused masks and patch-score kernels",
-    packages=["patchgan_fast", "patchgan_fast.kernels"],
+    # every subpackage of patchgan_fast, and the Triton kernels of the top-level kernels/ as patchgan_fast.kernels
+    packages=find_packages(include=["patchgan_fast", "patchgan_fast.*"]) + ["patchgan_fast.kernels"],
     package_dir={"patchgan_fast": "patchgan_fast", "patchgan_fast.kernels": "kernels"},
     python_requires=">=3.10",
     install_requires=[
@@ -64,7 +67,7 @@ setup(
         "triton; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
     extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis"]},
-    entry_points={"console_scripts": ["patchgan-fast = patchgan_fast.cli:main"]},
+    entry_points={"console_scripts": ["patchgan-fast = patchgan_fast.app.cli:main"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,

@@ -25,21 +25,21 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import device_name, versions, write_results  # noqa: E402
 from pipeline_common import default_model, seconds_per_call, smooth_images, write_files  # noqa: E402
 
-from patchgan_fast import Scorer  # noqa: E402
-from patchgan_fast._reference import reference_pipeline  # noqa: E402
-from patchgan_fast.screening import _Files  # noqa: E402
+from patchgan_fast import Scorer, ops  # noqa: E402
+from patchgan_fast.data import DecodedFiles  # noqa: E402
+from patchgan_fast.scoring import patch_scores, reference_pipeline  # noqa: E402
 
 
 def _breakdown(scorer: Scorer, x_host: torch.Tensor, device, repeats: int) -> dict:
     """Seconds per batch of each stage, each timed on its own over the whole batch."""
-    b, _, h, w = x_host.shape
+    b = x_host.shape[0]
     pinned = x_host.pin_memory() if device.type == "cuda" else x_host
     x = pinned.to(device)
     keys = torch.zeros(b, dtype=torch.int64, device=device)
-    grid = (h // scorer.config.patch_size, w // scorer.config.patch_size)
+    plan, cfg = scorer.plan(x.shape), scorer.config
     n = scorer.chunk
     with torch.inference_mode():
-        masked = scorer._masks(x, keys)
+        masked = ops.mask_with(plan, x, keys)
         chunks = [masked[:, i:i + n] for i in range(0, b, n)]
         recon = torch.cat([scorer._reconstruct(c) for c in chunks], dim=1)
 
@@ -48,15 +48,17 @@ def _breakdown(scorer: Scorer, x_host: torch.Tensor, device, repeats: int) -> di
 
         return {
             "transfer": seconds_per_call(lambda: pinned.to(device, non_blocking=True), device, repeats),
-            "masks": seconds_per_call(lambda: scorer._masks(x, keys), device, repeats),
+            "masks": seconds_per_call(lambda: ops.mask_with(plan, x, keys), device, repeats),
             "model": seconds_per_call(model, device, repeats),
-            "kernel": seconds_per_call(lambda: scorer._patch_scores(x, recon, keys, grid), device, repeats),
+            "kernel": seconds_per_call(
+                lambda: patch_scores(plan, cfg.error, cfg.error_scales, x, recon, ops.assign_with(plan, keys)), device,
+                repeats),
         }
 
 
 def _decode_rate(files: list[str], size: int, channels: int, workers: int) -> float:
     """Images/s of the screening decoders alone (DataLoader, ``workers`` processes)."""
-    loader = torch.utils.data.DataLoader(_Files(files, size, channels, "resize"), batch_size=None, num_workers=workers)
+    loader = torch.utils.data.DataLoader(DecodedFiles(files, size, channels, "resize"), batch_size=None, num_workers=workers)
     t0 = time.perf_counter()
     for _ in loader:
         pass

@@ -9,7 +9,7 @@ from cases import CASES, IDS, nbytes
 from conftest import measure
 
 from patchgan_fast import ops
-from patchgan_fast._reference import mask_images_reference
+from patchgan_fast.ops.reference import mask_images_reference
 
 
 @pytest.mark.parametrize("impl", ["reference", "op"])

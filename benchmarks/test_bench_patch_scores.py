@@ -9,8 +9,9 @@ import torch
 from cases import CASES, IDS, nbytes
 from conftest import measure
 
-from patchgan_fast import _backend, ops
-from patchgan_fast._reference import patch_scores_reference
+from patchgan_fast import ops
+from patchgan_fast.ops import _backend
+from patchgan_fast.ops.reference import patch_scores_reference
 
 TOP, REST = (1.1, 1.0), 0.0
 _compiled = torch.compile(patch_scores_reference, dynamic=False)

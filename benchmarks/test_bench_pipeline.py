@@ -13,8 +13,9 @@ import torch
 from pipeline_common import default_model, seconds_per_call, smooth_images, write_files
 
 from patchgan_fast import Scorer
-from patchgan_fast._reference import reference_pipeline
-from patchgan_fast.screening import _Files, screen
+from patchgan_fast.app.screening import screen
+from patchgan_fast.data import DecodedFiles
+from patchgan_fast.scoring import reference_pipeline
 
 # (name, C, H=W, K, B, error): the squared error runs the fused Triton kernel; the structural error (msgms)
 # gathers the in-filled image and computes its maps with PyTorch convolutions, unfused
@@ -82,7 +83,7 @@ def test_screen_from_files(benchmark, device, record, tmp_path, fmt):
     files = sorted(str(p) for p in (tmp_path / "data").iterdir())
 
     def decode_only():
-        loader = torch.utils.data.DataLoader(_Files(files, s, c, "resize"), batch_size=None, num_workers=workers)
+        loader = torch.utils.data.DataLoader(DecodedFiles(files, s, c, "resize"), batch_size=None, num_workers=workers)
         for _ in loader:
             pass
 

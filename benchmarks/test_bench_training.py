@@ -9,7 +9,7 @@ import torch
 from conftest import measure
 
 from patchgan_fast import PatchGAN, TrainConfig
-from patchgan_fast.training import train_step
+from patchgan_fast.models.training import train_step
 
 GPU = torch.cuda.is_available()
 SIZE, BATCH, EXTRA = (256, 32, {}) if GPU else (32, 8, dict(width=8, depth=2, disc_width=8, disc_layers=2))

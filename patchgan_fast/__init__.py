@@ -5,16 +5,17 @@
     result = score_batch(model, images)
     result.scores, result.patch_errors
     scores, patch_errors = Scorer(model)(images)   # the fast path for many batches
+
+The package is built in layers, each importing only from those below it (checked by import-linter,
+``.importlinter``): ``ops`` (the fast ops and their references), ``scoring``, ``models``, ``data``,
+``evaluation`` (the detection benchmark) and ``app`` (CLI, screening, report, demo).
 """
 
 from . import ops
-from ._backend import info as backend_info
-from .config import LOSS_PRESETS, TrainConfig
-from .model import PatchGAN
-from .pipeline import Scorer
-from .scoring import ERRORS, RANKING_PRESETS, ScoreConfig, ScoreResult, error_maps, pixel_errors, score_batch
-
-__version__ = "0.1.0"
+from .models import LOSS_PRESETS, PatchGAN, TrainConfig
+from .ops import backend_info
+from .runtime import __version__
+from .scoring import ERRORS, RANKING_PRESETS, ScoreConfig, ScoreResult, Scorer, error_maps, pixel_errors, score_batch
 
 __all__ = [
     "ops", "score_batch", "error_maps", "pixel_errors", "Scorer", "ScoreConfig", "ScoreResult", "RANKING_PRESETS", "ERRORS",

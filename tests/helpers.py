@@ -5,7 +5,7 @@ import os
 
 import torch
 
-from patchgan_fast import _backend
+from patchgan_fast.ops import _backend
 
 
 #: A tiny Patch-GAN configuration for tests. It trains on the CPU even where a GPU is present, so a trained

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from patchgan_fast import _backend, backend_info, ops
-from patchgan_fast import _reference as R
+from patchgan_fast import backend_info, ops
+from patchgan_fast.ops import _backend
+from patchgan_fast.ops import reference as R
 
 
 def test_reference_policy_forces_the_pure_pytorch_path(monkeypatch):

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from helpers import write_fashion_mnist
 
-from patchgan_fast import benchmark
+from patchgan_fast.evaluation import tables as benchmark
 from patchgan_fast.cli import main
 
 nib = pytest.importorskip("nibabel")

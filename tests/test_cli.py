@@ -17,9 +17,9 @@ from PIL import Image
 
 from patchgan_fast import PatchGAN, TrainConfig
 from patchgan_fast.cli import main
-from patchgan_fast.datasets import insert_lesions, load_brain_mri, one_class_split, read_idx
-from patchgan_fast.io import fit_to_size, read_images
-from patchgan_fast.screening import safe_name
+from patchgan_fast.data.datasets import insert_lesions, load_brain_mri, one_class_split, read_idx
+from patchgan_fast.data import fit_to_size, read_images
+from patchgan_fast.app.report import safe_name
 
 nib = pytest.importorskip("nibabel")  # installed by scripts/setup.sh; carried as a wheel to a GPU machine
 
@@ -247,7 +247,7 @@ def test_fashion_mnist_one_class_protocol_on_small_idx_files(tmp_path, monkeypat
     (tmp_path / "broken-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + (5).to_bytes(4, "big") * 3 + b"\x00" * 10)
     with pytest.raises(ValueError, match=r"expected 125 values for shape \(5, 5, 5\), found 10 \(truncated\?\)"):
         read_idx(tmp_path / "broken-idx3-ubyte")
-    monkeypatch.setattr("patchgan_fast.datasets.fashion_mnist._SEARCH", ())  # whatever this machine has installed
+    monkeypatch.setattr("patchgan_fast.data.datasets.fashion_mnist._SEARCH", ())  # whatever this machine has installed
     monkeypatch.delenv("PATCHGAN_FAST_FASHION_MNIST", raising=False)
     with pytest.raises(FileNotFoundError, match=r"dataset-fashion-mnist"):
         one_class_split(0, tmp_path / "nowhere")

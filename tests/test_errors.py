@@ -68,7 +68,7 @@ X = random_images((2, 3, 16, 16), torch.uint8)
          r"layout 'phases' needs a square num_copies \(4, 9, 16, ...\), got 3"),
         # T larger than the patch count
         (lambda: ops.patch_scores(X, _recon(), _assign(g=2), patch_size=8, top_weights=(1.0,) * 5), ValueError,
-         r"5 top weights given but images have only 4 patches of 8x8"),
+         r"5 top weights given but 16x16 images have only 4 patches of 8x8"),
         # other arguments
         (lambda: ops.build_masks(torch.arange(2), (16, 16), layout="stripes"), ValueError,
          r"unknown mask layout 'stripes'; expected one of none, phases, random, boxes"),

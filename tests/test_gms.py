@@ -10,7 +10,7 @@ from helpers import random_images
 from torch import nn
 
 from patchgan_fast import ScoreConfig, TrainConfig, error_maps, pixel_errors, score_batch
-from patchgan_fast.gms import GMS_CONSTANT, gms_errors
+from patchgan_fast.scoring.gms import GMS_CONSTANT, gms_errors
 
 
 def _naive_gms_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:

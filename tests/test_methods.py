@@ -8,7 +8,7 @@ from helpers import blobs
 from sklearn.metrics import roc_auc_score
 
 from patchgan_fast import TrainConfig
-from patchgan_fast.methods import REGISTRY, get_method
+from patchgan_fast.evaluation.methods import REGISTRY, get_method
 
 CONFIG = TrainConfig(image_size=32, patch_size=8, width=8, depth=2, disc_width=8, disc_layers=2, batch_size=16,
                      lr=2e-3, steps=40, val_every=20, progress=False)

@@ -11,10 +11,10 @@ from helpers import SMALL, blobs
 from PIL import Image
 
 from patchgan_fast import PatchGAN, Scorer, ScoreConfig, TrainConfig, score_batch
-from patchgan_fast._reference import normalize_reference
+from patchgan_fast.ops.reference import normalize_reference
 from patchgan_fast.cli import main
-from patchgan_fast.neighbours import Embedding
-from patchgan_fast.training import bank_choice, validation_split
+from patchgan_fast.scoring.neighbours import Embedding
+from patchgan_fast.models.schedule import bank_choice, validation_split
 
 CONFIG = TrainConfig(**SMALL, steps=10, val_fraction=0.25, neighbours="bottleneck", neighbour_k=3, neighbour_bank=20)
 TRAIN = blobs(48)

@@ -9,7 +9,7 @@ from helpers import random_images
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from patchgan_fast import _reference as R
+from patchgan_fast.ops import reference as R
 from patchgan_fast import ops
 from patchgan_fast.kernels import patch_scores_triton
 

@@ -8,7 +8,7 @@ from conftest import cpu_and_cuda
 from helpers import random_images
 
 from patchgan_fast import PatchGAN, ScoreConfig, Scorer, TrainConfig, score_batch
-from patchgan_fast._reference import reference_pipeline
+from patchgan_fast.scoring import reference_pipeline
 
 #: Stated tolerance of the bf16 fast path against the fp32 reference: relative score error.
 BF16_RTOL = 0.05
@@ -142,7 +142,7 @@ def test_cuda_graph_scorer_matches_the_reference_and_takes_pinned_cpu_batches():
 def test_screen_reuses_a_given_scorer_with_the_same_scores(tmp_path):
     from PIL import Image
 
-    from patchgan_fast.screening import screen
+    from patchgan_fast.app.screening import screen
 
     (tmp_path / "data").mkdir()
     for i, im in enumerate(random_images((5, 3, 32, 32), torch.uint8, seed=8)):
@@ -180,7 +180,7 @@ class _Interrupting(torch.nn.Module):
 def test_ctrl_c_keeps_the_batch_already_scored_and_resume_finishes(tmp_path):
     from PIL import Image
 
-    from patchgan_fast.screening import PARTIAL, screen
+    from patchgan_fast.app.screening import PARTIAL, screen
 
     (tmp_path / "data").mkdir()
     for i, im in enumerate(random_images((7, 3, 32, 32), torch.uint8, seed=9)):

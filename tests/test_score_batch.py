@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from patchgan_fast import RANKING_PRESETS, ScoreConfig, error_maps, pixel_errors, score_batch
-from patchgan_fast import _reference as R
+from patchgan_fast.ops import reference as R
 
 
 class TinyReconstructor(nn.Module):

@@ -17,7 +17,8 @@ from sklearn.metrics import roc_auc_score
 
 from patchgan_fast import PatchGAN, TrainConfig, score_batch
 from patchgan_fast import ops
-from patchgan_fast import training as T
+from patchgan_fast.models import schedule as S
+from patchgan_fast.models import training as T
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +75,7 @@ def test_error_scales_come_from_the_validation_images(trained):
         parts[error] = res.patch_errors.double()
         assert trained.error_scales[i] == pytest.approx(float(res.scores.double().std()), rel=1e-4)
     both = PatchGAN.from_state({**trained.state(), "config": dataclasses.replace(trained.config, error="mse+msgms").to_dict()})
-    T._validation_statistics(both, val, torch.device("cpu"), 5)
+    T.validation_statistics(both, val, torch.device("cpu"), 5)
     assert both.error_scales == pytest.approx(trained.error_scales, rel=1e-6)
     combined = parts["mse"] / both.error_scales[0] + parts["msgms"] / both.error_scales[1]
     m_pos = combined.mean(0)
@@ -184,7 +185,7 @@ _TRAIN_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from helpers import blobs
     from patchgan_fast import TrainConfig
-    from patchgan_fast.training import train
+    from patchgan_fast.models import train
     cfg = TrainConfig(steps={steps}, checkpoint_every=5, val_every=20, checkpoint_dir={ckpt!r}, **{small!r})
     train(blobs(160), cfg, {out!r}, resume=True)
 """)
@@ -249,11 +250,11 @@ def test_resume_refuses_a_different_schedule(tmp_path):
 
 
 def test_ranks_read_disjoint_shards_of_each_global_batch():
-    order = T._Order(torch.arange(100), seed=0)
+    order = S.Order(torch.arange(100), seed=0)
     for step in (0, 7):
-        parts = [order.take(T._positions(step, rank, 2, 16)) for rank in (0, 1)]
+        parts = [order.take(S._positions(step, rank, 2, 16)) for rank in (0, 1)]
         assert not set(parts[0].tolist()) & set(parts[1].tolist())
-    epoch = torch.cat([order.take(T._positions(s, r, 2, 10)) for s in range(5) for r in (0, 1)])
+    epoch = torch.cat([order.take(S._positions(s, r, 2, 10)) for s in range(5) for r in (0, 1)])
     assert sorted(epoch.tolist()) == list(range(100))  # one epoch = every training image once
 
 
@@ -265,7 +266,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
         import torch.distributed as dist
         from helpers import blobs
         from patchgan_fast import TrainConfig
-        from patchgan_fast.training import train
+        from patchgan_fast.models import train
         cfg = TrainConfig(steps=6, checkpoint_every=3, val_every=3, checkpoint_dir={str(tmp_path / 'ckpt')!r}, **{SMALL!r})
         model = train(blobs(64), cfg, {str(tmp_path / 'ddp.pgf')!r})
         with open({str(tmp_path)!r} + f"/rank{{dist.get_rank()}}.txt", "w") as f:
@@ -291,7 +292,7 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
         sys.path.insert(0, {str(ROOT / 'tests')!r})
         from helpers import blobs
         from patchgan_fast import TrainConfig
-        from patchgan_fast.training import train
+        from patchgan_fast.models import train
         with open({str(tmp_path)!r} + "/pid" + os.environ["RANK"], "w") as f:
             f.write(str(os.getpid()))
         cfg = TrainConfig(steps=100_000, checkpoint_every=20, val_fraction=0, checkpoint_dir={str(tmp_path / 'ckpt')!r},
@@ -365,7 +366,7 @@ def test_size_presets_build_models_that_fit_the_size(size, patch, depth):
 
 
 def test_more_local_ranks_than_gpus_is_a_clear_error(monkeypatch):
-    from patchgan_fast._runtime import local_cuda_device
+    from patchgan_fast.runtime import local_cuda_device
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setenv("LOCAL_RANK", "0")

@@ -1,5 +1,5 @@
 """The Patch-GAN's networks as plain modules: the masked-image reconstructor R and the PatchGAN
-discriminator D (Chen et al., eq. 1-3). No training code here; see ``patchgan_fast.training``."""
+discriminator D (Chen et al., eq. 1-3). No training code here; see ``patchgan_fast.models.training``."""
 
 from __future__ import annotations
 

@@ -1,0 +1,237 @@
+"""The ``patchgan-fast`` command: train, screen, evaluate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from typing import Optional, Sequence
+
+
+from ..runtime import __version__
+from ..scoring.neighbours import FEATURE_SPACES
+from .files import load_collection, workers
+
+
+def cmd_train(a) -> int:
+    from ..models import TrainConfig, train
+
+    images, _, errors = load_collection(a.data, a.size, a.channels, a.resize, workers(a.workers))
+    overrides = {k: getattr(a, k) for k in ("patch_size", "steps", "batch_size", "lr", "loss", "ranking", "error",
+                                            "layout", "num_copies", "width", "depth", "seed", "device", "checkpoint_dir",
+                                            "neighbours", "neighbour_k", "neighbour_bank")
+                 if getattr(a, k) is not None}
+    if a.skips:
+        overrides["skips"] = True
+    if a.no_position_weights:
+        overrides["position_weights"] = False
+    overrides.setdefault("checkpoint_dir", f"{a.out}.checkpoints")  # an interrupted run can --resume
+    config = TrainConfig.for_image_size(a.size, **overrides)
+    print(f"training on {len(images)} normal images ({len(errors)} unreadable files skipped), "
+          f"{images.shape[1]}x{a.size}x{a.size}", file=sys.stderr)
+    train(images, config, a.out, resume=a.resume)
+    print(f"model written to {a.out}")
+    return 0
+
+
+def cmd_screen(a) -> int:
+    from .screening import screen
+
+    try:
+        s = screen(a.model, a.data, a.out, resume=a.resume, force=a.force, batch_size=a.batch_size,
+                   num_workers=a.workers, top=a.top, resize=a.resize, device=a.device, compile=a.compile)
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    total = s.scored + s.skipped
+    print(f"scored {s.scored} images ({s.skipped} already done), {s.errors} unreadable files; "
+          f"ranked list {s.out / 'scores.csv'}, report {s.out / 'report.html'}")
+    has_scores = (s.out / "scores.csv").exists() and sum(1 for _ in open(s.out / "scores.csv")) > 1
+    return 0 if total or has_scores else 1
+
+
+def cmd_evaluate(a) -> int:
+    from .evaluate import evaluate
+
+    return evaluate(a)
+
+
+def cmd_benchmark(a) -> int:
+    from ..evaluation.tables import main as benchmark_main
+
+    return benchmark_main(a)
+
+
+def cmd_demo(a) -> int:
+    from .demo import run
+
+    return run(a)
+
+
+def _common_io(q, with_size: bool = True) -> None:
+    """Options of every command that reads files."""
+    if with_size:
+        q.add_argument("--size", type=int, default=128, help="model image size in pixels (default 128)")
+    q.add_argument("--resize", choices=["resize", "pad", "crop"], default="resize",
+                   help="how images are brought to the model's size: resample (default), keep the aspect ratio "
+                        "and pad, or centre-crop; what was done is recorded per image")
+    q.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count, at most 8)")
+    q.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+
+
+def _train_parser(sub) -> None:
+    """``patchgan-fast train``."""
+    t = sub.add_parser("train", help="train a model on normal images", description=(
+        "Train a Patch-GAN on a collection of NORMAL images (folders or files: PNG, JPEG, BMP, TIFF, NIfTI, DICOM, "
+        "npy/npz) and write the model file. Sensible defaults follow the image size."))
+    t.add_argument("data", nargs="+", help="files or folders of normal images")
+    t.add_argument("--out", required=True, help="model file to write (e.g. model.pgf)")
+    t.add_argument("--channels", type=int, choices=[1, 3], default=None, help="1 or 3 (default: as the first image)")
+    t.add_argument("--patch-size", type=int, default=None, help="scoring patch size (default size/8)")
+    t.add_argument("--steps", type=int, default=None, help="optimizer steps (default 2000)")
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--loss", choices=["default", "paper", "reconstruction"], default=None,
+                   help="loss weights preset: paper = eq. 4 with lambda 0.2 (default: default)")
+    t.add_argument("--ranking", choices=["paper", "none"], default=None, help="ranking preset used for scoring")
+    t.add_argument("--error", choices=["mse", "msgms", "mse+msgms"], default=None,
+                   help="patch error for scoring: mse (squared error, default), msgms (multi-scale gradient "
+                        "magnitude similarity, structural) or mse+msgms (both, each scaled by the spread of "
+                        "its normal validation scores)")
+    t.add_argument("--layout", choices=["phases", "random", "none"], default=None, help="scoring masks layout")
+    t.add_argument("--num-copies", type=int, default=None, help="K masked copies per image (square for phases)")
+    t.add_argument("--width", type=int, default=None, help="reconstructor width")
+    t.add_argument("--depth", type=int, default=None, help="reconstructor stride-2 stages")
+    t.add_argument("--skips", action="store_true", help="U-Net skip connections in the reconstructor")
+    t.add_argument("--no-position-weights", action="store_true",
+                   help="rank raw patch errors, without weighting each position by its normal validation error")
+    t.add_argument("--neighbours", choices=FEATURE_SPACES, default=None,
+                   help="also score by the distance of an image's features (this network's, or both's) to those of its "
+                        "nearest training images, added to the patch score in units of the validation images' "
+                        "(default: off)")
+    t.add_argument("--neighbour-k", type=int, default=None, help="nearest training images per score (default 5)")
+    t.add_argument("--neighbour-bank", type=int, default=None,
+                   help="most training images whose features the model file keeps (default 1000)")
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--checkpoint-dir", default=None, help="where resumable checkpoints go (default OUT.checkpoints/)")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    _common_io(t)
+    t.set_defaults(func=cmd_train)
+
+
+def _screen_parser(sub) -> None:
+    """``patchgan-fast screen``."""
+    s = sub.add_parser("screen", help="rank a collection by anomaly score", description=(
+        "Score every image in DATA with MODEL and write to --out: scores.csv (ranked: path, slice, score, top patch), "
+        "written as it goes so an interrupted run keeps its work; heatmaps/ for the top images; report.html; "
+        "errors.csv naming every unreadable file. Exit status is non-zero only when nothing could be scored."))
+    s.add_argument("model", help="model file from `patchgan-fast train`")
+    s.add_argument("data", nargs="+", help="files or folders to screen")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted run in --out, skipping what is done")
+    s.add_argument("--force", action="store_true", help="overwrite the outputs of an earlier run in --out")
+    s.add_argument("--top", type=int, default=20, help="heatmaps and report entries for the N highest scores (default 20)")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--compile", choices=["auto", "none", "compile", "cudagraphs"], default="auto",
+                   help="how the reconstructor runs: torch.compile with CUDA graphs on CUDA for runs of 2,000 files "
+                        "or more, else eagerly (auto, the default); none; compile; cudagraphs (CUDA only)")
+    _common_io(s, with_size=False)
+    s.set_defaults(func=cmd_screen)
+
+
+def _evaluate_parser(sub) -> None:
+    """``patchgan-fast evaluate``."""
+    e = sub.add_parser("evaluate", help="AUROC and plots on labelled data", description=(
+        "Score normal and abnormal images and report the image AUROC and AUPRC, with a ROC curve (roc.png) and "
+        "score distributions (scores.png) like the paper's Fig. 6 and Fig. 3."))
+    e.add_argument("model")
+    e.add_argument("--normal", nargs="+", help="files or folders of normal images")
+    e.add_argument("--abnormal", nargs="+", help="files or folders of abnormal images")
+    e.add_argument("--labels", help="CSV with columns path,label (1 = abnormal) instead of the two folders")
+    e.add_argument("--masks", help="folder of ground-truth lesion masks named like the abnormal files (nonzero = "
+                                   "lesion): adds pixel AUROC and AUPRC of the error maps")
+    e.add_argument("--out", default="evaluation", help="folder for metrics.json and the plots (default evaluation/)")
+    e.add_argument("--batch-size", type=int, default=64)
+    _common_io(e, with_size=False)
+    e.set_defaults(func=cmd_evaluate)
+
+
+def _benchmark_parser(sub) -> None:
+    """``patchgan-fast benchmark``."""
+    from ..evaluation import REGISTRY
+    from ..evaluation.tables import DEFAULT_METHODS
+
+    b = sub.add_parser("benchmark", help="every method on a built-in dataset: tables, plots, JSON", description=(
+        "Train and evaluate each method on a built-in dataset and write table.md (paper-style Tables 1 and 2), "
+        "roc.png, scores.png and results.json (every figure with the seed, versions and hardware)."))
+    b.add_argument("dataset", choices=["fashion-mnist", "brain-mri"])
+    b.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma-separated names from: {', '.join(REGISTRY)} (default {','.join(DEFAULT_METHODS)})")
+    b.add_argument("--perceptual-net", default=None, metavar="FILE",
+                   help="feature network for perceptual_ae as a .pt2 file from torch.export.save, e.g. ImageNet VGG19 "
+                        "features exported with dynamic batch, height and width (default: a random-init stand-in; "
+                        "nothing is downloaded)")
+    b.add_argument("--jobs", type=int, default=1,
+                   help="models trained at once, each in its own process (default 1); on a GPU 4-8 keep it busy")
+    b.add_argument("--quick", action="store_true", help="a reduced run (2 classes, subsets, 60 steps) for a CPU")
+    b.add_argument("--steps", type=int, default=None, help="training steps per model (default 3000, 60 with --quick)")
+    b.add_argument("--classes", default=None, help="Fashion-MNIST normal classes, e.g. 0,3,7 (default all; 0,1 quick)")
+    b.add_argument("--size", type=int, default=64, help="brain MRI slice size (default 64)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--data", default=None, help="dataset folder (default: where the Debian package installs it)")
+    b.add_argument("--out", default="benchmark-output", help="output folder (default benchmark-output/)")
+    b.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out: the models it finished (kept in OUT/jobs/) are not trained again")
+    b.set_defaults(func=cmd_benchmark)
+
+
+def _demo_parser(sub) -> None:
+    """``patchgan-fast demo``."""
+    d = sub.add_parser("demo", help="the whole loop on built-in real brain MRI", description=(
+        "Train on normal axial slices of a real T1 brain MRI (Debian package mricron-data), screen held-out normal "
+        "and lesioned slices, print the AUROC and where the report is."))
+    d.add_argument("--size", type=int, default=64, help="slice size (default 64)")
+    d.add_argument("--patch-size", type=int, default=8)
+    d.add_argument("--steps", type=int, default=300, help="training steps (default 300, about 2 minutes on 2 CPU cores)")
+    d.add_argument("--batch-size", type=int, default=32)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--data", default=None, help="folder or file of ch2bet.nii.gz (default: mricron-data's)")
+    d.add_argument("--out", default="demo-output", help="output folder (default demo-output/, replaced)")
+    d.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="patchgan-fast", description="Patch-GAN novelty detection for medical images.")
+    p.add_argument("--version", action="version", version=f"patchgan_fast {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _train_parser(sub)
+    _screen_parser(sub)
+    _evaluate_parser(sub)
+    _benchmark_parser(sub)
+    _demo_parser(sub)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs one command. Ctrl-C and SIGTERM (``timeout``, batch schedulers) both stop it the same way: finished
+    work is kept, worker processes are stopped, and the exit status is 130."""
+    args = build_parser().parse_args(argv)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    old_term = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() else None
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted; finished work is kept (rerun with --resume)", file=sys.stderr)
+        return 130
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""``patchgan-fast demo``: the whole loop on built-in real data.
+
+Trains a Patch-GAN on normal axial slices of a real T1 brain MRI (the Colin27 template of the Debian
+package mricron-data, see ``patchgan_fast.data.datasets.brain_mri``), writes the held-out test slices
+(half with a synthetic lesion) as 16-bit PNG files, screens that folder like any collection
+(ranked CSV, heatmaps, HTML report), and prints how well the ranking separates lesioned from
+normal slices. A few minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import image_key, read_images
+from ..data.datasets import SIZE_BINS, load_brain_mri
+from ..evaluation import image_metrics, pixel_metrics, plot_distributions, plot_roc
+from ..models import PatchGAN, TrainConfig
+from ..scoring import error_maps, score_batch
+from .screening import screen
+
+
+def run(args) -> int:
+    try:
+        train, test = load_brain_mri(size=args.size, path=args.data, seed=args.seed)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if out.exists():
+        shutil.rmtree(out)
+    slices = out / "test-slices"
+    slices.mkdir(parents=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"brain MRI: {len(train.images)} normal training slices, {len(test.images)} held-out slices "
+          f"({int(test.labels.sum())} with a synthetic lesion), {args.size}x{args.size}; device {device}")
+
+    config = TrainConfig(image_size=args.size, patch_size=args.patch_size, width=16, depth=4, skips=True,
+                         loss="reconstruction", steps=args.steps, batch_size=args.batch_size, lr=1e-3, val_every=100,
+                         seed=args.seed)
+    t0 = time.perf_counter()
+    model = PatchGAN.fit(train.images, config)
+    model.save(out / "brain-mri.pgf")
+    print(f"trained {args.steps} steps in {time.perf_counter() - t0:.0f} s -> {out / 'brain-mri.pgf'}")
+
+    from PIL import Image as PILImage
+
+    names = []
+    for i, (img, label, z) in enumerate(zip(test.images, test.labels.tolist(), test.slices.tolist())):
+        name = f"{i:03d}-{'lesion' if label else 'normal'}-z{z}.png"
+        PILImage.fromarray((img[0].numpy() * 65535).round().astype(np.uint16)).save(slices / name)
+        names.append(name)
+    summary = screen(model, [slices], out / "screening", top=20, progress=False, num_workers=0)
+    print(f"screened {summary.scored} slices -> {out / 'screening' / 'scores.csv'}")
+
+    # the same images as the screening read them, for the comparisons below
+    images = torch.stack([read_images(slices / n)[0].pixels for n in names]).to(device)
+    keys = torch.tensor([image_key(str(slices / n), None) for n in names], device=device)
+    labels = test.labels.tolist()
+    ranked = score_batch(model, images, keys=keys)
+    unranked = score_batch(model, images, model.score_config.with_ranking("none"), keys=keys)
+    m_ranked = image_metrics(ranked.scores.cpu().tolist(), labels)
+    m_unranked = image_metrics(unranked.scores.cpu().tolist(), labels)
+    heat = error_maps(model, images, keys=keys).cpu()
+    sick = test.labels == 1
+    m_pixel = pixel_metrics(list(heat[sick].numpy()), list(test.lesions[sick, 0].numpy()))
+    plot_roc({"ranked (paper 1.1, 1.0)": (ranked.scores.cpu().tolist(), labels),
+              "unranked (sum)": (unranked.scores.cpu().tolist(), labels)}, out / "roc.png", "brain MRI, synthetic lesions")
+    plot_distributions(ranked.scores.cpu().tolist(), labels, out / "scores.png", "brain MRI, ranked scores")
+    order = torch.argsort(ranked.scores.cpu(), descending=True)[:10].tolist()
+
+    print(f"\nimage AUROC, ranked patches (paper weights 1.1, 1.0): {m_ranked['auroc']:.3f}")
+    print(f"image AUROC, unranked (sum of the patch errors):     {m_unranked['auroc']:.3f}")
+    print(f"pixel AUROC / AUPRC of the error map (lesioned slices): "
+          f"{m_pixel['pixel_auroc']:.3f} / {m_pixel['pixel_auprc']:.3f}")
+    bins, ranked_scores = test.size_bins, ranked.scores.cpu().tolist()
+    per_bin = []
+    for name, _ in SIZE_BINS:
+        sel = [i for i, b in enumerate(bins) if b in ("", name)]
+        if any(bins[i] == name for i in sel):
+            m = image_metrics([ranked_scores[i] for i in sel], [labels[i] for i in sel])
+            per_bin.append(f"{name} {m['auroc']:.3f} ({m['abnormal']})")
+    print(f"image AUROC by lesion size (lesioned slices): {', '.join(per_bin)}")
+    print(f"top 10 by score: {sum(labels[i] for i in order)} of 10 have a lesion")
+    print(f"report: {(out / 'screening' / 'report.html').resolve()}   plots: {out / 'roc.png'}, {out / 'scores.png'}")
+    return 0

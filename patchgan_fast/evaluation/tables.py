@@ -1,0 +1,468 @@
+"""``patchgan-fast benchmark``: every method on a built-in dataset, tables like the paper's, plots,
+and a JSON record of every figure.
+
+Table 1: image AUROC per method (Fashion-MNIST: per class of the one-class protocol and the mean;
+brain MRI: image AUROC, pixel AUROC (all pixels and brain pixels only), AUPRC and image AUROC per
+lesion-size bin). Table 2: the Patch-GAN's ablations (ranking on/off, position weights on/off, the
+other error measures, multi-scale scoring and the score plus a nearest-neighbour score of its features,
+from the same model; outside --quick also the other loss presets, the masking layout, K and the patch
+size, see ``ABLATIONS``). Nothing is tuned on test labels: every hyperparameter is fixed below.
+``results.json`` holds one record per figure of both tables (``_record``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import inspect
+import json
+import multiprocessing
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from ..models import TrainConfig
+from ..ops import backend_info
+from ..runtime import __version__
+from ..scoring import ERRORS
+from ..scoring.neighbours import FEATURE_SPACES
+from .methods import REGISTRY, get_method
+from .metrics import image_metrics, pixel_metrics, plot_distribution_panels, plot_roc
+
+DATASETS = ("fashion-mnist", "brain-mri")
+DEFAULT_METHODS = ("patchgan", "ae", "ocsvm", "alocc", "fanogan", "perceptual_ae")
+
+
+def _config(dataset: str, quick: bool, steps: Optional[int], seed: int, size: int) -> TrainConfig:
+    if dataset == "fashion-mnist":
+        # patch 16: each of the K = 4 copies hides a quadrant; +2.1 AUROC points over patch 8 on the four hardest
+        # classes (experiments/results/cpu-experiment-scoring-scale.md). The structural error (msgms) beats both the
+        # squared error and the two together (mse+msgms) over all ten classes: 89.5 against 86.4 (mse) and 89.4
+        # (mse+msgms) at 200 steps, 92.0 against 91.7 (mse+msgms) at 1,000 (cpu-experiment-fmnist-ten-classes.md).
+        # On brain MRI the squared error alone is best.
+        base = dict(image_size=32, patch_size=16, depth=3, width=32, batch_size=32 if quick else 64, error="msgms")
+    else:
+        base = dict(image_size=size, patch_size=max(4, size // 8), depth=3, width=16 if quick else 32, skips=True,
+                    loss="reconstruction", batch_size=16 if quick else 32)
+    return TrainConfig(**base, steps=steps or (60 if quick else 3000), lr=1e-3, val_every=max(20, (steps or 3000) // 10),
+                       seed=seed, progress=False)
+
+
+def _subset(n: int, k: int, seed: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(n, k)]
+
+
+def _record(records, metric, value, unit, config, run):
+    """One figure of the run: what was measured (``config``: dataset, class, method and, for Table 2, the
+    variant), the run's command, seed, training steps and --quick (``run``), the hardware and the versions."""
+    records.append({
+        "metric": metric, "value": value, "unit": unit, "config": config, **run,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.machine()})",
+        "cpu_count": os.cpu_count(),
+        "versions": {"patchgan_fast": __version__, "torch": torch.__version__, "triton": backend_info()["triton"],
+                     "python": platform.python_version()},
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    })
+
+
+_RANKING_OFF = "patchgan, ranking off (sum)"
+
+
+def _default_variant(config: TrainConfig) -> str:
+    return f"patchgan ({config.error} error, loss {config.loss}, ranking {config.ranking}, position weights)"
+
+#: Table 2 variants trained besides the default Patch-GAN (full runs only): config overrides, or a
+#: function of the config that returns them. A variant that is the default itself (the dataset's own
+#: loss preset) or that the image grid cannot hold (K larger than the patch count) is left out.
+ABLATIONS = {
+    "patchgan, loss paper (0.2 L_R + 1.0 L_adv)": dict(loss="paper"),
+    "patchgan, loss default (1.0 L_R + 0.01 L_adv)": dict(loss="default"),
+    "patchgan, loss reconstruction (no adversarial term)": dict(loss="reconstruction"),
+    "patchgan, no masks at scoring (K = 1)": dict(layout="none", num_copies=1),
+    "patchgan, random layout K = 4": dict(layout="random", num_copies=4),
+    "patchgan, phases K = 9": dict(layout="phases", num_copies=9),
+    "patchgan, half-size patches": lambda config: dict(patch_size=max(1, config.patch_size // 2)),
+}
+
+
+def _ablations(config: TrainConfig) -> dict[str, TrainConfig]:
+    out = {}
+    for variant, overrides in ABLATIONS.items():
+        if callable(overrides):
+            overrides = overrides(config)
+        cfg = dataclasses.replace(config, **overrides)
+        if cfg != config and cfg.num_copies <= (cfg.image_size // cfg.patch_size) ** 2:
+            out[variant] = cfg
+    return out
+
+
+def _multiscale_sizes(config: TrainConfig) -> list[int]:
+    """The patch sizes of the multi-scale scoring ablation: the model's, half and a quarter of it (those
+    that tile the image at least 2 x 2 and leave enough patches for K copies)."""
+    sizes = [config.patch_size // d for d in (1, 2, 4)]
+    return [p for p in sizes if p >= 2 and config.image_size % p == 0 and config.image_size // p >= 2
+            and (config.image_size // p) ** 2 >= config.num_copies]
+
+
+#: Bump when the scoring ablations of _train_and_score change: finished jobs saved without them are not reused.
+_SCORING_REVISION = 4
+
+
+def _train_and_score(job: tuple) -> tuple:
+    """Trains one method on ``train_x`` and scores ``test_x``: (scores, maps, {variant: scores} of the
+    scoring ablations, seconds). Without ``need_maps``, methods whose maps cost an extra pass (the
+    Patch-GAN, the AE) skip it. Top-level, so that a process pool can run it."""
+    name, config, options, train_x, test_x, threads, scoring_ablations, need_maps = job
+    if threads:
+        torch.set_num_threads(threads)
+    if isinstance(options.get("perceptual"), str):
+        options = {**options, "perceptual": _load_perceptual(options["perceptual"])}
+    t0 = time.perf_counter()
+    m = get_method(name, config, **options).fit(train_x)
+    skip_maps = not need_maps and "maps" in inspect.signature(m.score).parameters
+    scores, maps = m.score(test_x, **({"maps": False} if skip_maps else {}))
+    extra = {}
+    if scoring_ablations:  # the same model scored other ways
+        extra[_RANKING_OFF] = m.score(test_x, ranking="none", maps=False)[0]
+        extra["patchgan, no position weights"] = m.score(test_x, position_weights=False, maps=False)[0]
+        # the other error measures, unweighted (the model's position weights were made for its own measure)
+        for other in ERRORS:
+            if other != config.error:
+                extra[f"patchgan, {other} error, no position weights"] = m.score(
+                    test_x, position_weights=False, maps=False, error=other)[0]
+        if m.held_out is not None and len(m.held_out) >= 2:  # these normalize by the held-out images' spread
+            sizes = _multiscale_sizes(config)
+            if len(sizes) > 1:
+                extra[f"patchgan, multi-scale scoring (patches {'+'.join(map(str, sizes))})"] = m.score_multiscale(
+                    test_x, sizes)
+            for space in FEATURE_SPACES:
+                extra[f"patchgan + nearest-neighbour {space} features (k = 5)"] = m.score_neighbours(test_x, 5, space)
+    return scores, maps, extra, time.perf_counter() - t0
+
+
+def _indexed(item: tuple[int, tuple]) -> tuple[int, tuple]:
+    """A pool worker's job. Stopped by Ctrl-C or by the pool's terminate (SIGTERM, which training turns into
+    an interrupt), the worker exits quietly: the main process says what was kept."""
+    try:
+        return item[0], _train_and_score(item[1])
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def _digest(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(repr((t.dtype, tuple(t.shape))).encode())
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _job_key(job: tuple, data: str) -> Optional[str]:
+    """What a job's result depends on: the method, its config and options, the data (``data``, a digest of
+    the group's tensors), the device kind and the versions. None where that cannot be told (a feature
+    network passed as a module): such a job is never reused."""
+    name, config, options, _, _, _, scoring_ablations, need_maps = job
+    perceptual = options.get("perceptual")
+    if perceptual is not None and not isinstance(perceptual, str):
+        return None
+    if isinstance(perceptual, str):  # the file's identity: path, size and modification time
+        st = Path(perceptual).stat()
+        perceptual = (str(Path(perceptual).resolve()), st.st_size, st.st_mtime_ns)
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    key = (__version__, torch.__version__, device, name, dataclasses.asdict(config), perceptual,
+           scoring_ablations and _SCORING_REVISION, need_maps, data)
+    return hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+
+
+def _run_methods(
+    groups, methods, config, quick: bool, options: dict, jobs: int, seconds: dict, need_maps: bool, cache: Path
+) -> tuple[list[tuple[dict, dict]], int]:
+    """Trains and scores every method (and, outside --quick, the Patch-GAN's ablations) on every
+    ``(train_x, test_x)`` group, in ``jobs`` processes at once (models this small leave a GPU mostly
+    idle, so several train side by side). Returns per group ``({method: (scores, maps)},
+    {variant: scores})`` (maps None where they cost an extra pass and ``need_maps`` is off), and how
+    many jobs were reused; adds each method's training + scoring time to ``seconds``.
+
+    Every finished job's result is written to the folder ``cache`` as soon as it is done, and
+    a job whose result is already there (same method, config, data, device and versions) is not run
+    again: an interrupted benchmark, rerun with --resume, goes on where it stopped."""
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
+    work, index = [], []
+    for g, (train_x, test_x) in enumerate(groups):
+        for name in methods:
+            work.append((name, config, options.get(name, {}), train_x, test_x, threads, name == "patchgan", need_maps))
+            index.append((g, name, None))
+        if "patchgan" in methods and not quick:
+            for variant, cfg in _ablations(config).items():
+                work.append(("patchgan", cfg, {}, train_x, test_x, threads, False, False))
+                index.append((g, "patchgan", variant))
+    digests = [_digest(*group) for group in groups]
+    keys = [_job_key(w, digests[g]) for w, (g, _, _) in zip(work, index)]
+    outputs: list = [None] * len(work)
+    for i, key in enumerate(keys):
+        if key is not None and (cache / f"{key}.pt").is_file():
+            saved = torch.load(cache / f"{key}.pt", weights_only=True)
+            outputs[i] = (saved["scores"], saved["maps"], saved["extra"], saved["seconds"])
+    reused = sum(o is not None for o in outputs)
+
+    def finish(i: int, result: tuple) -> None:
+        outputs[i] = result
+        if keys[i] is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            scores, maps, extra, sec = result
+            tmp = cache / f"{keys[i]}.pt.tmp"
+            torch.save({"scores": scores, "maps": maps, "extra": extra, "seconds": sec}, tmp)
+            os.replace(tmp, cache / f"{keys[i]}.pt")  # whole or absent, even when killed mid-write
+
+    pending = [i for i, o in enumerate(outputs) if o is None]
+    if jobs > 1 and len(pending) > 1:
+        pool = multiprocessing.get_context("spawn").Pool(jobs)
+        try:
+            for i, result in pool.imap_unordered(_indexed, [(i, work[i]) for i in pending]):
+                finish(i, result)
+            pool.close()
+        except BaseException:  # an error or an interrupt: stop the other jobs now (the finished ones are saved)
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
+    else:
+        for i in pending:
+            finish(i, _train_and_score(work[i]))
+    out = [({}, {}) for _ in groups]
+    for (g, name, variant), (scores, maps, extra, sec) in zip(index, outputs):
+        results, ablations = out[g]
+        if variant is not None:
+            ablations[variant] = scores
+            continue
+        results[name] = (scores, maps)
+        seconds[name] = seconds.get(name, 0.0) + sec
+        if extra:
+            ablations[_default_variant(config)] = scores
+            ablations.update(extra)
+    for _, ablations in out:  # the default and its scoring ablations first, then those of ABLATIONS in order
+        order = [k for k in ablations if k not in ABLATIONS] + [k for k in ABLATIONS if k in ablations]
+        ablations.update({k: ablations.pop(k) for k in order})
+    return out, reused
+
+
+def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = False, steps: Optional[int] = None,
+        classes: Optional[Sequence[int]] = None, seed: int = 0, size: int = 64, data: Optional[str] = None,
+        perceptual: Optional[str | torch.nn.Module] = None, jobs: int = 1, resume: bool = False, command: str = "") -> dict:
+    """Runs the benchmark and writes table.md, results.json, roc.png and scores.png to ``out``.
+
+    Each trained model's scores go to ``out/jobs/`` as soon as it is done; with ``resume`` a rerun
+    with the same arguments and ``out`` reuses them, so an interrupted run loses no finished model
+    (without it they are deleted first and everything trains again).
+
+    ``perceptual`` is the feature network of the deep perceptual AE, or the path of a .pt2 file
+    (default: a random-init stand-in); ``jobs`` models train at once, in separate processes."""
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"expected jobs a positive int, got {jobs!r}")
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+    for name in methods:
+        if name not in REGISTRY:
+            raise ValueError(f"unknown method {name!r}; expected one of {', '.join(REGISTRY)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = _config(dataset, quick, steps, seed, size)
+    cache = out / "jobs"  # every finished model's scores, so that an interrupted run resumes
+    if not resume:
+        for f in [*cache.glob("*.pt"), *cache.glob("*.pt.tmp")]:
+            f.unlink()
+    t = _Tables(methods, config, quick, {"command": command, "seed": seed, "steps": config.steps, "quick": quick},
+                {"perceptual_ae": {"perceptual": perceptual}}, jobs, cache)
+    t0 = time.perf_counter()
+    lines = [f"# Benchmark: {dataset}{' (--quick)' if quick else ''}", "", f"Command: `{command}`  ",
+             f"Steps {config.steps}, seed {seed}, device {'cuda' if torch.cuda.is_available() else 'cpu'}", ""]
+    if "perceptual_ae" in methods:
+        lines += ["perceptual_ae features: " + ("the network given with --perceptual-net" if perceptual is not None else
+                  "a random-init VGG-style stand-in (the published method uses ImageNet VGG19 weights; pass them with "
+                  "--perceptual-net)"), ""]
+    if dataset == "fashion-mnist":
+        lines += t.fashion_mnist(classes, data, seed)
+    else:
+        lines += t.brain_mri(data, seed)
+    if t.reused:
+        lines += ["", f"{t.reused} trained model(s) reused from {cache} (finished by the interrupted run that --resume "
+                  "continued)."]
+    lines += ["", "Training + scoring time per method (s): " + ", ".join(f"{m} {s:.0f}" for m, s in t.seconds.items())]
+    for m, s in t.seconds.items():
+        _record(t.records, "train_and_score_seconds", s, "s", {"dataset": dataset, "method": m}, t.run_info)
+    plot_roc(t.curves, out / "roc.png", t.title)
+    # Fig. 3: every method's normal and abnormal scores, and the Patch-GAN's without ranking beside them
+    panels = {**t.curves, **({_RANKING_OFF: t.variants[_RANKING_OFF]} if _RANKING_OFF in t.variants else {})}
+    plot_distribution_panels(panels, out / "scores.png", f"{t.title}: score distributions")
+    lines += ["", f"Wall time {time.perf_counter() - t0:.0f} s. Plots: roc.png, scores.png. Every figure: results.json."]
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps(t.records, indent=1) + "\n")
+    print("\n".join(lines))
+    return {"records": t.records, "table": "\n".join(lines)}
+
+
+class _Tables:
+    """The two tables of one dataset: trains and scores every method (:func:`_run_methods`), records every
+    figure (``records``) and keeps what the plots show (``curves``, ``variants``, ``title``)."""
+
+    def __init__(self, methods, config: TrainConfig, quick: bool, run_info: dict, options: dict, jobs: int, cache: Path):
+        self.methods, self.config, self.quick, self.run_info = methods, config, quick, run_info
+        self.options, self.jobs, self.cache = options, jobs, cache
+        self.records: list[dict] = []
+        self.seconds: dict[str, float] = {}
+        self.reused = 0
+        self.curves: dict = {}
+        self.variants: dict = {}
+        self.title = ""
+
+    def _run(self, groups, need_maps: bool):
+        outputs, self.reused = _run_methods(groups, self.methods, self.config, self.quick, self.options, self.jobs,
+                                            self.seconds, need_maps=need_maps, cache=self.cache)
+        return outputs
+
+    def _record(self, metric: str, value: float, config: dict) -> None:
+        _record(self.records, metric, value, "ratio", config, self.run_info)
+
+    def fashion_mnist(self, classes: Optional[Sequence[int]], data: Optional[str], seed: int) -> list[str]:
+        """Table 1 per class of the one-class protocol and the mean; Table 2's means."""
+        from ..data.datasets import FASHION_MNIST_CLASSES, one_class_split
+
+        dataset = "fashion-mnist"
+        classes = list(classes if classes is not None else ((0, 1) if self.quick else range(10)))
+        groups, labels_of = [], []
+        for c in classes:
+            train_x, test_x, labels = one_class_split(c, data)
+            if self.quick:
+                train_x = train_x[_subset(len(train_x), 500, seed)]
+                keep = _subset(len(test_x), 1000, seed + 1)
+                test_x, labels = test_x[keep], labels[keep]
+            groups.append((train_x, test_x))
+            labels_of.append(labels.tolist())
+        table = {m: [] for m in self.methods}
+        abl_table: dict[str, list[float]] = {}
+        first = None
+        for c, y, (results, ablations) in zip(classes, labels_of, self._run(groups, need_maps=False)):
+            for m, (scores, _) in results.items():
+                auroc = image_metrics(scores.tolist(), y)["auroc"]
+                table[m].append(auroc)
+                self._record("image_auroc", auroc, {"dataset": dataset, "class": c, "method": m})
+            for v, scores in ablations.items():
+                auroc = image_metrics(scores.tolist(), y)["auroc"]
+                abl_table.setdefault(v, []).append(auroc)
+                self._record("image_auroc", auroc, {"dataset": dataset, "class": c, "method": "patchgan", "variant": v})
+            if first is None:
+                first = (c, {m: (s.tolist(), y) for m, (s, _) in results.items()},
+                         {v: (s.tolist(), y) for v, s in ablations.items()})
+        header = "| method | " + " | ".join(FASHION_MNIST_CLASSES[c] for c in classes) + " | mean |"
+        lines = ["## Table 1: image AUROC (%), one-class protocol", "", header, "|" + "---|" * (len(classes) + 2)]
+        for m, vals in table.items():
+            mean = sum(vals) / len(vals)
+            self._record("mean_image_auroc", mean, {"dataset": dataset, "classes": classes, "method": m})
+            lines.append(f"| {m} | " + " | ".join(f"{100 * v:.1f}" for v in vals) + f" | {100 * mean:.1f} |")
+        lines += ["", "## Table 2: Patch-GAN ablations, mean image AUROC (%)", "", "| variant | mean |", "|---|---|"]
+        for v, vals in abl_table.items():
+            mean = sum(vals) / len(vals)
+            self._record("mean_image_auroc", mean,
+                         {"dataset": dataset, "classes": classes, "method": "patchgan", "variant": v})
+            lines.append(f"| {v} | {100 * mean:.1f} |")
+        self.curves, self.variants = first[1], first[2]
+        self.title = f"Fashion-MNIST, normal class {FASHION_MNIST_CLASSES[first[0]]}"
+        return lines
+
+    def brain_mri(self, data: Optional[str], seed: int) -> list[str]:
+        """Table 1: image and pixel metrics and image AUROC per lesion-size bin; Table 2: image AUROC."""
+        from ..data.datasets import SIZE_BINS, load_brain_mri
+
+        dataset = "brain-mri"
+        train, test = load_brain_mri(size=self.config.image_size, path=data, seed=seed,
+                                     train_copies=2 if self.quick else 4, test_copies=4 if self.quick else 16)
+        [(results, ablations)] = self._run([(train.images, test.images)], need_maps=True)
+        y = test.labels.tolist()
+        lines = ["## Table 1: brain MRI with synthetic lesions", "",
+                 "| method | image AUROC | pixel AUROC | pixel AUROC in the brain | pixel AUPRC | "
+                 + " | ".join(f"AUROC {b}" for b, _ in SIZE_BINS) + " |",
+                 "|" + "---|" * (5 + len(SIZE_BINS))]
+        for m, (scores, maps) in results.items():
+            row = _brain_row(scores, maps, test, SIZE_BINS)
+            for k, v in row.items():
+                self._record(k, v, {"dataset": dataset, "method": m})
+            cells = [row.get(k) for k in ("image_auroc", "pixel_auroc", "pixel_auroc_brain", "pixel_auprc",
+                                          *[f"image_auroc_{b}" for b, _ in SIZE_BINS])]
+            lines.append(f"| {m} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
+        lines += ["", "## Table 2: Patch-GAN ablations, image AUROC", "", "| variant | image AUROC |", "|---|---|"]
+        for v, scores in ablations.items():
+            auroc = image_metrics(scores.tolist(), y)["auroc"]
+            self._record("image_auroc", auroc, {"dataset": dataset, "method": "patchgan", "variant": v})
+            lines.append(f"| {v} | {auroc:.3f} |")
+        self.curves = {m: (s.tolist(), y) for m, (s, _) in results.items()}
+        self.variants = {v: (s.tolist(), y) for v, s in ablations.items()}
+        self.title = "brain MRI, synthetic lesions"
+        return lines
+
+
+def _brain_row(scores: torch.Tensor, maps: Optional[torch.Tensor], test, size_bins) -> dict:
+    """One method's brain MRI figures: image AUROC, pixel metrics of its maps (all pixels, and brain pixels
+    only) and image AUROC per lesion-size bin."""
+    y, sick, bins = test.labels.tolist(), test.labels == 1, test.size_bins
+    row = {"image_auroc": image_metrics(scores.tolist(), y)["auroc"]}
+    if maps is not None:
+        heat, truth, inside = maps[sick].numpy(), test.lesions[sick, 0].numpy(), test.brain[sick, 0].numpy()
+        row.update(pixel_metrics(list(heat), list(truth)))
+        # without the easy background: how well the map separates lesion from normal tissue
+        row["pixel_auroc_brain"] = pixel_metrics([h[b] for h, b in zip(heat, inside)],
+                                                 [t[b] for t, b in zip(truth, inside)])["pixel_auroc"]
+    for b, _ in size_bins:
+        sel = [i for i, name in enumerate(bins) if name in ("", b)]
+        if any(bins[i] == b for i in sel):
+            row[f"image_auroc_{b}"] = image_metrics([scores[i].item() for i in sel], [y[i] for i in sel])["auroc"]
+    return row
+
+
+class _Exported(torch.nn.Module):
+    """An exported program's module, which refuses ``train``/``eval`` (its mode was fixed at export)."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def train(self, mode: bool = True) -> "_Exported":
+        self.training = mode
+        return self
+
+    def forward(self, x):
+        return self.module(x)
+
+
+def _load_perceptual(path: Optional[str]) -> Optional[torch.nn.Module]:
+    """A feature network saved with ``torch.export.save`` (a .pt2 file; batch, height and width
+    exported as dynamic dimensions)."""
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--perceptual-net: {path!r} does not exist")
+    if not str(path).endswith(".pt2"):
+        raise ValueError(f"--perceptual-net: expected a .pt2 file written by torch.export.save, got {path!r}")
+    try:
+        return _Exported(torch.export.load(path).module())
+    except Exception as exc:  # zip and deserialization errors: not an exported program
+        raise ValueError(f"--perceptual-net: {path!r} is not a readable torch.export program ({type(exc).__name__}: "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from exc
+
+
+def main(args) -> int:
+    try:
+        if args.perceptual_net is not None:
+            _load_perceptual(args.perceptual_net)  # fail early; each job loads its own copy
+        run(args.dataset, [m.strip() for m in args.methods.split(",") if m.strip()], args.out, quick=args.quick,
+            steps=args.steps, classes=[int(c) for c in args.classes.split(",")] if args.classes else None,
+            seed=args.seed, size=args.size, data=args.data, perceptual=args.perceptual_net, jobs=args.jobs, resume=args.resume, command=" ".join(["patchgan-fast", *sys.argv[1:]]))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,241 @@
+"""The trained Patch-GAN: reconstructor + discriminator + config + normalization, and its file format."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .. import ops
+from ..runtime import __version__, atomic_save, distributed
+from ..scoring import RANKING_PRESETS, ScoreConfig, score_batch, score_statistics
+from ..scoring.neighbours import Embedding, check_space, combine, mean_distances
+from . import training
+from .config import TrainConfig
+from .networks import PatchDiscriminator, Reconstructor
+
+FORMAT_VERSION = 2  # 2: feature bank and neighbour scales (files of format 1 have neither)
+_KIND = "patchgan_fast.PatchGAN"
+
+
+class PatchGAN(nn.Module):
+    """A Patch-GAN novelty detector. Calling it runs the reconstructor, so it can be passed to
+    :func:`~patchgan_fast.score_batch` directly; ``score_config`` tells how it scores.
+
+    Attributes:
+        config: the :class:`TrainConfig` it was trained with.
+        reconstructor, discriminator: the networks.
+        mean, std: per-channel normalization of its inputs (from the training images).
+        score_stats: statistics of the scores of the normal validation images (mean, std, p50,
+            p95, p99), for normalizing and thresholding scores; empty before training.
+        patch_weights: per-position weights of the patch errors before ranking (Gh rows of Gw
+            floats), from the mean patch error of the normal validation images at each position:
+            ``1.1 m / (m_pos + 0.1 m)``, so positions where normal images are hard to reconstruct
+            count less; None without validation images. Used when ``config.position_weights`` is on.
+        error_scales: the standard deviations (mse, msgms) of the normal validation images' scores
+            under each error measure (unweighted patch errors, the config's ranking), the divisors of
+            ``error='mse+msgms'``; None without validation images.
+        feature_bank: Tensor[N, D] float32, the unit-length features (``config.neighbours``'s space) of N
+            normal training images, or None (see :meth:`add_neighbours`); a buffer, so it moves with the model.
+        neighbour_scales: (mean, std) of the validation images' eq. 5 scores, then of their mean distances
+            to the bank: the units in which the two scores are summed; None without a bank.
+    """
+
+    def __init__(self, config: TrainConfig, channels: int, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.config = config
+        self.channels = channels
+        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        self.reconstructor = Reconstructor(channels, config.width, config.depth, skips=config.skips)
+        self.discriminator = PatchDiscriminator(channels, config.disc_width, config.disc_layers)
+        self.score_stats: dict[str, float] = {}
+        self.patch_weights: Optional[tuple[tuple[float, ...], ...]] = None
+        self.error_scales: Optional[tuple[float, float]] = None
+        self.register_buffer("feature_bank", None, persistent=False)
+        self.neighbour_scales: Optional[tuple[float, float, float, float]] = None
+        # channels_last: faster convolutions on GPUs and on CPUs alike (oneDNN: scoring 1.6-2x faster on 2 cores)
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.reconstructor(x)
+
+    @property
+    def score_config(self) -> ScoreConfig:
+        top, rest = RANKING_PRESETS[self.config.ranking]
+        return ScoreConfig(
+            patch_size=self.config.patch_size, error=self.config.error, error_scales=self.error_scales,
+            layout=self.config.layout, num_copies=self.config.num_copies,
+            seed=self.config.seed % 2**32, top_weights=top, rest_weight=rest, mean=self.mean, std=self.std,
+            patch_weights=self.patch_weights if self.config.position_weights else None,
+            channels_last=True,
+            neighbour_scales=self.neighbour_scales if self.feature_bank is not None else None,
+        )
+
+    def normalize(self, scores: Tensor) -> Tensor:
+        """Scores in units of the normal validation scores: ``(s - mean) / std``; about 0 for normal
+        images, and comparable across models.
+
+        Raises:
+            RuntimeError: the model has no validation statistics (trained with ``val_fraction=0``).
+        """
+        if not self.score_stats or not self.score_stats.get("std"):
+            raise RuntimeError("this model has no validation score statistics; train it with val_fraction > 0")
+        return (scores - self.score_stats["mean"]) / self.score_stats["std"]
+
+    def add_neighbours(self, images: Tensor, held_out: Tensor, features: str = "discriminator", k: int = 5,
+                       batch: int = 256) -> "PatchGAN":
+        """Gives the model a feature bank, so that it scores with eq. 5 plus a nearest-neighbour score: the
+        mean Euclidean distance from an image's features to those of its ``k`` nearest bank images, each
+        score in units of the held-out images' scores, summed (:mod:`patchgan_fast.scoring.neighbours`). Sets
+        ``feature_bank``, ``neighbour_scales``, ``config.neighbours``/``neighbour_k`` and ``score_stats``
+        (now those of the summed score); replaces an earlier bank. ``fit`` calls it when
+        ``TrainConfig.neighbours`` is set; a model trained without one can be given one afterwards.
+
+        Args:
+            images (Tensor[N, C, H, W]): normal images for the bank (uint8, or float in [0, 1]); the
+                training images, or a share of them.
+            held_out (Tensor[M, C, H, W]): other normal images (the validation images), for the units.
+            features: one of ``neighbours.FEATURE_SPACES``.
+            k: neighbours per image, 1 .. N.
+            batch: images per network call.
+
+        Raises:
+            ValueError: unknown ``features``, ``k`` outside 1 .. N, fewer than 2 held-out images, or held-out
+                scores without spread.
+        """
+        check_space(features)
+        for name, x in (("images", images), ("held_out", held_out)):
+            if not isinstance(x, Tensor) or x.dim() != 4:
+                raise TypeError(f"expected {name} as a Tensor [N, C, H, W], got "
+                                f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(images):
+            raise ValueError(f"expected k in 1..{len(images)} (the bank images), got {k!r}")
+        if len(held_out) < 2:
+            raise ValueError(f"expected at least 2 held-out images to scale the scores, got {len(held_out)}")
+        self.feature_bank, self.neighbour_scales = None, None  # eq. 5 alone while the units are measured
+        config = dataclasses.replace(self.config, neighbours=features, neighbour_k=k)
+        device = next(self.parameters()).device
+        plain = torch.cat([score_batch(self, held_out[i:i + batch].to(device)).scores.cpu()
+                           for i in range(0, len(held_out), batch)])
+        bank = self._embed(images, features, batch)
+        near = mean_distances(self._embed(held_out, features, batch), bank, k).cpu()
+        scales = (float(plain.mean()), float(plain.std()), float(near.mean()), float(near.std()))
+        if not all(math.isfinite(v) for v in scales) or scales[1] <= 0 or scales[3] <= 0:
+            raise ValueError(f"the held-out images' scores and distances have no spread (mean, std of each: {scales}); "
+                             "give more, or more varied, held-out images")
+        self.config, self.feature_bank, self.neighbour_scales = config, bank, scales
+        self.score_stats = score_statistics(combine(plain, near, scales))
+        return self
+
+    def neighbour_distances(self, images: Tensor, batch: int = 256) -> Tensor:
+        """Tensor[B] float32: the mean distance from each image's features to its ``config.neighbour_k``
+        nearest in the feature bank, on the model's device.
+
+        Raises:
+            RuntimeError: the model has no feature bank.
+        """
+        if self.feature_bank is None:
+            raise RuntimeError("this model has no feature bank; train it with TrainConfig(neighbours=...) "
+                               "or call add_neighbours")
+        return mean_distances(self._embed(images, self.config.neighbours, batch), self.feature_bank,
+                              self.config.neighbour_k)
+
+    def _embed(self, images: Tensor, features: str, batch: int) -> Tensor:
+        """[N, D] unit-length features of ``images`` (any device) on the model's device."""
+        ops.check_images(images)
+        device = next(self.parameters()).device
+        net, was_training = Embedding(self, features), self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                feats = [net(ops.normalize(images[i:i + batch].to(device), self.mean, self.std))
+                         for i in range(0, len(images), batch)]
+        finally:
+            self.train(was_training)
+        return torch.cat(feats)
+
+    @classmethod
+    def fit(cls, data, config: Optional[TrainConfig] = None, *, resume: bool = False) -> "PatchGAN":
+        """Trains on normal images only; see :func:`patchgan_fast.models.training.fit`."""
+        return training.fit(cls, data, config or TrainConfig(), resume=resume)
+
+    # ------------------------------------------------------------------------- files
+
+    def state(self) -> dict:
+        """Everything the model file holds (tensors and plain values only)."""
+        return {
+            "kind": _KIND, "format_version": FORMAT_VERSION, "package_version": __version__,
+            "config": self.config.to_dict(), "channels": self.channels, "mean": list(self.mean), "std": list(self.std),
+            "score_stats": dict(self.score_stats),
+            "patch_weights": None if self.patch_weights is None else [list(r) for r in self.patch_weights],
+            "error_scales": None if self.error_scales is None else list(self.error_scales),
+            "feature_bank": None if self.feature_bank is None else self.feature_bank.detach().cpu(),
+            "neighbour_scales": None if self.neighbour_scales is None else list(self.neighbour_scales),
+            "reconstructor": {k: v.detach().cpu() for k, v in self.reconstructor.state_dict().items()},
+            "discriminator": {k: v.detach().cpu() for k, v in self.discriminator.state_dict().items()},
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the model file atomically (a temporary file in the same folder, then a rename)."""
+        atomic_save(self.state(), path)
+
+    @classmethod
+    def from_state(cls, state: dict, source: str = "state") -> "PatchGAN":
+        if not isinstance(state, dict) or state.get("kind") != _KIND:
+            raise ValueError(f"{source} is not a patchgan_fast model file (no '{_KIND}' header)")
+        version = state.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ValueError(
+                f"{source} has model format {version!r}, written by patchgan_fast {state.get('package_version')}; "
+                f"this version ({__version__}) reads formats up to {FORMAT_VERSION}: upgrade patchgan_fast"
+            )
+        model = cls(TrainConfig.from_dict(state["config"]), state["channels"], state["mean"], state["std"])
+        model.reconstructor.load_state_dict(state["reconstructor"])
+        model.discriminator.load_state_dict(state["discriminator"])
+        model.score_stats = dict(state.get("score_stats", {}))
+        weights = state.get("patch_weights")
+        model.patch_weights = None if weights is None else tuple(tuple(float(v) for v in r) for r in weights)
+        scales = state.get("error_scales")  # absent in files written before 'mse+msgms'
+        model.error_scales = None if scales is None else tuple(float(v) for v in scales)
+        if state.get("feature_bank") is not None:  # format 2
+            model.feature_bank = state["feature_bank"].float()
+            model.neighbour_scales = tuple(float(v) for v in state["neighbour_scales"])
+        return model.eval()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "PatchGAN":
+        """Loads a model file with ``torch.load(weights_only=True)`` (no pickled code runs).
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: a corrupt or truncated file, another kind of file, or a newer format.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as exc:  # zip, unpickling and I/O errors all mean: not a model file we can read
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(
+                f"{str(path)!r} is not a readable patchgan_fast model file (corrupt, truncated, or another kind of "
+                f"file): {reason}"
+            ) from exc
+        return cls.from_state(state, repr(str(path)))
+
+
+def train(data, config: TrainConfig, out: str | os.PathLike, *, resume: bool = False) -> PatchGAN:
+    """Trains and writes the model file (rank 0); the entry point of ``patchgan-fast train``."""
+    model = PatchGAN.fit(data, config, resume=resume)
+    world, rank = distributed()
+    if rank == 0:
+        model.save(out)
+    if world > 1:
+        dist.barrier()
+    return model
