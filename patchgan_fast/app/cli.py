@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -11,13 +12,14 @@ from typing import Optional, Sequence
 
 from ..runtime import __version__
 from ..scoring.neighbours import FEATURE_SPACES
-from .files import load_collection, workers
+from .errors import UsageError
+from .files import check_inputs, load_collection, workers
+from .records import WriteError, printable
 
 
 def cmd_train(a) -> int:
     from ..models import TrainConfig, train
 
-    images, _, errors = load_collection(a.data, a.size, a.channels, a.resize, workers(a.workers))
     overrides = {k: getattr(a, k) for k in ("patch_size", "steps", "batch_size", "lr", "loss", "ranking", "error",
                                             "layout", "num_copies", "width", "depth", "seed", "device", "checkpoint_dir",
                                             "neighbours", "neighbour_k", "neighbour_bank")
@@ -27,26 +29,32 @@ def cmd_train(a) -> int:
     if a.no_position_weights:
         overrides["position_weights"] = False
     overrides.setdefault("checkpoint_dir", f"{a.out}.checkpoints")  # an interrupted run can --resume
-    config = TrainConfig.for_image_size(a.size, **overrides)
+    try:
+        config = TrainConfig.for_image_size(a.size, **overrides)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if os.path.isdir(a.out):
+        raise UsageError(f"--out {a.out!r} is a folder; expected the model file to write (e.g. model.pgf)")
+    check_inputs(a.data)
+    images, _, errors = load_collection(a.data, a.size, a.channels, a.resize, workers(a.workers))
     print(f"training on {len(images)} normal images ({len(errors)} unreadable files skipped), "
           f"{images.shape[1]}x{a.size}x{a.size}", file=sys.stderr)
     train(images, config, a.out, resume=a.resume)
-    print(f"model written to {a.out}")
+    print(f"model written to {printable(a.out)}")
     return 0
 
 
 def cmd_screen(a) -> int:
     from .screening import screen
 
-    try:
-        s = screen(a.model, a.data, a.out, resume=a.resume, force=a.force, batch_size=a.batch_size,
-                   num_workers=a.workers, top=a.top, resize=a.resize, device=a.device, compile=a.compile)
-    except FileExistsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    s = screen(a.model, a.data, a.out, resume=a.resume, force=a.force, retry_errors=a.retry_errors,
+               batch_size=a.batch_size, num_workers=a.workers, top=a.top, resize=a.resize, device=a.device,
+               compile=a.compile)
     total = s.scored + s.skipped
-    print(f"scored {s.scored} images ({s.skipped} already done), {s.errors} unreadable files; "
-          f"ranked list {s.out / 'scores.csv'}, report {s.out / 'report.html'}")
+    earlier = (f" ({s.earlier_errors} more from the earlier run, not retried: --retry-errors reads them again)"
+               if s.earlier_errors else "")
+    print(f"scored {s.scored} images ({s.skipped} already done), {s.errors} unreadable files{earlier}; "
+          f"ranked list {printable(s.out / 'scores.csv')}, report {printable(s.out / 'report.html')}")
     has_scores = (s.out / "scores.csv").exists() and sum(1 for _ in open(s.out / "scores.csv")) > 1
     return 0 if total or has_scores else 1
 
@@ -72,11 +80,11 @@ def cmd_demo(a) -> int:
 def _common_io(q, with_size: bool = True) -> None:
     """Options of every command that reads files."""
     if with_size:
-        q.add_argument("--size", type=int, default=128, help="model image size in pixels (default 128)")
+        q.add_argument("--size", type=_POSITIVE, default=128, help="model image size in pixels (default 128)")
     q.add_argument("--resize", choices=["resize", "pad", "crop"], default="resize",
                    help="how images are brought to the model's size: resample (default), keep the aspect ratio "
                         "and pad, or centre-crop; what was done is recorded per image")
-    q.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count, at most 8)")
+    q.add_argument("--workers", type=_NATURAL, default=None, help="decoding processes (default: CPU count, at most 8)")
     q.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
 
 
@@ -88,10 +96,10 @@ def _train_parser(sub) -> None:
     t.add_argument("data", nargs="+", help="files or folders of normal images")
     t.add_argument("--out", required=True, help="model file to write (e.g. model.pgf)")
     t.add_argument("--channels", type=int, choices=[1, 3], default=None, help="1 or 3 (default: as the first image)")
-    t.add_argument("--patch-size", type=int, default=None, help="scoring patch size (default size/8)")
-    t.add_argument("--steps", type=int, default=None, help="optimizer steps (default 2000)")
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--patch-size", type=_POSITIVE, default=None, help="scoring patch size (default size/8)")
+    t.add_argument("--steps", type=_POSITIVE, default=None, help="optimizer steps (default 2000)")
+    t.add_argument("--batch-size", type=_POSITIVE, default=None)
+    t.add_argument("--lr", type=_positive_float, default=None)
     t.add_argument("--loss", choices=["default", "paper", "reconstruction"], default=None,
                    help="loss weights preset: paper = eq. 4 with lambda 0.2 (default: default)")
     t.add_argument("--ranking", choices=["paper", "none"], default=None, help="ranking preset used for scoring")
@@ -100,9 +108,9 @@ def _train_parser(sub) -> None:
                         "magnitude similarity, structural) or mse+msgms (both, each scaled by the spread of "
                         "its normal validation scores)")
     t.add_argument("--layout", choices=["phases", "random", "none"], default=None, help="scoring masks layout")
-    t.add_argument("--num-copies", type=int, default=None, help="K masked copies per image (square for phases)")
-    t.add_argument("--width", type=int, default=None, help="reconstructor width")
-    t.add_argument("--depth", type=int, default=None, help="reconstructor stride-2 stages")
+    t.add_argument("--num-copies", type=_POSITIVE, default=None, help="K masked copies per image (square for phases)")
+    t.add_argument("--width", type=_POSITIVE, default=None, help="reconstructor width")
+    t.add_argument("--depth", type=_POSITIVE, default=None, help="reconstructor stride-2 stages")
     t.add_argument("--skips", action="store_true", help="U-Net skip connections in the reconstructor")
     t.add_argument("--no-position-weights", action="store_true",
                    help="rank raw patch errors, without weighting each position by its normal validation error")
@@ -110,8 +118,8 @@ def _train_parser(sub) -> None:
                    help="also score by the distance of an image's features (this network's, or both's) to those of its "
                         "nearest training images, added to the patch score in units of the validation images' "
                         "(default: off)")
-    t.add_argument("--neighbour-k", type=int, default=None, help="nearest training images per score (default 5)")
-    t.add_argument("--neighbour-bank", type=int, default=None,
+    t.add_argument("--neighbour-k", type=_POSITIVE, default=None, help="nearest training images per score (default 5)")
+    t.add_argument("--neighbour-bank", type=_POSITIVE, default=None,
                    help="most training images whose features the model file keeps (default 1000)")
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--checkpoint-dir", default=None, help="where resumable checkpoints go (default OUT.checkpoints/)")
@@ -130,9 +138,12 @@ def _screen_parser(sub) -> None:
     s.add_argument("data", nargs="+", help="files or folders to screen")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--resume", action="store_true", help="continue an interrupted run in --out, skipping what is done")
-    s.add_argument("--force", action="store_true", help="overwrite the outputs of an earlier run in --out")
-    s.add_argument("--top", type=int, default=20, help="heatmaps and report entries for the N highest scores (default 20)")
-    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--force", action="store_true",
+                   help="replace the outputs of an earlier screen in --out (only the files it wrote; never others)")
+    s.add_argument("--retry-errors", action="store_true",
+                   help="with --resume: read the files that were unreadable in the earlier run once more")
+    s.add_argument("--top", type=_NATURAL, default=20, help="heatmaps and report entries for the N highest scores (default 20)")
+    s.add_argument("--batch-size", type=_POSITIVE, default=64)
     s.add_argument("--compile", choices=["auto", "none", "compile", "cudagraphs"], default="auto",
                    help="how the reconstructor runs: torch.compile with CUDA graphs on CUDA for runs of 2,000 files "
                         "or more, else eagerly (auto, the default); none; compile; cudagraphs (CUDA only)")
@@ -152,7 +163,7 @@ def _evaluate_parser(sub) -> None:
     e.add_argument("--masks", help="folder of ground-truth lesion masks named like the abnormal files (nonzero = "
                                    "lesion): adds pixel AUROC and AUPRC of the error maps")
     e.add_argument("--out", default="evaluation", help="folder for metrics.json and the plots (default evaluation/)")
-    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--batch-size", type=_POSITIVE, default=64)
     _common_io(e, with_size=False)
     e.set_defaults(func=cmd_evaluate)
 
@@ -172,12 +183,12 @@ def _benchmark_parser(sub) -> None:
                    help="feature network for perceptual_ae as a .pt2 file from torch.export.save, e.g. ImageNet VGG19 "
                         "features exported with dynamic batch, height and width (default: a random-init stand-in; "
                         "nothing is downloaded)")
-    b.add_argument("--jobs", type=int, default=1,
+    b.add_argument("--jobs", type=_POSITIVE, default=1,
                    help="models trained at once, each in its own process (default 1); on a GPU 4-8 keep it busy")
     b.add_argument("--quick", action="store_true", help="a reduced run (2 classes, subsets, 60 steps) for a CPU")
-    b.add_argument("--steps", type=int, default=None, help="training steps per model (default 3000, 60 with --quick)")
+    b.add_argument("--steps", type=_POSITIVE, default=None, help="training steps per model (default 3000, 60 with --quick)")
     b.add_argument("--classes", default=None, help="Fashion-MNIST normal classes, e.g. 0,3,7 (default all; 0,1 quick)")
-    b.add_argument("--size", type=int, default=64, help="brain MRI slice size (default 64)")
+    b.add_argument("--size", type=_POSITIVE, default=64, help="brain MRI slice size (default 64)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--data", default=None, help="dataset folder (default: where the Debian package installs it)")
     b.add_argument("--out", default="benchmark-output", help="output folder (default benchmark-output/)")
@@ -191,20 +202,55 @@ def _demo_parser(sub) -> None:
     d = sub.add_parser("demo", help="the whole loop on built-in real brain MRI", description=(
         "Train on normal axial slices of a real T1 brain MRI (Debian package mricron-data), screen held-out normal "
         "and lesioned slices, print the AUROC and where the report is."))
-    d.add_argument("--size", type=int, default=64, help="slice size (default 64)")
-    d.add_argument("--patch-size", type=int, default=8)
-    d.add_argument("--steps", type=int, default=300, help="training steps (default 300, about 2 minutes on 2 CPU cores)")
-    d.add_argument("--batch-size", type=int, default=32)
+    d.add_argument("--size", type=_POSITIVE, default=64, help="slice size (default 64)")
+    d.add_argument("--patch-size", type=_POSITIVE, default=8)
+    d.add_argument("--steps", type=_POSITIVE, default=300, help="training steps (default 300, about 2 minutes on 2 CPU cores)")
+    d.add_argument("--batch-size", type=_POSITIVE, default=32)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--data", default=None, help="folder or file of ch2bet.nii.gz (default: mricron-data's)")
-    d.add_argument("--out", default="demo-output", help="output folder (default demo-output/, replaced)")
+    d.add_argument("--out", default="demo-output", help="output folder (default demo-output/); a rerun replaces the "
+                   "outputs of an earlier demo there, and a folder the demo did not write is refused")
     d.set_defaults(func=cmd_demo)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (what was received, what is expected) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {printable(message)} (see {self.prog} --help)\n")
+
+
+def _int_at_least(least: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int >= {least}, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected an int >= {least}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {least}"
+    return parse
+
+
+_POSITIVE, _NATURAL = _int_at_least(1), _int_at_least(0)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="patchgan-fast", description="Patch-GAN novelty detection for medical images.")
+    p = _Parser(prog="patchgan-fast", description="Patch-GAN novelty detection for medical images.")
     p.add_argument("--version", action="version", version=f"patchgan_fast {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     _train_parser(sub)
     _screen_parser(sub)
@@ -217,7 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs one command. Ctrl-C and SIGTERM (``timeout``, batch schedulers) both stop it the same way: finished
     work is kept, worker processes are stopped, and the exit status is 130."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else 2
 
     def on_term(signum, frame):
         raise KeyboardInterrupt(f"stopped by signal {signum}")
@@ -225,6 +275,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     old_term = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() else None
     try:
         return args.func(args)
+    except UsageError as exc:
+        print(f"{parser.prog} {args.command}: error: {printable(exc)}", file=sys.stderr)
+        return 2
+    except WriteError as exc:
+        print(f"{parser.prog} {args.command}: error: {printable(exc.strerror or exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; finished work is kept (rerun with --resume)", file=sys.stderr)
         return 130

@@ -22,20 +22,44 @@ from ..data.datasets import SIZE_BINS, load_brain_mri
 from ..evaluation import image_metrics, pixel_metrics, plot_distributions, plot_roc
 from ..models import PatchGAN, TrainConfig
 from ..scoring import error_maps, score_batch
+from .errors import UsageError
+from .records import printable
 from .screening import screen
+
+
+_MARKER = ".patchgan-fast-demo"
+_OUTPUTS = ("test-slices", "screening", "brain-mri.pgf", "roc.png", "scores.png", _MARKER)
+
+
+def _clear(out: Path) -> None:
+    """Removes an earlier demo's outputs from ``out``; refuses a folder the demo did not write."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file; expected a folder for the demo's outputs")
+    if not (out / _MARKER).exists():
+        if any(out.iterdir()):
+            raise UsageError(f"--out {str(out)!r} is not empty and was not written by the demo; choose another folder")
+        return
+    for name in _OUTPUTS:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
 
 
 def run(args) -> int:
     try:
         train, test = load_brain_mri(size=args.size, path=args.data, seed=args.seed)
     except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)
+    _clear(out)
     slices = out / "test-slices"
     slices.mkdir(parents=True)
+    (out / _MARKER).write_text("written by patchgan-fast demo; a rerun replaces this folder's demo outputs\n")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"brain MRI: {len(train.images)} normal training slices, {len(test.images)} held-out slices "
           f"({int(test.labels.sum())} with a synthetic lesion), {args.size}x{args.size}; device {device}")

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import torch
 
-from ..data import ReadError, fit_to_size, image_key, read_images
+from ..data import fit_to_size, image_key, read_images
 from ..evaluation import image_metrics, pixel_metrics, plot_distributions, plot_roc
 from ..models import PatchGAN
 from ..scoring import Scorer, error_maps
-from .files import load_collection, workers
+from .errors import UsageError
+from .files import check_inputs, load_collection, workers
+from .records import printable
 
 
 def _score_all(model, images: torch.Tensor, ids, batch: int, device) -> torch.Tensor:
@@ -34,7 +36,7 @@ def _pixel_metrics(model, images: torch.Tensor, ids, masks_dir: str, resize: str
         mask_path = Path(masks_dir) / Path(path).name
         try:
             frames = read_images(mask_path)
-        except ReadError:
+        except Exception:  # no readable mask of that name
             missing += 1
             continue
         frame = next((m for m in frames if m.slice == s), frames[0])
@@ -42,7 +44,7 @@ def _pixel_metrics(model, images: torch.Tensor, ids, masks_dir: str, resize: str
         truth.append((mask[0] > 0.5).numpy())
         found.append(i)
     if not found:
-        raise SystemExit(f"error: no mask in {masks_dir} matches the abnormal file names")
+        raise SystemExit(f"error: no mask in {printable(masks_dir)} matches the abnormal file names")
     heat = error_maps(model, images[found], keys=torch.tensor([image_key(*ids[i]) for i in found], dtype=torch.int64))
     return {**pixel_metrics(list(heat.numpy()), truth), "masks_found": len(found), "masks_missing": missing}
 
@@ -50,18 +52,30 @@ def _pixel_metrics(model, images: torch.Tensor, ids, masks_dir: str, resize: str
 def evaluate(a) -> int:
     """``patchgan-fast evaluate``: image (and with --masks pixel) AUROC and AUPRC, roc.png, scores.png, metrics.json."""
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = PatchGAN.load(a.model).to(device)
+    try:
+        model = PatchGAN.load(a.model).to(device)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
     size, ch = model.config.image_size, model.channels
     if a.labels:
-        with open(a.labels, newline="") as f:
-            rows = list(csv.DictReader(f))
+        try:
+            with open(a.labels, newline="") as f:
+                rows = list(csv.DictReader(f))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise UsageError(f"--labels {a.labels!r} is not a readable CSV file ({exc})") from exc
         if not rows or not {"path", "label"} <= set(rows[0]) or any(r["label"] not in ("0", "1") for r in rows):
-            raise SystemExit(f"error: {a.labels} needs the columns path,label with label 0 (normal) or 1 (abnormal)")
+            raise UsageError(f"{a.labels} needs the columns path,label with label 0 (normal) or 1 (abnormal)")
         groups = {k: [r["path"] for r in rows if r["label"] == str(k)] for k in (0, 1)}
     else:
         if not a.normal or not a.abnormal:
-            raise SystemExit("error: give --normal and --abnormal folders, or --labels CSV")
+            raise UsageError("give --normal and --abnormal folders, or --labels CSV")
         groups = {0: a.normal, 1: a.abnormal}
+    for paths in groups.values():
+        check_inputs(paths)
+    if a.masks and not Path(a.masks).is_dir():
+        raise UsageError(f"--masks {a.masks!r} is not a folder")
+    if Path(a.out).exists() and not Path(a.out).is_dir():
+        raise UsageError(f"--out {a.out!r} is a file; expected a folder for metrics.json and the plots")
     scores, labels = [], []
     for label, paths in groups.items():
         images, ids, _ = load_collection(paths, size, ch, a.resize, workers(a.workers))
@@ -78,7 +92,7 @@ def evaluate(a) -> int:
     plot_distributions(scores, labels, out / "scores.png")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     print(f"image AUROC {metrics['auroc']:.4f}, AUPRC {metrics['auprc']:.4f} "
-          f"({metrics['normal']} normal, {metrics['abnormal']} abnormal); plots in {out}")
+          f"({metrics['normal']} normal, {metrics['abnormal']} abnormal); plots in {printable(out)}")
     if a.masks:
         print(f"pixel AUROC {metrics['pixel_auroc']:.4f}, AUPRC {metrics['pixel_auprc']:.4f} "
               f"({metrics['masks_found']} masks, {metrics['masks_missing']} abnormal images without one)")

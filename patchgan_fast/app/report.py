@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import ReadError, fit_to_size, image_key, read_images, to_uint8
+from ..data import fit_to_size, image_key, read_images, to_uint8
 from ..data.io import suffix
 from ..models import PatchGAN
 from ..ops import to_unit
 from ..scoring import error_maps
+from .records import Manifest, WriteError
 
 SCORES = "scores.csv"
 ERRORS = "errors.csv"
@@ -23,9 +24,10 @@ HEATMAPS = "heatmaps"
 
 
 def write_report(model: PatchGAN, out: Path, rows: list[dict], errors: list[dict], top: int, resize: str,
-                 dev: torch.device) -> None:
-    """Heatmaps of the ``top`` first of the ranked ``rows`` and ``report.html`` in ``out``."""
-    heat = _heatmaps(model, rows[:top], out, resize, dev)
+                 dev: torch.device, manifest: Manifest) -> None:
+    """Heatmaps of the ``top`` first of the ranked ``rows`` and ``report.html`` in ``out`` (each recorded in
+    the ``manifest`` before it is written)."""
+    heat = _heatmaps(model, rows[:top], out, resize, dev, manifest)
     _report(out, rows, errors, heat, model)
 
 
@@ -37,19 +39,21 @@ def safe_name(rank: int, path: str, slice_: str) -> str:
     return f"{rank:04d}-{stem}{'-' + re.sub(r'[^0-9]', '', slice_) if slice_ else ''}.png"
 
 
-def _heatmaps(model: PatchGAN, rows: list[dict], out: Path, resize: str, dev: torch.device) -> list[str]:
+def _heatmaps(model: PatchGAN, rows: list[dict], out: Path, resize: str, dev: torch.device,
+              manifest: Manifest) -> list[str]:
     """Overlays of the error map (:func:`~patchgan_fast.error_maps`) on the top-ranked images (re-read
-    and re-scored)."""
+    and re-scored); "" for an image that cannot be read now."""
     from PIL import Image as PILImage
 
     folder = out / HEATMAPS
+    manifest.add(f"{HEATMAPS}/")
     folder.mkdir(exist_ok=True)
     names = []
     size, channels = model.config.image_size, model.channels
     for i, r in enumerate(rows, 1):
         try:
             images = read_images(r["path"])
-        except ReadError:
+        except Exception:  # changed or gone since it was scored: the report says so
             names.append("")
             continue
         im = next((m for m in images if ("" if m.slice is None else str(m.slice)) == r["slice"]), images[0])
@@ -65,8 +69,12 @@ def _heatmaps(model: PatchGAN, rows: list[dict], out: Path, resize: str, dev: to
         red = np.array([1.0, 0.15, 0.0], dtype=np.float32)
         overlay = (1 - alpha) * rgb + alpha * red
         name = safe_name(i, r["path"], r["slice"])
-        PILImage.fromarray((np.clip(overlay, 0, 1) * 255).astype(np.uint8)).resize(
-            (max(256, size), max(256, size)), PILImage.NEAREST).save(folder / name)
+        manifest.add(f"{HEATMAPS}/{name}")
+        try:
+            PILImage.fromarray((np.clip(overlay, 0, 1) * 255).astype(np.uint8)).resize(
+                (max(256, size), max(256, size)), PILImage.NEAREST).save(folder / name)
+        except OSError as exc:
+            raise WriteError(exc.errno, f"cannot write {folder / name}: {exc.strerror or exc} (a full disk?)") from exc
         names.append(name)
     return names
 
@@ -120,4 +128,7 @@ errors: <a href="{ERRORS}">{ERRORS}</a>.</p>{ref}
 <h2>Unreadable files</h2><ul>{err_items or '<li>none</li>'}</ul>
 </body></html>
 """
-    (out / REPORT).write_text(doc, encoding="utf-8")
+    try:
+        (out / REPORT).write_text(doc, encoding="utf-8")
+    except OSError as exc:
+        raise WriteError(exc.errno, f"cannot write {out / REPORT}: {exc.strerror or exc} (a full disk?)") from exc

@@ -1,17 +1,20 @@
 """Screening collections of files: ranked scores, heatmaps, an HTML report, and resumable runs.
 
-Scores are appended to ``scores.partial.csv`` after every batch (flushed and fsynced), so an
-interrupted run keeps everything it finished and ``resume=True`` skips it; when all files are done
-the rows are ranked into ``scores.csv``. Unreadable files go to ``errors.csv`` with the reason.
+Scores are appended to ``scores.partial.csv`` after every batch (flushed and fsynced, each row with a
+checksum), so an interrupted run keeps everything it finished and ``resume=True`` skips it; a row torn by
+a crash or a full disk is dropped and its image scored again. When all files are done the rows are
+ranked into ``scores.csv``. Unreadable files (and folders that could not be searched) go to
+``errors.csv`` with the reason. The output folder's manifest (:mod:`.records`) records every file the
+tool wrote and what produced the scores: ``force=True`` deletes only those files, ``resume=True``
+refuses another model or other settings, and nothing inside the output folder is ever read as input.
 Under ``torchrun`` every rank screens its own share of the files and rank 0 merges the outputs.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
 import os
-import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -21,62 +24,29 @@ import torch.distributed as dist
 
 from ..data import DecodedFiles, image_key, list_images
 from ..models import PatchGAN
-from ..runtime import distributed, local_cuda_device, progress_bar
+from ..runtime import __version__, distributed, local_cuda_device, progress_bar
 from ..scoring import BatchQueue, Scorer
+from .errors import UsageError
+from .records import MANIFEST, Appender, Manifest, model_digest, printable, read_checked, write_checked, write_csv
 from .report import ERRORS, HEATMAPS, REPORT, SCORES, write_report
 
 PARTIAL = "scores.partial.csv"
 _FIELDS = ["path", "slice", "score", "top_y", "top_x", "prepared"]
+_ERROR_FIELDS = ["path", "error"]
 _OUTPUTS = (PARTIAL, SCORES, ERRORS, REPORT, HEATMAPS)
+RESIZE_MODES = ("resize", "pad", "crop")
 
 
 @dataclass
 class ScreenSummary:
+    """What a :func:`screen` did: images scored now, unreadable files found now, images skipped as already
+    done, and unreadable files recorded by the earlier run that ``resume`` continued (not retried)."""
+
     scored: int
     errors: int
     skipped: int
     out: Path
-
-
-def _prepare_out(out: Path, resume: bool, force: bool) -> None:
-    if out.exists() and any(out.iterdir()) and not (resume or force):
-        raise FileExistsError(f"output folder {str(out)!r} exists and is not empty; pass --resume to continue it or --force to overwrite")
-    if force and not resume:
-        for name in _OUTPUTS:
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-        for p in out.glob("scores.rank*.partial.csv"):
-            p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def _read_rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return [row for row in csv.DictReader(f) if row.get("score") not in (None, "")]
-
-
-class _Appender:
-    """Appends CSV rows durably (flush + fsync per batch), writing the header once."""
-
-    def __init__(self, path: Path, fields: list[str]):
-        new = not path.exists() or path.stat().st_size == 0
-        self.f = open(path, "a", newline="")
-        self.w = csv.DictWriter(self.f, fieldnames=fields)
-        if new:
-            self.w.writeheader()
-
-    def write(self, rows: list[dict]) -> None:
-        self.w.writerows(rows)
-        self.f.flush()
-        os.fsync(self.f.fileno())
-
-    def close(self):
-        self.f.close()
+    earlier_errors: int = 0
 
 
 def screen(
@@ -86,6 +56,7 @@ def screen(
     *,
     resume: bool = False,
     force: bool = False,
+    retry_errors: bool = False,
     batch_size: int = 64,
     num_workers: Optional[int] = None,
     top: int = 20,
@@ -101,23 +72,39 @@ def screen(
     :func:`~patchgan_fast.data.to_uint8`). ``compile`` is the :class:`~patchgan_fast.Scorer`'s mode;
     ``'auto'`` captures CUDA graphs only for runs of at least 2,000 files, where the compile time
     pays for itself. ``model`` may be a Scorer built from a PatchGAN, to reuse its compiled
-    reconstructor across calls (``device`` and ``compile`` are then the Scorer's).
+    reconstructor across calls (``device`` and ``compile`` are then the Scorer's). With ``resume``,
+    ``retry_errors`` scores the files that were unreadable before once more.
 
     Returns:
         counts of scored images, unreadable files and images skipped as already done.
 
     Raises:
-        FileExistsError: ``out`` holds files and neither ``resume`` nor ``force`` is set.
+        UsageError: before anything is read or written: bad options, a missing input, an unreadable model,
+            ``out`` a file, ``out`` not empty without ``resume`` or ``force``, files there that the tool did
+            not write, or (``resume``) scores there that another model or other settings produced.
+        records.WriteError: an output could not be written (a full disk); what was written stays valid.
+        TypeError: ``model`` is a Scorer built from something other than a PatchGAN.
     """
     world, rank = distributed()
-    model, scorer, dev = _open_model(model, device, world)
-    out = Path(out)
-    if rank == 0:
-        _prepare_out(out, resume, force)
+    try:
+        _check_options(batch_size, top, resize, num_workers, resume, retry_errors)
+        model, scorer, dev = _open_model(model, device, world)
+        for p in inputs:
+            if not Path(p).exists():
+                raise FileNotFoundError(f"input {str(p)!r} does not exist")
+        out = Path(out)
+        precision = scorer.dtype if scorer is not None else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+        produced_by = {"model": model_digest(model), "resize": resize, "precision": str(precision),
+                       "package_version": __version__}
+        manifest = _prepare_out(out, resume, force, retry_errors, produced_by, world) if rank == 0 else None
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as exc:
+        raise UsageError(str(exc)) from exc
     if world > 1:
         dist.barrier()
-    files = sorted({f for p in inputs for f in list_images(p)})
-    done, mine, todo = _share(out, files, rank, world)
+    problems: list[tuple[str, str]] = []
+    files = sorted({f for p in inputs for f in list_images(p, problems)})
+    files = [f for f in files if not _inside(f, out)]  # never our own outputs
+    done, earlier, mine, todo = _share(out, files, rank, world)
     if scorer is None:
         if compile == "auto":
             compile = "cudagraphs" if dev.type == "cuda" and len(todo) >= 2000 else "none"
@@ -130,6 +117,8 @@ def screen(
     run.skipped = len(mine) - len(todo)
     bar = progress_bar(len(todo), "screening", "file", enabled=progress and rank == 0)
     try:
+        if rank == 0:
+            run.problems(problems, earlier)
         for path, images, error in loader:
             run.add(path, images, error, done)
             if bar is not None:
@@ -146,10 +135,23 @@ def screen(
     if world > 1:
         dist.barrier()
     if rank == 0:
-        _finish(model, out, top, resize, dev)
+        _finish(model, out, top, resize, dev, manifest)
     if world > 1:
         dist.barrier()
-    return ScreenSummary(scored=run.scored, errors=run.errors, skipped=run.skipped, out=out)
+    return ScreenSummary(scored=run.scored, errors=run.errors, skipped=run.skipped, out=out,
+                         earlier_errors=len(earlier))
+
+
+def _check_options(batch_size, top, resize, num_workers, resume: bool, retry_errors: bool) -> None:
+    for name, value, least in (("batch_size", batch_size, 1), ("top", top, 0), ("num_workers", num_workers, 0)):
+        if name == "num_workers" and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"expected {name} an int >= {least}, got {value!r}")
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"unknown resize mode {resize!r}; expected one of {', '.join(RESIZE_MODES)}")
+    if retry_errors and not resume:
+        raise ValueError("retry_errors (--retry-errors) goes with resume (--resume): a new run reads every file anyway")
 
 
 def _open_model(model, device: Optional[str], world: int) -> tuple[PatchGAN, Optional[Scorer], torch.device]:
@@ -169,14 +171,63 @@ def _open_model(model, device: Optional[str], world: int) -> tuple[PatchGAN, Opt
     return model.to(dev).eval(), scorer, dev
 
 
-def _share(out: Path, files: list[str], rank: int, world: int) -> tuple[set, list[str], list[str]]:
-    """What this rank does: (the (path, slice) rows already scored by any rank, this rank's files that did not
-    fail before, those of them still to decode: a single-image file already scored is not decoded again)."""
-    done = {(r["path"], r["slice"]) for p in [out / PARTIAL, *out.glob("scores.rank*.partial.csv")] for r in _read_rows(p)}
-    failed = {r["path"] for r in _read_rows_errors(out / ERRORS)}
+def _prepare_out(out: Path, resume: bool, force: bool, retry_errors: bool, produced_by: dict, world: int) -> Manifest:
+    """Makes ``out`` ready (rank 0) and returns its manifest; refuses, naming why, when it cannot be used
+    without losing or mixing anything."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {str(out)!r} is a file; expected a folder (new or from an earlier screen)")
+    manifest = Manifest.read(out) if out.is_dir() else None
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if resume and entries:
+        if manifest is None:
+            raise FileExistsError(f"cannot resume in {str(out)!r}: it has no {MANIFEST}, so this version of patchgan-fast "
+                                  "did not write it; start a new --out")
+        diff = manifest.differences(produced_by)
+        if diff:
+            raise ValueError(f"cannot resume in {str(out)!r}: its scores were produced by another model or with other "
+                             f"settings: {', '.join(diff)}; resume with the same ones, or start a new --out")
+        if retry_errors:  # the files that failed are read again (the folders searched again)
+            write_checked(out / ERRORS, _ERROR_FIELDS, [])
+            for p in out.glob("errors.rank*.csv"):
+                p.unlink()
+        return manifest
+    if entries and not resume and not force:
+        raise FileExistsError(f"output folder {str(out)!r} exists and is not empty; pass --resume to continue it or "
+                              "--force to replace the outputs of an earlier screen")
+    if force and manifest is not None:  # only what the tool wrote, as its manifest says
+        for rel in sorted(manifest.written, reverse=True):
+            p = out / rel
+            if p.is_file() or p.is_symlink():
+                p.unlink()
+        if (out / HEATMAPS).is_dir() and not any((out / HEATMAPS).iterdir()) and f"{HEATMAPS}/" in manifest.written:
+            (out / HEATMAPS).rmdir()
+        (out / MANIFEST).unlink()
+    clash = [name for name in _OUTPUTS if (out / name).exists()]
+    if clash:
+        raise FileExistsError(f"{str(out)!r} holds {', '.join(clash)}, which patchgan-fast did not write there (its "
+                              f"{MANIFEST} does not list them); it never replaces files it did not write: choose "
+                              "another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(out, {"written": [], "produced_by": produced_by})
+    manifest.add(PARTIAL, SCORES, ERRORS, REPORT, *[f"scores.rank{r}.partial.csv" for r in range(world) if world > 1],
+                 *[f"errors.rank{r}.csv" for r in range(world) if world > 1])
+    return manifest
+
+
+def _inside(path: str, folder: Path) -> bool:
+    return folder.resolve() in Path(path).resolve().parents
+
+
+def _share(out: Path, files: list[str], rank: int, world: int) -> tuple[set, set, list[str], list[str]]:
+    """What this rank does: (the (path, slice) rows already scored by any rank, the files that failed before,
+    this rank's files that did not fail before, those of them still to decode: a single-image file already
+    scored is not decoded again)."""
+    done = {(r["path"], r["slice"]) for p in [out / PARTIAL, *out.glob("scores.rank*.partial.csv")]
+            for r in read_checked(p)}
+    failed = {r["path"] for r in _read_errors(out)}
     mine = [f for f in files[rank::world] if f not in failed]
     single_done = {path for path, sl in done if sl == ""}
-    return done, mine, [f for f in mine if f not in single_done]
+    return done, {f for f in files if f in failed}, mine, [f for f in mine if f not in single_done]
 
 
 class _Run:
@@ -186,10 +237,20 @@ class _Run:
     def __init__(self, queue: BatchQueue, out: Path, world: int, rank: int, batch_size: int, patch_size: int,
                  size: int):
         self.queue, self.batch_size, self.patch_size, self.grid_w = queue, batch_size, patch_size, size // patch_size
-        self.scores_out = _Appender(out / (PARTIAL if world == 1 else f"scores.rank{rank}.partial.csv"), _FIELDS)
-        self.errors_out = _Appender(out / (ERRORS if world == 1 else f"errors.rank{rank}.csv"), ["path", "error"])
+        self.scores_out = Appender(out / (PARTIAL if world == 1 else f"scores.rank{rank}.partial.csv"), _FIELDS)
+        self.errors_out = Appender(out / (ERRORS if world == 1 else f"errors.rank{rank}.csv"), _ERROR_FIELDS)
         self.pending: list[tuple[str, Optional[int], torch.Tensor, str]] = []
         self.scored = self.skipped = self.errors = 0
+        self.out = out
+
+    def problems(self, problems: list[tuple[str, str]], earlier: set) -> None:
+        """Folders that could not be searched: to errors.csv (once) and the terminal."""
+        recorded = {(r["path"], r["error"]) for r in _read_errors(self.out)}
+        for path, why in problems:
+            print(f"warning: {printable(path)}: {printable(why)}", file=sys.stderr)
+            if (path, why) not in recorded:
+                self.errors_out.write([{"path": path, "error": why}])
+                self.errors += 1
 
     def add(self, path: str, images, error: Optional[str], done: set) -> None:
         """One decoded file: its images join the pending batch (those not done yet), or its error is written."""
@@ -201,6 +262,8 @@ class _Run:
             if (path, "" if s is None else str(s)) in done:
                 self.skipped += 1
                 continue
+            if "skipped" in how and s in (None, 0):  # what a reader left out (a 4-D volume's others), said once
+                print(f"warning: {printable(path)}: {printable(how)}", file=sys.stderr)
             self.pending.append((path, s, pixels, how))
             if len(self.pending) >= self.batch_size:
                 self.flush()
@@ -228,50 +291,26 @@ class _Run:
         self.errors_out.close()
 
 
-def _read_rows_errors(path: Path) -> list[dict]:
-    rows = []
-    for p in [path, *path.parent.glob("errors.rank*.csv")]:
-        if p.exists():
-            with open(p, newline="") as f:
-                rows += list(csv.DictReader(f))
-    return rows
+def _read_errors(out: Path) -> list[dict]:
+    return [r for p in [out / ERRORS, *sorted(out.glob("errors.rank*.csv"))] for r in read_checked(p)]
 
 
-def _finish(model: PatchGAN, out: Path, top: int, resize: str, dev: torch.device) -> None:
+def _finish(model: PatchGAN, out: Path, top: int, resize: str, dev: torch.device, manifest: Manifest) -> None:
     """Merges the partial files, ranks them into scores.csv, and writes heatmaps and the report."""
     rank_files = sorted(out.glob("scores.rank*.partial.csv"))
-    rows = _read_rows(out / PARTIAL) + [r for p in rank_files for r in _read_rows(p)]
+    rows = read_checked(out / PARTIAL) + [r for p in rank_files for r in read_checked(p)]
     seen, unique = set(), []
     for r in rows:
         if (r["path"], r["slice"]) not in seen:
             seen.add((r["path"], r["slice"]))
             unique.append(r)
     unique.sort(key=lambda r: (-float(r["score"]), r["path"], r["slice"]))
-    tmp = out / (SCORES + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["rank", *_FIELDS])
-        w.writeheader()
-        for i, r in enumerate(unique, 1):
-            w.writerow({"rank": i, **{k: r[k] for k in _FIELDS}})
-    os.replace(tmp, out / SCORES)
+    write_csv(out / SCORES, ["rank", *_FIELDS], [{"rank": i, **r} for i, r in enumerate(unique, 1)])
     if rank_files:  # merge the per-rank partial and error files into the single-process layout
-        _rewrite(out / PARTIAL, _FIELDS, unique)
+        write_checked(out / PARTIAL, _FIELDS, unique)
         for p in rank_files:
             p.unlink()
-        errors = _read_rows_errors(out / ERRORS)
-        _rewrite(out / ERRORS, ["path", "error"], errors)
+        write_checked(out / ERRORS, _ERROR_FIELDS, _read_errors(out))
         for p in out.glob("errors.rank*.csv"):
             p.unlink()
-    errors = _read_rows_errors(out / ERRORS)
-    write_report(model, out, unique, errors, top, resize, dev)
-
-
-def _rewrite(path: Path, fields: list[str], rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
-
-
+    write_report(model, out, unique, _read_errors(out), top, resize, dev, manifest)

@@ -3,13 +3,16 @@
 Every reader returns a list of :class:`Image` (a volume or a multi-frame file gives one per slice or
 frame), as float32 ``[C, H, W]`` in [0, 1] (8-bit files keep exact k/255 values). 1-channel data
 stays 1-channel. A file that cannot be read raises :class:`ReadError` naming the file and why.
-Resizing to a model's size is explicit (:func:`fit_to_size`) and says what it did.
+Resizing to a model's size is explicit (:func:`fit_to_size`) and says what it did. An image of more
+than :data:`MAX_PIXELS` pixels is refused by name from its header, before it is decoded (a small file
+can hold a huge image: a decompression bomb).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -23,6 +26,10 @@ RASTER = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 NIFTI = (".nii", ".nii.gz")
 DICOM = {".dcm", ".dicom"}
 ARRAY = {".npy", ".npz"}
+
+#: The largest image (height x width x frames or slices, per file) a reader decodes: 2**28 pixels, e.g.
+#: 16384 x 16384; larger ones are refused from their header with a ReadError.
+MAX_PIXELS = 2**28
 
 
 class ReadError(Exception):
@@ -62,14 +69,51 @@ def is_supported(path: str | os.PathLike) -> bool:
     return s in RASTER or s in NIFTI or s in DICOM or s in ARRAY
 
 
-def list_images(root: str | os.PathLike) -> list[str]:
-    """Supported files under ``root`` (a file or a folder, searched recursively), sorted."""
+def list_images(root: str | os.PathLike, problems: Optional[list[tuple[str, str]]] = None) -> list[str]:
+    """Supported files under ``root`` (a file or a folder, searched recursively, following symbolic links
+    once), sorted. What cannot be searched (an unreadable folder, a symbolic link that loops back or
+    leads nowhere) is appended to ``problems`` as ``(path, reason)`` instead of being skipped silently.
+
+    Raises:
+        FileNotFoundError: ``root`` is neither a file nor a folder.
+    """
     root = Path(root)
     if root.is_file():
         return [str(root)]
     if not root.is_dir():
         raise FileNotFoundError(f"{str(root)!r} is neither a file nor a folder")
-    return sorted(str(p) for p in root.rglob("*") if p.is_file() and is_supported(p))
+    found, seen = [], set()
+    problems = [] if problems is None else problems
+
+    def unreadable(exc: OSError) -> None:
+        problems.append((str(exc.filename), f"folder not searched: {exc.strerror or exc}"))
+
+    for folder, dirs, names in os.walk(root, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a symbolic link back into a folder already searched
+            problems.append((folder, f"folder not searched: a symbolic link loop (it is {real})"))
+            dirs.clear()
+            continue
+        seen.add(real)
+        for name in names:
+            path = os.path.join(folder, name)
+            if not is_supported(path):
+                continue
+            if os.path.isfile(path):
+                found.append(path)
+            elif os.path.islink(path):
+                problems.append((path, "a symbolic link to nothing (or to itself)"))
+    return sorted(found)
+
+
+def _check_pixels(path: str, shape) -> None:
+    """Refuses an image of more than MAX_PIXELS pixels, from its header (``shape``), before decoding it."""
+    n = 1
+    for v in shape:
+        n *= int(v)
+    if n > MAX_PIXELS:
+        raise ReadError(f"{path}: {' x '.join(str(int(v)) for v in shape)} = {n:,} pixels, more than the limit of "
+                        f"{MAX_PIXELS:,} (patchgan_fast.data.io.MAX_PIXELS); not decoded")
 
 
 def _percentile_unit(a: np.ndarray, lo: float = 1.0, hi: float = 99.0) -> np.ndarray:
@@ -117,8 +161,13 @@ def _unit(a: np.ndarray, path: str) -> tuple[np.ndarray, str]:
 def _read_raster(path: str) -> list[Image]:
     from PIL import Image as PILImage
 
+    PILImage.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own check (in open) refuses twice that; ours, the rest
     try:
-        with PILImage.open(path) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            im = PILImage.open(path)
+        with im:
+            _check_pixels(path, (im.size[1], im.size[0]))
             im.load()
             mode = im.mode
             if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
@@ -134,8 +183,13 @@ def _read_raster(path: str) -> list[Image]:
                 a = np.asarray(im.convert("L" if mode in ("1", "LA") else "RGB"))
             else:
                 a = np.asarray(im.convert("RGB"))
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ReadError(f"{path}: not a readable image ({exc})") from exc
+    except PILImage.DecompressionBombError as exc:  # over twice Pillow's own limit: refused in open()
+        raise ReadError(f"{path}: more pixels than the limit of {MAX_PIXELS:,} (patchgan_fast.data.io.MAX_PIXELS); "
+                        f"not decoded ({exc})") from exc
+    except ReadError:
+        raise
+    except Exception as exc:  # any reader error is this file's, never the run's
+        raise ReadError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
     a, how = _unit(a, path)
     return [Image(torch.from_numpy(np.ascontiguousarray(_to_chw(a, path))), path, None, [how])]
 
@@ -143,13 +197,18 @@ def _read_raster(path: str) -> list[Image]:
 def _read_nifti(path: str) -> list[Image]:
     import nibabel as nib
 
+    notes = ["NIfTI percentile (1st-99th) normalized"]
     try:
-        img = nib.as_closest_canonical(nib.load(path))
-        vol = np.asarray(img.dataobj, dtype=np.float32)
+        img = nib.load(path)
+        _check_pixels(path, img.shape[:3])
+        img = nib.as_closest_canonical(img)
+        if len(img.shape) == 4 and img.shape[3] > 1:  # a time series or several volumes: the first is screened
+            notes.append(f"4-D NIfTI: volume 0 of {img.shape[3]} used, the other {img.shape[3] - 1} skipped")
+        vol = np.asarray(img.dataobj[..., 0] if len(img.shape) == 4 else img.dataobj, dtype=np.float32)
+    except ReadError:
+        raise
     except Exception as exc:
-        raise ReadError(f"{path}: not a readable NIfTI volume ({exc})") from exc
-    if vol.ndim == 4:
-        vol = vol[..., 0]
+        raise ReadError(f"{path}: not a readable NIfTI volume ({type(exc).__name__}: {exc})") from exc
     if vol.ndim == 2:
         vol = vol[..., None]
     if vol.ndim != 3:
@@ -160,7 +219,7 @@ def _read_nifti(path: str) -> list[Image]:
     out = []
     for z in range(unit.shape[2]):  # RAS: axis 2 is inferior -> superior; rows anterior-up
         sl = np.flip(unit[:, :, z].T, axis=0)
-        out.append(Image(torch.from_numpy(np.ascontiguousarray(sl))[None], path, z, ["NIfTI percentile (1st-99th) normalized"]))
+        out.append(Image(torch.from_numpy(np.ascontiguousarray(sl))[None], path, z, list(notes)))
     return out
 
 
@@ -169,9 +228,12 @@ def _read_dicom(path: str) -> list[Image]:
 
     try:
         ds = pydicom.dcmread(path)
+        _check_pixels(path, (ds.get("Rows", 0), ds.get("Columns", 0), ds.get("NumberOfFrames", 1) or 1))
         a = ds.pixel_array.astype(np.float32)
+    except ReadError:
+        raise
     except Exception as exc:
-        raise ReadError(f"{path}: not a readable DICOM image ({exc})") from exc
+        raise ReadError(f"{path}: not a readable DICOM image ({type(exc).__name__}: {exc})") from exc
     slope, intercept = float(getattr(ds, "RescaleSlope", 1) or 1), float(getattr(ds, "RescaleIntercept", 0) or 0)
     a = a * slope + intercept
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
@@ -194,24 +256,33 @@ def _read_dicom(path: str) -> list[Image]:
 
 
 def _read_array(path: str) -> list[Image]:
+    """Every array of a .npy or .npz file (an .npz's arrays in their stored order), each a 2-D image or a stack."""
     try:
         if path.lower().endswith(".npz"):
             with np.load(path, allow_pickle=False) as z:
                 if not z.files:
                     raise ReadError(f"{path}: empty .npz")
-                a = z[z.files[0]]
+                for name in z.files:  # the size the zip directory states, before the array is decompressed
+                    size = z.zip.getinfo(f"{name}.npy").file_size
+                    if size > 8 * MAX_PIXELS:
+                        raise ReadError(f"{path}: array {name!r} decompresses to {size:,} bytes, more than 8 bytes for each "
+                                        f"of {MAX_PIXELS:,} pixels (patchgan_fast.data.io.MAX_PIXELS); not decoded")
+                arrays = [z[name] for name in z.files]
         else:
-            a = np.load(path, allow_pickle=False)
+            arrays = [np.load(path, allow_pickle=False)]
     except ReadError:
         raise
     except Exception as exc:
-        raise ReadError(f"{path}: not a readable numpy array ({exc})") from exc
-    if a.ndim == 4 or (a.ndim == 3 and a.shape[0] not in (1, 3) and a.shape[-1] not in (1, 3, 4)):
-        stack = a  # [N, H, W] or [N, C, H, W] / [N, H, W, C]
-    else:
-        stack = a[None]
+        raise ReadError(f"{path}: not a readable numpy array ({type(exc).__name__}: {exc})") from exc
+    stack = []
+    for a in arrays:
+        if a.ndim == 4 or (a.ndim == 3 and a.shape[0] not in (1, 3) and a.shape[-1] not in (1, 3, 4)):
+            stack.extend(a)  # [N, H, W] or [N, C, H, W] / [N, H, W, C]
+        else:
+            stack.append(a)
     out = []
     for i, item in enumerate(stack):
+        _check_pixels(path, np.shape(item))
         unit, how = _unit(np.asarray(item), path)
         out.append(Image(torch.from_numpy(np.ascontiguousarray(_to_chw(unit, path))), path, i if len(stack) > 1 else None, [how]))
     return out
@@ -312,5 +383,5 @@ class DecodedFiles(torch.utils.data.Dataset):
                 pixels, how = fit_to_size(im.pixels, self.size, self.channels, self.resize)
                 out.append((im.slice, to_uint8(pixels), "; ".join([*im.notes, how] if how else im.notes)))
             return path, out, None
-        except (ReadError, ValueError, OSError) as exc:
-            return path, None, str(exc)
+        except Exception as exc:  # any reader's error is this file's, reported by name; the run goes on
+            return path, None, str(exc) if isinstance(exc, ReadError) else f"{path}: {type(exc).__name__}: {exc}"

@@ -190,22 +190,32 @@ class PatchGAN(nn.Module):
         if not isinstance(state, dict) or state.get("kind") != _KIND:
             raise ValueError(f"{source} is not a patchgan_fast model file (no '{_KIND}' header)")
         version = state.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError(f"{source} has model format {version!r}, expected a positive int: the file is damaged or "
+                             "was not written by patchgan_fast")
+        if version > FORMAT_VERSION:
             raise ValueError(
                 f"{source} has model format {version!r}, written by patchgan_fast {state.get('package_version')}; "
                 f"this version ({__version__}) reads formats up to {FORMAT_VERSION}: upgrade patchgan_fast"
             )
-        model = cls(TrainConfig.from_dict(state["config"]), state["channels"], state["mean"], state["std"])
-        model.reconstructor.load_state_dict(state["reconstructor"])
-        model.discriminator.load_state_dict(state["discriminator"])
-        model.score_stats = dict(state.get("score_stats", {}))
-        weights = state.get("patch_weights")
-        model.patch_weights = None if weights is None else tuple(tuple(float(v) for v in r) for r in weights)
-        scales = state.get("error_scales")  # absent in files written before 'mse+msgms'
-        model.error_scales = None if scales is None else tuple(float(v) for v in scales)
-        if state.get("feature_bank") is not None:  # format 2
-            model.feature_bank = state["feature_bank"].float()
-            model.neighbour_scales = tuple(float(v) for v in state["neighbour_scales"])
+        missing = [k for k in ("config", "channels", "mean", "std", "reconstructor", "discriminator") if k not in state]
+        if missing:
+            raise ValueError(f"{source} lacks {', '.join(map(repr, missing))}: the file is damaged or incomplete")
+        try:
+            model = cls(TrainConfig.from_dict(state["config"]), state["channels"], state["mean"], state["std"])
+            model.reconstructor.load_state_dict(state["reconstructor"])
+            model.discriminator.load_state_dict(state["discriminator"])
+            model.score_stats = dict(state.get("score_stats") or {})
+            weights = state.get("patch_weights")
+            model.patch_weights = None if weights is None else tuple(tuple(float(v) for v in r) for r in weights)
+            scales = state.get("error_scales")  # absent in files written before 'mse+msgms'
+            model.error_scales = None if scales is None else tuple(float(v) for v in scales)
+            if state.get("feature_bank") is not None:  # format 2
+                model.feature_bank = state["feature_bank"].float()
+                model.neighbour_scales = tuple(float(v) for v in state["neighbour_scales"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{source} holds a damaged model ({type(exc).__name__}: {reason})") from exc
         return model.eval()
 
     @classmethod

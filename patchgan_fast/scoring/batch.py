@@ -105,8 +105,7 @@ def error_maps(
         raise ValueError(f"expected smoothing a positive odd int, got {k!r}")
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"expected batch a positive int, got {batch!r}")
-    if not isinstance(images, Tensor):
-        raise TypeError(f"expected images as a torch.Tensor [B, C, H, W], got {type(images).__name__}")
+    ops.check_images(images)
     device = _model_dtype_device(model)[1] or images.device
     out = []
     for i in range(0, len(images), batch):

@@ -111,6 +111,10 @@ class ScoreConfig:
         """The checked :class:`~patchgan_fast.ops.Plan` of this config for images of ``shape`` ([B, C, H, W] or
         [C, H, W]) on ``device``, the model consuming ``dtype`` (``self.dtype`` wins when set)."""
         c, h, w = (int(v) for v in tuple(shape)[-3:])
+        if self.mean is not None and len(self.mean) != c:
+            raise ValueError(f"images have {c} channel(s) but this config (a model's) is for {len(self.mean)}-channel "
+                             f"images (its mean and std have {len(self.mean)} values); convert the images "
+                             f"(patchgan_fast.data.fit_to_size does RGB <-> gray)")
         grid = check_patch_grid((h, w), self.patch_size)
         return Plan.build(
             (c, h, w), patch_size=self.patch_size, layout=self.layout, num_copies=self.num_copies, seed=self.seed,
@@ -130,8 +134,10 @@ class ScoreConfig:
             return None
         shape = (len(self.patch_weights), len(self.patch_weights[0]))
         if shape != tuple(grid):
+            p = self.patch_size
             raise ValueError(f"patch_weights are for a {shape[0]}x{shape[1]} patch grid but the images have "
-                             f"{grid[0]}x{grid[1]} patches of {self.patch_size}x{self.patch_size}")
+                             f"{grid[0]}x{grid[1]} patches of {p}x{p}: expected images of {shape[0] * p}x{shape[1] * p} "
+                             f"(the size the model was trained at), got {grid[0] * p}x{grid[1] * p}; resize them")
         return torch.tensor(self.patch_weights, dtype=torch.float32, device=device)
 
     def with_ranking(self, preset: str) -> "ScoreConfig":
