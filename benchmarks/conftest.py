@@ -19,7 +19,9 @@ import torch
 
 import patchgan_fast
 
-RESULTS = Path(__file__).parent / "results"
+# benchmarks/results, or PATCHGAN_FAST_RESULTS (a dry run's scratch folder); with OUT set (a device machine),
+# every results file is also written there as it is measured
+RESULTS = Path(os.environ.get("PATCHGAN_FAST_RESULTS") or Path(__file__).parent / "results")
 _records: list[dict] = []
 
 
@@ -118,8 +120,10 @@ def record(request, device):
 
 def write_results(name: str, records: list[dict]) -> None:
     """Writes the records to benchmarks/results/NAME.json and a table to NAME.md."""
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(records, indent=1) + "\n")
+    folders = [RESULTS, *([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.json").write_text(json.dumps(records, indent=1) + "\n")
     first = records[0]
     lines = [f"# {name}", "", f"Command: `{first['command']}`  ", f"Device: {first['device']}  ",
              f"Versions: {json.dumps(first['versions'])}  ", f"Date: {first['date']}", "",
@@ -127,4 +131,5 @@ def write_results(name: str, records: list[dict]) -> None:
     for r in records:
         cfg = ", ".join(f"{k}={v}" for k, v in r["config"].items())
         lines.append(f"| {r['metric']} | {cfg} | {r['value']:.4g} | {r['unit']} |")
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    for folder in folders:
+        (folder / f"{name}.md").write_text("\n".join(lines) + "\n")

@@ -111,7 +111,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
     info["torch"] = PGF_TORCH_VERSION;
     info["cuda_version"] = PGF_CUDA_VERSION;
-    info["compiler"] = __VERSION__;
+#if defined(__clang__)
+    info["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+    info["compiler"] = std::string("GCC ") + __VERSION__;
+#else
+    info["compiler"] = std::string(__VERSION__);
+#endif
     return info;
   });
 }

@@ -19,8 +19,9 @@ scores whichever index is taken), for larger T from a bitonic sort of the padded
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import triton
@@ -119,6 +120,38 @@ def _rank_kernel(E_ptr, W_ptr, PW_ptr, S_ptr, G, rest_weight, T: tl.constexpr, B
     tl.store(S_ptr + b, _rank_image(E_ptr + b.to(tl.int64) * G, W_ptr, PW_ptr, G, rest_weight, T, BLOCK_G, HAS_PW))
 
 
+@triton.jit
+def _map_kernel(
+    M_ptr, W_ptr, PW_ptr, E_ptr, S_ptr, Gh, Gw, rest_weight, inv_count, stride_mb, stride_mh, stride_mw,
+    P: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_GW: tl.constexpr, BLOCK_P: tl.constexpr,
+    T: tl.constexpr, BLOCK_G: tl.constexpr, HAS_PW: tl.constexpr,
+):
+    """Patch means of one image's per-pixel error map (another error measure's, e.g. MSGMS) and its ranked
+    score: the per-patch reduction and the ranking of the fused kernel, on a map instead of x and x_hat."""
+    b = tl.program_id(0)
+    G = Gh * Gw
+    m_img = M_ptr + b.to(tl.int64) * stride_mb
+    e_img = E_ptr + b.to(tl.int64) * G
+    offs_y = tl.arange(0, BLOCK_Y)
+    offs_q = tl.arange(0, BLOCK_GW)
+    offs_p = tl.arange(0, BLOCK_P)
+    for gy in range(0, Gh):
+        for gx0 in range(0, Gw, BLOCK_GW):
+            gx = gx0 + offs_q
+            col_ok = (gx < Gw)[:, None] & (offs_p < P)[None, :]
+            cols = ((gx * P)[:, None] + offs_p[None, :]).to(tl.int64) * stride_mw
+            acc = tl.zeros((BLOCK_Y, BLOCK_GW, BLOCK_P), dtype=tl.float32)
+            for y0 in range(0, P, BLOCK_Y):
+                ys = gy * P + y0 + offs_y
+                m = (y0 + offs_y < P)[:, None, None] & col_ok[None, :, :]
+                off = (ys.to(tl.int64) * stride_mh)[:, None, None] + cols[None, :, :]
+                acc += tl.load(m_img + off, mask=m, other=0.0).to(tl.float32)
+            err = tl.sum(tl.sum(acc, axis=2), axis=0) * inv_count
+            tl.store(e_img + gy * Gw + gx, err, mask=gx < Gw)
+    tl.debug_barrier()  # the patch errors written above by other threads of this program
+    tl.store(S_ptr + b, _rank_image(e_img, W_ptr, PW_ptr, G, rest_weight, T, BLOCK_G, HAS_PW))
+
+
 @functools.lru_cache(maxsize=64)
 def _device_constants(values: tuple, device: torch.device) -> Tensor:
     return torch.tensor(values if values else (0.0,), dtype=torch.float32, device=device)
@@ -129,6 +162,29 @@ def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 4
+
+
+def _tile(p: int, gw: int) -> tuple[int, int, int]:
+    """(BLOCK_Y, BLOCK_GW, BLOCK_P): a tile of up to _TILE pixels, BLOCK_GW patches side by side in a patch row."""
+    block_p = triton.next_power_of_2(p)
+    block_gw = min(triton.next_power_of_2(gw), max(1, 1024 // block_p))
+    return min(block_p, max(1, _TILE // (block_gw * block_p))), block_gw, block_p
+
+
+def _outputs(b: int, gh: int, gw: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    return (torch.empty((b,), dtype=torch.float32, device=device),
+            torch.empty((b, gh, gw), dtype=torch.float32, device=device))
+
+
+def device_constants(top_weights: Sequence[float], mean: Optional[Sequence[float]], std: Optional[Sequence[float]],
+                     device: torch.device) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """(top weights, mean, 1/std) as fp32 tensors on ``device``, made once per setting and device (the weights
+    tensor holds one 0 when there are none; mean and 1/std are None without normalization)."""
+    weights = _device_constants(tuple(float(v) for v in top_weights), device)
+    if not mean:
+        return weights, None, None
+    return (weights, _device_constants(tuple(float(v) for v in mean), device),
+            _device_constants(tuple(1.0 / float(v) for v in std), device))
 
 
 def patch_scores_triton(
@@ -157,18 +213,41 @@ def patch_scores_triton(
     Returns:
         (scores Tensor[B] fp32, patch_errors Tensor[B, Gh, Gw] fp32)
     """
+    weights, mean_t, istd_t = device_constants(top_weights, mean, std, images.device)
+    return launch_patch_scores(images, reconstructions, assignment, weights, mean_t, istd_t, patch_weights,
+                               patch_size=patch_size, top_count=len(top_weights), rest_weight=rest_weight,
+                               rows_per_program=rows_per_program)
+
+
+def _direct(kernel):
+    return kernel
+
+
+def launch_patch_scores(
+    images: Tensor,
+    reconstructions: Tensor,
+    assignment: Optional[Tensor],
+    weights: Tensor,
+    mean: Optional[Tensor],
+    istd: Optional[Tensor],
+    patch_weights: Optional[Tensor],
+    *,
+    patch_size: int,
+    top_count: int,
+    rest_weight: float,
+    rows_per_program: Optional[int] = None,
+    launch: Callable = _direct,
+) -> tuple[Tensor, Tensor]:
+    """:func:`patch_scores_triton` with its constants as device tensors (:func:`device_constants`): the body of
+    the ``patchgan_fast::patch_scores`` op, whose ``launch`` is ``torch.library.wrap_triton``."""
     r = reconstructions if reconstructions.dim() == 5 else reconstructions.unsqueeze(0)
     b, c, h, w = images.shape
     p = patch_size
     gh, gw = h // p, w // p
     g = gh * gw
     device = images.device
-    errors = torch.empty((b, gh, gw), dtype=torch.float32, device=device)
-    scores = torch.empty((b,), dtype=torch.float32, device=device)
-
-    block_p = triton.next_power_of_2(p)
-    block_gw = min(triton.next_power_of_2(gw), max(1, 1024 // block_p))
-    block_y = min(block_p, max(1, _TILE // (block_gw * block_p)))
+    scores, errors = _outputs(b, gh, gw, device)
+    block_y, block_gw, block_p = _tile(p, gw)
     block_g = triton.next_power_of_2(g)
     if rows_per_program is None:
         target = 2 * _num_sms(device)
@@ -179,28 +258,63 @@ def patch_scores_triton(
     fuse = splits == 1
 
     has_assign = assignment is not None and r.shape[0] > 1
-    has_norm = bool(mean)
-    t = len(top_weights)
-    weights = _device_constants(tuple(float(v) for v in top_weights), device)
-    if has_norm:
-        mean_t = _device_constants(tuple(float(v) for v in mean), device)
-        istd_t = _device_constants(tuple(1.0 / float(v) for v in std), device)
-    else:
-        mean_t = istd_t = weights  # unused
+    has_norm = mean is not None
+    t = top_count
+    mean_t = mean if has_norm else weights  # unused without normalization
+    istd_t = istd if has_norm else weights
     a = assignment.contiguous() if has_assign else weights  # unused when not has_assign
     has_pw = patch_weights is not None
     pw = patch_weights if has_pw else weights  # unused when not has_pw
     tile = block_y * block_gw * block_p
-    _patch_error_kernel[(b, splits)](
-        images, r, a, mean_t, istd_t, weights, pw, errors, scores,
-        c, gh, gw, rows_per_program, float(rest_weight), 1.0 / (c * p * p),
-        *images.stride(), *r.stride(),
-        P=p, BLOCK_Y=block_y, BLOCK_GW=block_gw, BLOCK_P=block_p,
-        X_IS_U8=images.dtype == torch.uint8, HAS_NORM=has_norm, HAS_ASSIGN=has_assign,
-        FUSE_RANK=fuse, T=t, BLOCK_G=block_g, HAS_PW=has_pw,
-        num_warps=8 if tile >= 2048 else 4,
-    )
-    if not fuse:
-        _rank_kernel[(b,)](errors, weights, pw, scores, g, float(rest_weight), T=t, BLOCK_G=block_g, HAS_PW=has_pw,
-                           num_warps=4 if block_g <= 1024 else 8)
+    # launch on the tensors' GPU, whichever is current (Triton launches on the current device)
+    guard = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with guard:
+        launch(_patch_error_kernel)[(b, splits)](
+            images, r, a, mean_t, istd_t, weights, pw, errors, scores,
+            c, gh, gw, rows_per_program, float(rest_weight), 1.0 / (c * p * p),
+            *images.stride(), *r.stride(),
+            P=p, BLOCK_Y=block_y, BLOCK_GW=block_gw, BLOCK_P=block_p,
+            X_IS_U8=images.dtype == torch.uint8, HAS_NORM=has_norm, HAS_ASSIGN=has_assign,
+            FUSE_RANK=fuse, T=t, BLOCK_G=block_g, HAS_PW=has_pw,
+            num_warps=8 if tile >= 2048 else 4,
+        )
+        if not fuse:
+            launch(_rank_kernel)[(b,)](errors, weights, pw, scores, g, float(rest_weight), T=t, BLOCK_G=block_g,
+                                       HAS_PW=has_pw, num_warps=4 if block_g <= 1024 else 8)
+    return scores, errors
+
+
+def map_scores_triton(
+    maps: Tensor,
+    *,
+    patch_size: int,
+    top_weights: Sequence[float],
+    rest_weight: float,
+    patch_weights: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor]:
+    """Launches the map kernel; arguments are assumed checked (see ``patchgan_fast.ops.map_scores``).
+
+    Args:
+        maps (Tensor[B, H, W]): per-pixel errors, any float dtype and strides.
+        patch_weights (Tensor[Gh, Gw] fp32 contiguous, optional): multiply the patch errors before ranking.
+
+    Returns:
+        (scores Tensor[B] fp32, patch_errors Tensor[B, Gh, Gw] fp32)
+    """
+    b, h, w = maps.shape
+    p = patch_size
+    gh, gw = h // p, w // p
+    device = maps.device
+    scores, errors = _outputs(b, gh, gw, device)
+    block_y, block_gw, block_p = _tile(p, gw)
+    weights = _device_constants(tuple(float(v) for v in top_weights), device)
+    has_pw = patch_weights is not None
+    guard = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with guard:
+        _map_kernel[(b,)](
+            maps, weights, patch_weights if has_pw else weights, errors, scores, gh, gw, float(rest_weight),
+            1.0 / (p * p), *maps.stride(), P=p, BLOCK_Y=block_y, BLOCK_GW=block_gw, BLOCK_P=block_p,
+            T=len(top_weights), BLOCK_G=triton.next_power_of_2(gh * gw), HAS_PW=has_pw,
+            num_warps=8 if block_y * block_gw * block_p >= 2048 else 4,
+        )
     return scores, errors

@@ -8,6 +8,12 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def kernel_device() -> str:
+    """Where the Triton kernel's own tests run: on CUDA tensors on a GPU machine (compiled), on CPU tensors in
+    Triton's interpreter without one. Never compiled kernels on CPU tensors."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def cpu_and_cuda():
     """Device parameters: 'cpu', and 'cuda' marked so that it is skipped without a GPU."""
     return ("cpu", pytest.param("cuda", marks=pytest.mark.cuda))

@@ -1,7 +1,11 @@
 """Bad input gets a clear error that names what was received and what was expected."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
+from conftest import cpu_and_cuda
 from helpers import random_images
 from torch import nn
 
@@ -85,34 +89,50 @@ def test_python_layer_errors(call, exc, message):
         call()
 
 
-@pytest.mark.parametrize(
-    "args,message",
-    [
-        ((torch.arange(2).view(1, 2), 16, 16, 1, 4, 4, 0, 1, 4, 2, 8), r"expected keys of shape \[B\], got 2-D"),
-        ((torch.arange(2), 16, 18, 1, 4, 4, 0, 1, 4, 2, 8), r"expected image size divisible by patch_size 4, got 16x18"),
-        ((torch.arange(2), 16, 16, 1, 4, 3, 0, 1, 4, 2, 8), r"layout 'phases' needs a square num_copies"),
-        ((torch.arange(2), 16, 16, 2, 4, 17, 0, 1, 4, 2, 8), r"2 <= num_copies <= patches per image \(16\), got 17"),
-        ((torch.arange(2), 16, 16, 3, 4, 1, 0, 1, 4, 2, 32), r"expected 1 <= min_size <= max_size <= min\(H, W\) = 16"),
-        ((torch.arange(2), 16, 16, 7, 4, 1, 0, 1, 4, 2, 8), r"expected layout code 0..3"),
-        ((torch.arange(2), 16, 16, 0, 4, 2, 0, 1, 4, 2, 8), r"layout 'none' hides nothing and needs num_copies=1"),
-    ],
-)
-def test_cpp_layer_errors(args, message):
-    with pytest.raises(RuntimeError, match=message):
-        torch.ops.patchgan_fast.build_masks(*args)
+# The compiled ops' own argument errors (TORCH_CHECK) must reach Python as RuntimeError. On one H100 build every
+# such throw killed the process instead, so each runs in a subprocess: a crash fails one test, not the test run.
+CPP_BUILD_MASKS_ERRORS = [
+    ("torch.arange(2).view(1, 2), 16, 16, 1, 4, 4, 0, 1, 4, 2, 8", r"expected keys of shape \[B\], got 2-D"),
+    ("torch.arange(2), 16, 18, 1, 4, 4, 0, 1, 4, 2, 8", r"expected image size divisible by patch_size 4, got 16x18"),
+    ("torch.arange(2), 16, 16, 1, 4, 3, 0, 1, 4, 2, 8", r"layout 'phases' needs a square num_copies"),
+    ("torch.arange(2), 16, 16, 2, 4, 17, 0, 1, 4, 2, 8", r"2 <= num_copies <= patches per image \(16\), got 17"),
+    ("torch.arange(2), 16, 16, 3, 4, 1, 0, 1, 4, 2, 32", r"expected 1 <= min_size <= max_size <= min\(H, W\) = 16"),
+    ("torch.arange(2), 16, 16, 7, 4, 1, 0, 1, 4, 2, 8", r"expected layout code 0..3"),
+    ("torch.arange(2), 16, 16, 0, 4, 2, 0, 1, 4, 2, 8", r"layout 'none' hides nothing and needs num_copies=1"),
+]
+_X = "torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)"
+CPP_MASK_IMAGES_ERRORS = [
+    (f"{_X}, torch.arange(3), 1, 4, 4, 0, 1, 4, 2, 8, [], [], 0.0, torch.float32, False",
+     r"expected one key per image: 2 images, 3 keys"),
+    (f"{_X}.int(), torch.arange(2), 1, 4, 4, 0, 1, 4, 2, 8, [], [], 0.0, torch.float32, False",
+     r"expected uint8 or floating images, got Int"),
+    (f"{_X}, torch.arange(2), 1, 4, 4, 0, 1, 4, 2, 8, [0.1, 0.2], [1.0, 1.0], 0.0, torch.float32, False",
+     r"expected mean/std with one value per channel \(3\), got 2"),
+    (f"{_X}[0], torch.arange(2), 1, 4, 4, 0, 1, 4, 2, 8, [], [], 0.0, torch.float32, False",
+     r"expected images of shape \[B, C, H, W\], got 3-D"),
+]
 
 
-def test_cpp_mask_images_errors():
-    keys = torch.arange(2)
-    with pytest.raises(RuntimeError, match=r"expected one key per image: 2 images, 3 keys"):
-        torch.ops.patchgan_fast.mask_images(X, torch.arange(3), 1, 4, 4, 0, 1, 4, 2, 8, [], [], 0.0, torch.float32, False)
-    with pytest.raises(RuntimeError, match=r"expected uint8 or floating images, got Int"):
-        torch.ops.patchgan_fast.mask_images(X.int(), keys, 1, 4, 4, 0, 1, 4, 2, 8, [], [], 0.0, torch.float32, False)
-    with pytest.raises(RuntimeError, match=r"expected mean/std with one value per channel \(3\), got 2"):
-        torch.ops.patchgan_fast.mask_images(X, keys, 1, 4, 4, 0, 1, 4, 2, 8, [0.1, 0.2], [1.0, 1.0], 0.0, torch.float32,
-                                            False)
-    with pytest.raises(RuntimeError, match=r"expected images of shape \[B, C, H, W\], got 3-D"):
-        torch.ops.patchgan_fast.mask_images(X[0], keys, 1, 4, 4, 0, 1, 4, 2, 8, [], [], 0.0, torch.float32, False)
+def _raises_in_a_subprocess(op: str, args: str, message: str, device: str = "cpu") -> None:
+    code = (f"import re, torch, patchgan_fast\n"
+            f"torch.set_default_device({device!r})\n"
+            f"try:\n    torch.ops.patchgan_fast.{op}({args})\n"
+            f"except RuntimeError as e:\n    print('RAISED', re.search({message!r}, str(e)) is not None, str(e).splitlines()[0])\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"the process died (exit {done.returncode}) instead of raising: {done.stderr[-2000:]}"
+    assert done.stdout.startswith("RAISED True"), f"expected a RuntimeError matching {message!r}, got: {done.stdout}"
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("args,message", CPP_BUILD_MASKS_ERRORS)
+def test_cpp_layer_errors(args, message, device):
+    _raises_in_a_subprocess("build_masks", args, message, device)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("args,message", CPP_MASK_IMAGES_ERRORS)
+def test_cpp_mask_images_errors(args, message, device):
+    _raises_in_a_subprocess("mask_images", args, message, device)
 
 
 class WrongShape(nn.Module):

@@ -1,10 +1,13 @@
-"""The fused patch-score kernel (Triton; interpreter on CPU) against the float64 reference."""
+"""The fused patch-score kernel (Triton; interpreter on CPU) against the float64 reference.
+
+Every test runs the kernel on ``kernel_device()``: CUDA tensors on a GPU machine, CPU tensors in the
+interpreter without one."""
 
 import random
 
 import pytest
 import torch
-from conftest import cpu_and_cuda
+from conftest import kernel_device
 from helpers import random_images
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -32,7 +35,10 @@ SCORE_CASES = [
 ]
 
 
-def _inputs(b, c, h, w, p, k, x_dtype, r_dtype, channels_last, layout="random", seed=0):
+DEV = kernel_device()
+
+
+def _inputs(b, c, h, w, p, k, x_dtype, r_dtype, channels_last, layout="random", seed=0, device=DEV):
     x = random_images((b, c, h, w), x_dtype, seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     r = torch.rand((k, b, c, h, w), generator=g).to(r_dtype)
@@ -43,8 +49,8 @@ def _inputs(b, c, h, w, p, k, x_dtype, r_dtype, channels_last, layout="random", 
     if k > 1:
         keys = torch.arange(b, dtype=torch.int64)
         lay = "phases" if round(k**0.5) ** 2 == k and layout == "phases" else "random"
-        a = ops.patch_assignment(keys, (h // p, w // p), layout=lay, num_copies=k, seed=seed)
-    return x, r, a
+        a = ops.patch_assignment(keys, (h // p, w // p), layout=lay, num_copies=k, seed=seed).to(device)
+    return x.to(device), r.to(device), a
 
 
 def _weights(t, seed=0):
@@ -57,7 +63,7 @@ def _assert_close(got, ref, dtype):
     torch.testing.assert_close(got.double().cpu(), ref.cpu(), atol=atol, rtol=rtol)
 
 
-@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("device", [DEV])
 @pytest.mark.parametrize("b,c,h,w,p,k,t,x_dtype,r_dtype,cl,rows", SCORE_CASES)
 def test_kernel_matches_float64_reference(device, b, c, h, w, p, k, t, x_dtype, r_dtype, cl, rows):
     x, r, a = _inputs(b, c, h, w, p, k, x_dtype, r_dtype, cl)
@@ -88,7 +94,7 @@ def _naive_scores(x, r, assignment, p, top, rest):
         ranked = sorted(errs, reverse=True)
         top = [float(torch.tensor(v, dtype=torch.float32)) for v in top]  # weights are fp32 on every path
         out.append(sum(wi * e for wi, e in zip(top, ranked)) + rest * sum(ranked[len(top):]))
-    return torch.tensor(out, dtype=torch.float64)
+    return torch.tensor(out, dtype=torch.float64, device=x.device)
 
 
 def test_reference_matches_a_naive_loop():
@@ -102,8 +108,8 @@ def test_reference_matches_a_naive_loop():
 def test_ties_rank_by_value(t):
     """Many equal patch errors: whichever tied patch is taken first, the score is the same."""
     b, c, h, w, p = 2, 1, 16, 16, 4
-    x = torch.zeros((b, c, h, w), dtype=torch.uint8)
-    r = torch.zeros((1, b, c, h, w))
+    x = torch.zeros((b, c, h, w), dtype=torch.uint8, device=DEV)
+    r = torch.zeros((1, b, c, h, w), device=DEV)
     r[:, :, :, ::8, :] = 0.5  # every other patch row has the same nonzero error
     r[:, 1, :, 4:8, 4:8] = 0.75  # one larger patch in image 1
     weights = _weights(t, seed=t)
@@ -147,7 +153,7 @@ def test_kernel_property_random_shapes(b, c, gh, gw, p, k, t_frac, rest, x_u8, r
 def test_score_ignores_where_the_patches_are(seed, t):
     """Eq. 5 ranks patch errors: shuffling the patches of image and reconstruction alike keeps the score."""
     x, r, _ = _inputs(2, 1, 16, 12, 4, 1, torch.uint8, torch.float32, False, seed=seed)
-    perm = torch.randperm(12, generator=torch.Generator().manual_seed(seed))
+    perm = torch.randperm(12, generator=torch.Generator().manual_seed(seed)).to(DEV)
 
     def shuffle(img):  # [..., 16, 12] -> patches (4x3 grid of 4x4) permuted
         lead = img.shape[:-2]
@@ -172,10 +178,10 @@ def test_public_op_uses_the_kernel_and_agrees_with_the_reference(monkeypatch):
 
 
 def _position_weights(gh, gw, seed=0):
-    return torch.rand((gh, gw), generator=torch.Generator().manual_seed(seed)) * 2
+    return (torch.rand((gh, gw), generator=torch.Generator().manual_seed(seed)) * 2).to(DEV)
 
 
-@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("device", [DEV])
 @pytest.mark.parametrize("case", [SCORE_CASES[i] for i in (0, 1, 3, 4, 7, 8)])
 def test_kernel_applies_patch_weights_before_ranking(device, case):
     b, c, h, w, p, k, t, x_dtype, r_dtype, cl, rows = case
@@ -196,7 +202,7 @@ def test_patch_weights_reference_matches_a_naive_loop():
     x, r, a = _inputs(3, 2, 12, 16, 4, 4, torch.uint8, torch.float32, False)
     pw = _position_weights(3, 4, seed=5)
     ones, _ = R.patch_scores_reference(x, r, a, patch_size=4, top_weights=(1.1, 1.0), rest_weight=0.0,
-                                       patch_weights=torch.ones(3, 4), dtype=torch.float64)
+                                       patch_weights=torch.ones(3, 4, device=DEV), dtype=torch.float64)
     torch.testing.assert_close(ones, _naive_scores(x, r, a, 4, (1.1, 1.0), 0.0), atol=1e-12, rtol=1e-12)
     got, errors = R.patch_scores_reference(x, r, a, patch_size=4, top_weights=(2.0, 1.0), rest_weight=0.5,
                                            patch_weights=pw, dtype=torch.float64)
@@ -215,4 +221,77 @@ def test_patch_weights_reference_matches_a_naive_loop():
 def test_bad_patch_weights_are_named(bad, exc, match):
     x, r, a = _inputs(2, 3, 16, 16, 4, 4, torch.uint8, torch.float32, False)
     with pytest.raises(exc, match=match):
-        ops.patch_scores(x, r, a, patch_size=4, patch_weights=bad)
+        ops.patch_scores(x, r, a, patch_size=4, patch_weights=bad.to(DEV))
+
+
+# (B, H, W, P, T, map dtype, patch weights): the map kernel (another error measure's per-pixel map)
+MAP_CASES = [
+    (3, 32, 32, 8, 2, torch.float32, False),  # top-T by max reductions
+    (2, 24, 40, 8, 15, torch.float32, True),  # odd G = 15, T = G (sort path), weights
+    (2, 12, 18, 6, 0, torch.float16, False),  # P = 6, T = 0, half-precision map
+    (1, 8, 1024, 8, 3, torch.float32, True),  # Gw = 128 > BLOCK_GW: several column tiles
+]
+
+
+@pytest.mark.parametrize("b,h,w,p,t,dtype,weighted", MAP_CASES)
+def test_map_kernel_matches_float64_reference(b, h, w, p, t, dtype, weighted):
+    from patchgan_fast.kernels import map_scores_triton
+
+    maps = torch.rand((b, h, w), generator=torch.Generator().manual_seed(b + h + t)).to(dtype).to(DEV)
+    pw = _position_weights(h // p, w // p) if weighted else None
+    kw = dict(patch_size=p, top_weights=_weights(t, seed=t), rest_weight=0.4, patch_weights=pw)
+    scores, errors = map_scores_triton(maps, **kw)
+    ref_s, ref_e = R.map_scores_reference(maps, dtype=torch.float64, **kw)
+    assert scores.dtype == errors.dtype == torch.float32 and errors.shape == (b, h // p, w // p)
+    _assert_close(errors, ref_e, torch.float32)
+    _assert_close(scores, ref_s, torch.float32)
+
+
+def test_public_map_scores_dispatches_and_checks(monkeypatch):
+    maps = torch.rand((2, 16, 16), generator=torch.Generator().manual_seed(0)).to(DEV)
+    monkeypatch.setenv("PATCHGAN_FAST_BACKEND", "native")
+    native = ops.map_scores(maps, patch_size=4)
+    monkeypatch.setenv("PATCHGAN_FAST_BACKEND", "reference")
+    reference = ops.map_scores(maps, patch_size=4)
+    for got, ref in zip(native, reference):
+        torch.testing.assert_close(got, ref, atol=1e-6, rtol=2e-5)
+    with pytest.raises(ValueError, match=r"expected error maps as a floating tensor \[B, H, W\], got torch.int64"):
+        ops.map_scores(torch.zeros(2, 16, 16, dtype=torch.int64), patch_size=4)
+    with pytest.raises(ValueError, match=r"image size 16x16 is not divisible by patch_size 5"):
+        ops.map_scores(maps, patch_size=5)
+    with pytest.raises(ValueError, match=r"17 top weights given but 16x16 images have only 16 patches of 4x4"):
+        ops.map_scores(maps, patch_size=4, top_weights=(1.0,) * 17)
+
+
+def test_infilled_gathers_each_patch_from_the_copy_that_hid_it():
+    """The patch-level gather equals a per-pixel transcription."""
+    x, r, a = _inputs(2, 3, 12, 16, 4, 4, torch.uint8, torch.float32, True)
+    got = R.infilled_reference(r, a, patch_size=4)
+    want = torch.empty_like(r[0])
+    for i in range(2):
+        for gy in range(3):
+            for gx in range(4):
+                k = int(a[i, gy, gx])
+                want[i, :, gy * 4:gy * 4 + 4, gx * 4:gx * 4 + 4] = r[k, i, :, gy * 4:gy * 4 + 4, gx * 4:gx * 4 + 4]
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("k,norm,t,weighted", [(4, True, 2, False), (1, False, 0, True), (4, True, 12, True)])
+def test_the_patch_score_op_passes_opcheck(k, norm, t, weighted):
+    """torch.ops.patchgan_fast.patch_scores: schema, fake, CPU kernel (the reference) and, on a GPU, the Triton
+    kernel through wrap_triton, as torch.library.opcheck checks them."""
+    from patchgan_fast.ops import _backend
+    from patchgan_fast.kernels import device_constants
+
+    _backend.triton_kernels()  # registers the op
+    x, r, a = _inputs(2, 3, 16, 16, 4, k, torch.uint8, torch.bfloat16, False)
+    mean, std = ((0.4, 0.5, 0.6), (0.2, 0.25, 0.3)) if norm else (None, None)
+    weights, mean_t, istd_t = device_constants(_weights(t), mean, std, x.device)
+    pw = _position_weights(4, 4) if weighted else None
+    args = (x, r if k > 1 else r[0], a, weights, mean_t, istd_t, pw, 4, t, 0.25)
+    torch.library.opcheck(torch.ops.patchgan_fast.patch_scores.default, args)
+    scores, errors = torch.ops.patchgan_fast.patch_scores(*args)
+    ref_s, ref_e = R.patch_scores_reference(x, r, a, patch_size=4, top_weights=_weights(t), rest_weight=0.25,
+                                            mean=mean, std=std, patch_weights=pw, dtype=torch.float64)
+    _assert_close(errors, ref_e, torch.bfloat16)
+    _assert_close(scores, ref_s, torch.bfloat16)

@@ -51,7 +51,7 @@ def test_fp32_scorer_equals_score_batch_and_the_reference(layout, k, weighted, e
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("error", ["mse", "msgms", "mse+msgms"])
+@pytest.mark.parametrize("error", ["msgms", "mse+msgms"])  # mse: the bound of bf16 rounding, test_cuda_paths.py
 def test_bf16_scorer_is_within_the_stated_tolerance_of_the_reference(device, error):
     model = _model(device=device)
     cfg = dataclasses.replace(model.score_config, error=error)

@@ -369,8 +369,11 @@ def test_more_local_ranks_than_gpus_is_a_clear_error(monkeypatch):
     from patchgan_fast.runtime import local_cuda_device
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert local_cuda_device() == torch.device("cuda", 0)
+    assert current == [torch.device("cuda", 0)]  # the rank's GPU is made current (NCCL, Triton launch there)
     monkeypatch.setenv("LOCAL_RANK", "1")
     with pytest.raises(RuntimeError, match=r"LOCAL_RANK is 1 but this machine has 1 GPU\(s\): start at most 1"):
         local_cuda_device()

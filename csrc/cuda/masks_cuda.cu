@@ -175,6 +175,7 @@ at::Tensor build_masks_cuda(const at::Tensor& keys, int64_t height, int64_t widt
                                      min_size, max_size);
   const c10::cuda::CUDAGuard guard(keys.device());
   auto out = at::empty({num_copies, a.batch, height, width}, keys.options().dtype(at::kBool));
+  if (out.numel() == 0) return out;  // an empty batch: no launch (a grid of 0 blocks is an error)
   with_hidden(keys, a, [&](const Hidden& h, cudaStream_t stream) {
     build_masks_kernel_cuda<<<blocks_for(out.numel(), kThreads), kThreads, 0, stream>>>(
         h, out.data_ptr<bool>(), num_copies, a.batch, height, width);
@@ -211,6 +212,7 @@ at::Tensor mask_images_cuda(const at::Tensor& images, const at::Tensor& keys, in
     }
   }
   const int64_t n = images.numel();
+  if (n == 0) return out;  // an empty batch: no launch (a grid of 0 blocks is an error)
   const auto is = images.strides();
   const int64_t os_k = out.stride(0);
   with_hidden(keys, a, [&](const Hidden& h, cudaStream_t stream) {

@@ -27,9 +27,11 @@ from .checks import (
     check_seed,
     raise_if_not_finite,
 )
+from .library import patch_scores_op
 from .plan import Plan
 from .reference import (
     build_masks_reference,
+    map_scores_reference,
     mask_images_reference,
     normalize_reference,
     patch_assignment_reference,
@@ -40,7 +42,7 @@ from .reference import (
 
 __all__ = [
     "build_masks", "patch_assignment", "mask_images", "patch_scores", "LAYOUTS", "Plan", "mask_with", "assign_with",
-    "scores_with", "check_images", "backend_info", "to_unit", "normalize", "rank_patch_errors",
+    "scores_with", "map_scores", "map_scores_with", "check_images", "backend_info", "to_unit", "normalize", "rank_patch_errors",
 ]
 
 _MAX_TRITON_PATCHES = 16384
@@ -260,8 +262,52 @@ def scores_with(plan: Plan, images: Tensor, reconstructions: Tensor, assignment:
     kwargs = dict(patch_size=plan.patch_size, top_weights=plan.top_weights, rest_weight=plan.rest_weight,
                   mean=plan.mean, std=plan.std, patch_weights=plan.patch_weights)
     if plan.grid[0] * plan.grid[1] <= _MAX_TRITON_PATCHES and _backend.use_triton_scores(images.device):
-        return _backend.triton_kernels().patch_scores_triton(images, reconstructions, assignment, **kwargs)
+        kernels = _backend.triton_kernels()
+        if images.device.type == "cuda":  # the torch.library op: traceable by torch.compile, checked by opcheck
+            constants = kernels.device_constants(plan.top_weights, plan.mean, plan.std, images.device)
+            return patch_scores_op(images, reconstructions, assignment, constants, plan.patch_weights, plan.patch_size,
+                                   len(plan.top_weights), plan.rest_weight)
+        return kernels.patch_scores_triton(images, reconstructions, assignment, **kwargs)  # the interpreter
     return patch_scores_reference(images, reconstructions, assignment, **kwargs)
+
+
+def map_scores(
+    maps: Tensor,
+    *,
+    patch_size: int,
+    top_weights: Sequence[float] = (1.1, 1.0),
+    rest_weight: float = 0.0,
+    patch_weights: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor]:
+    """Per-patch means of per-pixel error maps and their ranked image score (eq. 5): the reduction and
+    ranking of :func:`patch_scores` for an error measure computed elsewhere (the structural error).
+
+    Args:
+        maps (Tensor[B, H, W]): floating, any strides; H and W multiples of ``patch_size``.
+        top_weights, rest_weight, patch_weights: as in :func:`patch_scores`.
+
+    Returns:
+        (scores Tensor[B] float32, patch_errors Tensor[B, Gh, Gw] float32)
+    """
+    if not isinstance(maps, Tensor) or maps.dim() != 3 or not maps.is_floating_point():
+        got = f"{maps.dtype} tensor of shape {tuple(maps.shape)}" if isinstance(maps, Tensor) else type(maps).__name__
+        raise ValueError(f"expected error maps as a floating tensor [B, H, W], got {got}")
+    if maps.shape[0] == 0:
+        raise ValueError(f"expected a non-empty batch of error maps, got shape {tuple(maps.shape)}")
+    plan = Plan.build((1, *maps.shape[1:]), patch_size=patch_size, layout="none", num_copies=1,
+                      top_weights=top_weights, rest_weight=rest_weight, patch_weights=patch_weights, device=maps.device)
+    scores, errors = map_scores_with(plan, maps)
+    raise_if_not_finite(scores)
+    return scores, errors
+
+
+def map_scores_with(plan: Plan, maps: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`map_scores` with the ranking and patch weights of a checked ``plan``."""
+    kwargs = dict(patch_size=plan.patch_size, top_weights=plan.top_weights, rest_weight=plan.rest_weight,
+                  patch_weights=plan.patch_weights)
+    if plan.grid[0] * plan.grid[1] <= _MAX_TRITON_PATCHES and _backend.use_triton_scores(maps.device):
+        return _backend.triton_kernels().map_scores_triton(maps, **kwargs)
+    return map_scores_reference(maps, **kwargs)
 
 
 # ----------------------------------------------------------------------------- torch.compile support

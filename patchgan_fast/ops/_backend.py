@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
+import warnings
 from types import ModuleType
 from typing import Optional
 
@@ -47,7 +49,11 @@ def _load_extension() -> tuple[Optional[ModuleType], str]:
 def _load_triton() -> tuple[Optional[ModuleType], str]:
     if "triton" not in _loaded:
         try:
-            _loaded["triton"] = (importlib.import_module("patchgan_fast.kernels"), "")
+            kernels = importlib.import_module("patchgan_fast.kernels")
+            from .library import register
+
+            register(kernels)  # torch.ops.patchgan_fast.patch_scores
+            _loaded["triton"] = (kernels, "")
         except ImportError as exc:
             _loaded["triton"] = (None, f"triton is not importable ({exc})")
     return _loaded["triton"]
@@ -108,19 +114,46 @@ def triton_kernels() -> ModuleType:
     return kernels
 
 
+def torch_compiler() -> Optional[str]:
+    """The compiler that built torch, as torch reports it (e.g. 'GCC 13.3'), or None."""
+    match = re.search(r"^\s*-\s*((?:GCC|clang|Clang|MSVC)[^\n]*)$", torch.__config__.show(), re.M)
+    return match.group(1).strip() if match else None
+
+
+def _family_and_major(compiler: Optional[str]) -> Optional[tuple[str, str]]:
+    match = re.match(r"\s*(gcc|clang|msvc)\D*(\d+)", compiler or "", re.I)
+    return (match.group(1).lower(), match.group(2)) if match else None
+
+
+_warned: set = set()
+
+
 def info() -> dict:
-    """What is available, for bug reports and the benchmark records."""
+    """What is available, for bug reports and the benchmark records. Warns (once) when the extension was built
+    by another compiler family or major version than torch: C++ exceptions (the ops' argument errors) may
+    then not cross into torch safely (they killed the process on one H100 build); the Python layer checks
+    every argument before calling the extension, so no such error should reach it."""
     ext, ext_why = _load_extension()
     kernels, tri_why = _load_triton()
+    built = ext.build_info() if ext is not None else None
+    theirs = torch_compiler()
+    differ = built is not None and _family_and_major(built.get("compiler")) != _family_and_major(theirs)
     out = {
         "policy": mode(),
         "torch": torch.__version__,
-        "extension": ext.build_info() if ext is not None else None,
+        "torch_compiler": theirs,
+        "extension": built,
         "extension_missing": ext_why or None,
+        "compilers_differ": differ,
         "triton": None,
         "triton_missing": tri_why or None,
         "triton_interpret": _interpret(),
     }
+    if differ and "compilers" not in _warned:
+        _warned.add("compilers")
+        warnings.warn(f"patchgan_fast._C was built by {built.get('compiler')} but torch by {theirs}: rebuild the "
+                      "extension with torch's compiler family and major version (CXX=...) if an op ever crashes the "
+                      "process instead of raising", RuntimeWarning, stacklevel=2)
     if kernels is not None:
         import triton
 

@@ -200,13 +200,16 @@ def squared_errors_reference(
 
 def infilled_reference(reconstructions: Tensor, assignment: Optional[Tensor], *, patch_size: int) -> Tensor:
     """``[B, C, H, W]``: each pixel from the reconstruction of the copy that hid it (``assignment``
-    ``[B, Gh, Gw]``; the only copy when K = 1), in the reconstructions' dtype."""
+    ``[B, Gh, Gw]``; the only copy when K = 1), in the reconstructions' dtype. One gather over patch tiles:
+    the index is the patch assignment broadcast over the pixels, never a per-pixel index map."""
     r = reconstructions if reconstructions.dim() == 5 else reconstructions.unsqueeze(0)
-    if assignment is not None and r.shape[0] > 1:
-        pixel = assignment.long().repeat_interleave(patch_size, 1).repeat_interleave(patch_size, 2)
-        index = pixel[None, :, None].expand(1, r.shape[1], r.shape[2], -1, -1)
-        r = torch.gather(r, 0, index)
-    return r[0]
+    if assignment is None or r.shape[0] == 1:
+        return r[0]
+    k, b, c, h, w = r.shape
+    p = patch_size
+    tiles = r.unflatten(4, (w // p, p)).unflatten(3, (h // p, p))  # [K, B, C, Gh, P, Gw, P]
+    index = assignment.long()[None, :, None, :, None, :, None].expand(1, b, c, h // p, p, w // p, p)
+    return tiles.gather(0, index)[0].reshape(b, c, h, w)
 
 
 def patch_scores_reference(
@@ -232,6 +235,25 @@ def patch_scores_reference(
     b, c, h, w = sq.shape
     p = patch_size
     err = sq.view(b, c, h // p, p, w // p, p).mean(dim=(1, 3, 5))
+    scores = rank_patch_errors(err, top_weights=top_weights, rest_weight=rest_weight, patch_weights=patch_weights)
+    out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    return scores.to(out_dtype), err.to(out_dtype)
+
+
+def map_scores_reference(
+    maps: Tensor,
+    *,
+    patch_size: int,
+    top_weights: Sequence[float],
+    rest_weight: float,
+    patch_weights: Optional[Tensor] = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:
+    """Patch means of per-pixel error maps ``[B, H, W]`` and their ranked score (eq. 5), computed in ``dtype``:
+    ``(scores [B], patch_errors [B, Gh, Gw])``, float32 unless ``dtype`` is float64."""
+    b, h, w = maps.shape
+    p = patch_size
+    err = maps.to(dtype).view(b, h // p, p, w // p, p).mean(dim=(2, 4))
     scores = rank_patch_errors(err, top_weights=top_weights, rest_weight=rest_weight, patch_weights=patch_weights)
     out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     return scores.to(out_dtype), err.to(out_dtype)

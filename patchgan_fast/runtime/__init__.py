@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 
 
 def local_cuda_device() -> torch.device:
-    """This process's GPU: ``cuda:LOCAL_RANK`` (torchrun starts one process per GPU).
+    """This process's GPU: ``cuda:LOCAL_RANK`` (torchrun starts one process per GPU), made the current device,
+    so that whatever launches on the current device (NCCL, Triton, CUDA graphs) uses it too.
 
     Raises:
         RuntimeError: LOCAL_RANK names a GPU this machine lacks (more processes per node than GPUs).
@@ -24,7 +25,9 @@ def local_cuda_device() -> torch.device:
     if rank >= count:
         raise RuntimeError(f"LOCAL_RANK is {rank} but this machine has {count} GPU(s): start at most {count} "
                            "process(es) per node (torchrun --nproc_per_node), or run on the CPU")
-    return torch.device("cuda", rank)
+    device = torch.device("cuda", rank)
+    torch.cuda.set_device(device)
+    return device
 
 
 def distributed() -> tuple[int, int]:

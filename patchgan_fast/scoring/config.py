@@ -22,8 +22,9 @@ RANKING_PRESETS: dict[str, tuple[tuple[float, ...], float]] = {
 }
 
 #: Patch error measures: ``mse``, the paper's eq. 2 (fused with the ranking in the Triton kernel);
-#: ``msgms``, RIAD's multi-scale gradient-magnitude similarity (:mod:`patchgan_fast.scoring.gms`), computed
-#: with PyTorch convolutions and ranked with ``torch.sort``; ``mse+msgms``, their sum, each divided by
+#: ``msgms``, RIAD's multi-scale gradient-magnitude similarity (:mod:`patchgan_fast.scoring.gms`), a map
+#: computed with PyTorch convolutions, then reduced per patch and ranked by the map kernel
+#: (:func:`patchgan_fast.ops.map_scores`); ``mse+msgms``, their sum, each divided by
 #: its scale in ``ScoreConfig.error_scales`` (a trained model's: the spread of its normal validation
 #: scores under each measure, so both count about equally).
 ERRORS = ("mse", "msgms", "mse+msgms")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import ops
 from ..ops import Plan
@@ -18,15 +18,13 @@ def patch_scores(
     assignment: Optional[Tensor],
 ) -> tuple[Tensor, Tensor]:
     """(scores [B], patch errors [B, Gh, Gw]) with the ``error`` measure: the fused kernel for ``mse``;
-    otherwise the mean of :func:`pixel_errors` over each patch, ranked (eq. 5) as ``plan`` says.
+    otherwise :func:`pixel_errors`, reduced per patch and ranked (eq. 5) by the map kernel as ``plan`` says.
     Arguments checked against ``plan`` already."""
     if error == "mse":
         return ops.scores_with(plan, images, reconstructions, assignment)
     pixels = pixel_errors(images, reconstructions, assignment, patch_size=plan.patch_size, mean=plan.mean,
                           std=plan.std, error=error, error_scales=error_scales)
-    errors = nn.functional.avg_pool2d(pixels[:, None], plan.patch_size)[:, 0]
-    return ops.rank_patch_errors(errors, top_weights=plan.top_weights, rest_weight=plan.rest_weight,
-                                 patch_weights=plan.patch_weights), errors
+    return ops.map_scores_with(plan, pixels)
 
 
 def pixel_errors(

@@ -4,9 +4,10 @@ Per batch: uint8 images go to the device from pinned memory without blocking; th
 the K masked copies in the model's dtype and memory format; the reconstructor (a private channels_last
 copy, bf16 on CUDA) runs on chunks of images, all K copies of a chunk in one forward, so
 memory stays bounded for any batch size; the fused Triton kernel reads the K reconstructions in
-their own dtype and returns the ranked scores. No fp32 copy of the reconstructions is ever made
+their own dtype and returns the ranked scores. No copy of the reconstructions is ever made (not even of
+the CUDA graph's output buffer: each chunk's are scored before the next chunk replays the graph)
 (with ``error='msgms'`` the in-filled image is gathered and its structural error map computed in
-PyTorch instead). A model with a feature bank (``config.neighbour_scales``) also embeds each chunk's
+PyTorch, then reduced per patch and ranked by the map kernel). A model with a feature bank (``config.neighbour_scales``) also embeds each chunk's
 unmasked images with a private fp32 copy of its feature network and adds their nearest-neighbour
 distances (:mod:`patchgan_fast.scoring.neighbours`).
 
@@ -22,6 +23,7 @@ see ``tests/test_pipeline.py``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import warnings
@@ -133,8 +135,11 @@ class Scorer:
         if self.compiled:
             try:
                 if self.compile_mode == "cudagraphs":
-                    torch.compiler.cudagraph_mark_step_begin()  # each call is a new inference step
-                    return self._run(masked).clone()  # the graph's output buffer is reused by its next replay
+                    # each call is a new inference step; the graph's output buffer is overwritten by its next
+                    # replay, so a chunk's reconstructions are consumed (scored) before the next chunk runs, and
+                    # never copied
+                    torch.compiler.cudagraph_mark_step_begin()
+                    return self._run(masked)
                 return self._run(masked)
             except Exception as exc:  # compilers fail in many ways; eager always works
                 self.compiled, self.fallback_reason = False, f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -166,7 +171,8 @@ class Scorer:
         images, keys = self.to_device(images), self.to_device(keys)
         n = self.chunk
         scores, errors = [], []
-        with torch.inference_mode():
+        on_device = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+        with on_device, torch.inference_mode():  # the scorer's GPU, whichever is current
             for i in range(0, b, n):
                 x, kx = images[i:i + n], keys[i:i + n]
                 short = n - len(x)
@@ -245,9 +251,9 @@ class BatchQueue:
         on_gpu = scores.device.type == "cuda"
         host = scores.to("cpu", non_blocking=on_gpu), top.to("cpu", non_blocking=on_gpu)
         event = None
-        if on_gpu:
+        if on_gpu:  # recorded on the scorer's device's stream, whichever device is current
             event = torch.cuda.Event()
-            event.record()
+            event.record(torch.cuda.current_stream(scores.device))
         previous, self.waiting = self.waiting, (meta, host, event)
         return self._read(previous)
 
