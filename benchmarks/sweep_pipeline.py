@@ -39,7 +39,8 @@ def _breakdown(scorer: Scorer, x_host: torch.Tensor, device, repeats: int) -> di
     plan, cfg = scorer.plan(x.shape), scorer.config
     n = scorer.chunk
     with torch.inference_mode():
-        masked = ops.mask_with(plan, x, keys)
+        assignment = ops.assign_with(plan, keys)
+        masked = ops.mask_with(plan, x, keys, assignment)
         chunks = [masked[:, i:i + n] for i in range(0, b, n)]
         recon = torch.cat([scorer._reconstruct(c) for c in chunks], dim=1)
 
@@ -48,11 +49,10 @@ def _breakdown(scorer: Scorer, x_host: torch.Tensor, device, repeats: int) -> di
 
         return {
             "transfer": seconds_per_call(lambda: pinned.to(device, non_blocking=True), device, repeats),
-            "masks": seconds_per_call(lambda: ops.mask_with(plan, x, keys), device, repeats),
+            "masks": seconds_per_call(lambda: ops.mask_with(plan, x, keys, assignment), device, repeats),
             "model": seconds_per_call(model, device, repeats),
             "kernel": seconds_per_call(
-                lambda: patch_scores(plan, cfg.error, cfg.error_scales, x, recon, ops.assign_with(plan, keys)), device,
-                repeats),
+                lambda: patch_scores(plan, cfg.error, cfg.error_scales, x, recon, assignment), device, repeats),
         }
 
 

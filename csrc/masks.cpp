@@ -58,7 +58,8 @@ MaskArgs check_assignment_args(const at::Tensor& keys, int64_t grid_h, int64_t g
 MaskImagesCall prepare_mask_images(const at::Tensor& images, const at::Tensor& keys, int64_t layout,
                                    int64_t patch_size, int64_t num_copies, int64_t seed, int64_t min_boxes,
                                    int64_t max_boxes, int64_t min_size, int64_t max_size, at::ArrayRef<double> mean,
-                                   at::ArrayRef<double> std, at::ScalarType dtype, bool channels_last) {
+                                   at::ArrayRef<double> std, at::ScalarType dtype, bool channels_last,
+                                   const std::optional<at::Tensor>& assignment) {
   TORCH_CHECK(images.dim() == 4, "expected images of shape [B, C, H, W], got ", images.dim(), "-D ",
               images.sizes());
   MaskImagesCall call;
@@ -81,6 +82,18 @@ MaskImagesCall prepare_mask_images(const at::Tensor& images, const at::Tensor& k
     call.mean.push_back(static_cast<float>(mean[i]));
     call.std.push_back(static_cast<float>(std[i]));
   }
+  if (assignment.has_value() && assignment->defined()) {  // computed once by the caller, shared with the score kernel
+    const auto& g = *assignment;
+    TORCH_CHECK(layout == 1 || layout == 2, "an assignment goes with layout 'phases' or 'random', got layout code ",
+                layout);
+    TORCH_CHECK(g.scalar_type() == at::kByte && g.dim() == 3 && g.size(0) == b && g.size(1) == call.args.grid_h() &&
+                    g.size(2) == call.args.grid_w(),
+                "expected the assignment as uint8 [", b, ", ", call.args.grid_h(), ", ", call.args.grid_w(), "], got ",
+                g.scalar_type(), " ", g.sizes());
+    TORCH_CHECK(g.device() == images.device(), "images are on ", images.device(), " but the assignment on ",
+                g.device());
+    call.assignment = g.contiguous();
+  }
   call.out = at::empty({num_copies * b, c, h, w}, images.options().dtype(dtype),
                        channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous)
                  .view({num_copies, b, c, h, w});
@@ -97,7 +110,7 @@ TORCH_LIBRARY(patchgan_fast, m) {
   m.def(
       "mask_images(Tensor images, Tensor keys, int layout, int patch_size, int num_copies, int seed, "
       "int min_boxes, int max_boxes, int min_size, int max_size, float[] mean, float[] std, float fill, "
-      "ScalarType dtype, bool channels_last) -> Tensor");
+      "ScalarType dtype, bool channels_last, Tensor? assignment=None) -> Tensor");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <vector>
 
 namespace patchgan_fast {
@@ -30,17 +31,20 @@ MaskArgs check_mask_args(const at::Tensor& keys, int64_t height, int64_t width, 
 MaskArgs check_assignment_args(const at::Tensor& keys, int64_t grid_h, int64_t grid_w, int64_t layout,
                                int64_t num_copies, int64_t seed);
 
-// A checked mask_images call: its arguments, per-channel normalization as floats (empty: none),
-// and the output [K, B, C, H, W], a view of a [K*B, C, H, W] tensor in the requested memory format.
+// A checked mask_images call: its arguments, per-channel normalization as floats (empty: none), the
+// output [K, B, C, H, W], a view of a [K*B, C, H, W] tensor in the requested memory format, and the patch
+// assignment [B, Gh, Gw] the caller computed (undefined: the kernel computes it).
 struct MaskImagesCall {
   MaskArgs args;
   std::vector<float> mean, std;
   at::Tensor out;
+  at::Tensor assignment;
 };
 
 MaskImagesCall prepare_mask_images(const at::Tensor& images, const at::Tensor& keys, int64_t layout,
                                    int64_t patch_size, int64_t num_copies, int64_t seed, int64_t min_boxes,
                                    int64_t max_boxes, int64_t min_size, int64_t max_size, at::ArrayRef<double> mean,
-                                   at::ArrayRef<double> std, at::ScalarType dtype, bool channels_last);
+                                   at::ArrayRef<double> std, at::ScalarType dtype, bool channels_last,
+                                   const std::optional<at::Tensor>& assignment);
 
 }  // namespace patchgan_fast

@@ -110,6 +110,10 @@ CPP_MASK_IMAGES_ERRORS = [
      r"expected mean/std with one value per channel \(3\), got 2"),
     (f"{_X}[0], torch.arange(2), 1, 4, 4, 0, 1, 4, 2, 8, [], [], 0.0, torch.float32, False",
      r"expected images of shape \[B, C, H, W\], got 3-D"),
+    (f"{_X}, torch.arange(2), 1, 4, 4, 0, 1, 4, 2, 8, [], [], 0.0, torch.float32, False, "
+     "torch.zeros(2, 3, 4, dtype=torch.uint8)", r"expected the assignment as uint8 \[2, 4, 4\], got Byte \[2, 3, 4\]"),
+    (f"{_X}, torch.arange(2), 3, 4, 1, 0, 1, 4, 2, 8, [], [], 0.0, torch.float32, False, "
+     "torch.zeros(2, 4, 4, dtype=torch.uint8)", r"an assignment goes with layout 'phases' or 'random'"),
 ]
 
 

@@ -200,6 +200,9 @@ def test_opcheck(device):
          (x, keys, 1, 4, 4, 0, 1, 4, 2, 8, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], 0.0, torch.bfloat16, True)),
         (torch.ops.patchgan_fast.mask_images.default,
          (x.float() / 255, keys, 0, 4, 1, 0, 1, 4, 2, 8, [], [], 0.0, torch.float32, False)),
+        (torch.ops.patchgan_fast.mask_images.default,  # with the assignment computed by the caller
+         (x, keys, 2, 4, 4, 7, 1, 4, 2, 8, [], [], 0.0, torch.float32, False,
+          ops.patch_assignment(keys, (4, 4), layout="random", num_copies=4, seed=7))),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)
@@ -214,3 +217,23 @@ def test_mask_images_compiles_with_torch_compile():
 
     compiled = torch.compile(f, backend="eager", fullgraph=True)
     assert torch.equal(compiled(x), f(x))
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("layout,num_copies", [("phases", 4), ("random", 5)])
+def test_mask_images_reads_a_given_assignment(device, layout, num_copies):
+    """The scoring path computes a chunk's assignment once and gives it to the masks op and the score kernel:
+    the copies are those the op makes from the keys, and an assignment it is given is what it hides by."""
+    from patchgan_fast.ops import Plan
+
+    keys = KEYS.to(device)
+    x = random_images((6, 3, 24, 36), torch.uint8, device=device)
+    plan = Plan.build(x.shape, patch_size=4, layout=layout, num_copies=num_copies, seed=11, mean=(0.4,) * 3,
+                      std=(0.3,) * 3, fill=-1.0)
+    assignment = ops.assign_with(plan, keys)
+    assert torch.equal(ops.mask_with(plan, x, keys, assignment), ops.mask_with(plan, x, keys))
+    other = (assignment + 1) % num_copies
+    hidden = ops.mask_with(plan, x, keys, other)[..., 0, :, :] == -1.0  # fill marks the hidden pixels
+    expected = other.repeat_interleave(4, 1).repeat_interleave(4, 2)[None] == torch.arange(
+        num_copies, device=device).view(-1, 1, 1, 1)
+    assert torch.equal(hidden, expected)

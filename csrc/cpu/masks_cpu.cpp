@@ -53,9 +53,9 @@ struct Hidden {
 };
 
 template <typename F>
-void with_hidden(const at::Tensor& keys, const MaskArgs& a, F&& body) {
-  at::Tensor assign, boxes;
-  if (a.layout == kPhases || a.layout == kRandom) assign = assignment_cpu(keys, a);
+void with_hidden(const at::Tensor& keys, const MaskArgs& a, F&& body, const at::Tensor& given = at::Tensor()) {
+  at::Tensor assign = given, boxes;
+  if ((a.layout == kPhases || a.layout == kRandom) && !assign.defined()) assign = assignment_cpu(keys, a);
   if (a.layout == kBoxes) boxes = boxes_cpu(keys, a);
   body(Hidden{assign.defined() ? assign.data_ptr<uint8_t>() : nullptr,
               boxes.defined() ? boxes.data_ptr<int64_t>() : nullptr, std::max<int64_t>(a.max_boxes, 1)});
@@ -113,9 +113,10 @@ at::Tensor build_masks_kernel(const at::Tensor& keys, int64_t height, int64_t wi
 at::Tensor mask_images_kernel(const at::Tensor& images, const at::Tensor& keys, int64_t layout,
                               int64_t patch_size, int64_t num_copies, int64_t seed, int64_t min_boxes,
                               int64_t max_boxes, int64_t min_size, int64_t max_size, at::ArrayRef<double> mean,
-                              at::ArrayRef<double> std, double fill, at::ScalarType dtype, bool channels_last) {
+                              at::ArrayRef<double> std, double fill, at::ScalarType dtype, bool channels_last,
+                              const std::optional<at::Tensor>& assignment) {
   auto call = prepare_mask_images(images, keys, layout, patch_size, num_copies, seed, min_boxes, max_boxes, min_size,
-                                  max_size, mean, std, dtype, channels_last);
+                                  max_size, mean, std, dtype, channels_last, assignment);
   const MaskArgs& a = call.args;
   const std::vector<float>&mu = call.mean, &sd = call.std;
   auto out = call.out;
@@ -170,7 +171,7 @@ at::Tensor mask_images_kernel(const at::Tensor& images, const at::Tensor& keys, 
         });
       });
     });
-  });
+  }, call.assignment);
   return out;
 }
 

@@ -76,12 +76,12 @@ at::Tensor make_assignment(const at::Tensor& keys, const MaskArgs& a, cudaStream
 
 // Builds the per-image parameters on the keys' device and calls body(Hidden, stream).
 template <typename F>
-void with_hidden(const at::Tensor& keys_in, const MaskArgs& a, F&& body) {
+void with_hidden(const at::Tensor& keys_in, const MaskArgs& a, F&& body, const at::Tensor& given = at::Tensor()) {
   const auto keys = keys_in.contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream();
-  at::Tensor assign, boxes;
+  at::Tensor assign = given, boxes;
   const int64_t nb = std::max<int64_t>(a.max_boxes, 1);
-  if (a.layout == kPhases || a.layout == kRandom) assign = make_assignment(keys, a, stream);
+  if ((a.layout == kPhases || a.layout == kRandom) && !assign.defined()) assign = make_assignment(keys, a, stream);
   if (a.layout == kBoxes) {
     boxes = at::zeros({a.num_copies, a.batch, nb, 4}, keys.options());
     const int64_t n = a.num_copies * a.batch * a.max_boxes;
@@ -187,9 +187,9 @@ at::Tensor build_masks_cuda(const at::Tensor& keys, int64_t height, int64_t widt
 at::Tensor mask_images_cuda(const at::Tensor& images, const at::Tensor& keys, int64_t layout, int64_t patch_size,
                             int64_t num_copies, int64_t seed, int64_t min_boxes, int64_t max_boxes, int64_t min_size,
                             int64_t max_size, at::ArrayRef<double> mean, at::ArrayRef<double> std, double fill,
-                            at::ScalarType dtype, bool channels_last) {
+                            at::ScalarType dtype, bool channels_last, const std::optional<at::Tensor>& assignment) {
   auto call = prepare_mask_images(images, keys, layout, patch_size, num_copies, seed, min_boxes, max_boxes, min_size,
-                                  max_size, mean, std, dtype, channels_last);
+                                  max_size, mean, std, dtype, channels_last, assignment);
   const MaskArgs& a = call.args;
   const std::vector<float>&mu = call.mean, &sd = call.std;
   auto out = call.out;
@@ -233,7 +233,7 @@ at::Tensor mask_images_cuda(const at::Tensor& images, const at::Tensor& keys, in
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
-  });
+  }, call.assignment);
   return out;
 }
 

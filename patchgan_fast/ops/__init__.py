@@ -177,14 +177,16 @@ def mask_images(
     return mask_with(plan, images, keys)
 
 
-def mask_with(plan: Plan, images: Tensor, keys: Tensor) -> Tensor:
+def mask_with(plan: Plan, images: Tensor, keys: Tensor, assignment: Optional[Tensor] = None) -> Tensor:
     """:func:`mask_images` with the settings of a checked ``plan``, for a batch and keys already checked
-    against it (the scoring path calls it per chunk)."""
+    against it (the scoring path calls it per chunk). ``assignment``: the chunk's patch assignment from
+    :func:`assign_with`, computed once and shared with the score kernel (the compiled op reads it instead of
+    hashing the keys again; the reference recomputes the same)."""
     if _backend.use_native_masks(images.device):
         return torch.ops.patchgan_fast.mask_images(
             images, keys, LAYOUTS[plan.layout], plan.patch_size, plan.num_copies, plan.seed, plan.box_count[0],
             plan.box_count[1], plan.box_size[0], plan.box_size[1], list(plan.mean or ()), list(plan.std or ()),
-            plan.fill, plan.dtype, plan.memory_format == torch.channels_last,
+            plan.fill, plan.dtype, plan.memory_format == torch.channels_last, assignment,
         )
     return mask_images_reference(
         images, keys, layout=plan.layout, patch_size=plan.patch_size, num_copies=plan.num_copies, seed=plan.seed,
@@ -327,7 +329,7 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("patchgan_fast::mask_images")
     def _(images, keys, layout, patch_size, num_copies, seed, min_boxes, max_boxes, min_size, max_size, mean, std,
-          fill, dtype, channels_last):
+          fill, dtype, channels_last, assignment=None):
         b, c, h, w = images.shape
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         out = torch.empty((num_copies * b, c, h, w), dtype=dtype, device=images.device, memory_format=fmt)

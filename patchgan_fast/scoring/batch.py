@@ -55,7 +55,8 @@ def score_batch(
         keys = torch.zeros(images.shape[0], dtype=torch.int64, device=images.device)
     check_keys(keys, images.shape[0], images.device)
     plan = config.plan(images.shape, images.device, param_dtype or torch.float32)
-    masked = ops.mask_with(plan, images, keys)
+    assignment = ops.assign_with(plan, keys)  # computed once, shared by the masks op and the score kernel
+    masked = ops.mask_with(plan, images, keys, assignment)
     k, b = masked.shape[:2]
     was_training = model.training
     model.eval()
@@ -67,7 +68,6 @@ def score_batch(
         model.train(was_training)
     check_model_output(out, (k * b, *masked.shape[2:]), k)
     recon = out.unflatten(0, (k, b))
-    assignment = ops.assign_with(plan, keys)
     scores, errors = patch_scores(plan, config.error, config.error_scales, images, recon, assignment)
     distances = None
     if config.neighbour_scales is not None:

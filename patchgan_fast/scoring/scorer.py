@@ -56,7 +56,8 @@ class Scorer:
         compile: ``'auto'`` (``'cudagraphs'`` on CUDA, ``'none'`` elsewhere), ``'none'`` (eager),
             ``'compile'`` (``torch.compile``) or ``'cudagraphs'`` (``torch.compile`` with CUDA graphs).
         forward_batch: most images per reconstructor call (K copies of ``forward_batch // K``
-            images); default 256 on CUDA, 64 elsewhere.
+            images); default :func:`~patchgan_fast.scoring.default_forward_batch` (on CUDA two images per SM,
+            so that the score kernel runs once per chunk, one program per image; 64 copies elsewhere).
 
     Attributes:
         source: the model it was built from.
@@ -101,7 +102,7 @@ class Scorer:
         self.net = net
         self.source = model
         self.config = config
-        self.forward_batch = forward_batch or default_forward_batch(self.device)
+        self.forward_batch = forward_batch or default_forward_batch(self.device, config.num_copies)
         self.compiled = self.compile_mode != "none"
         self.fallback_reason: Optional[str] = None
         self._run = self._compiled() if self.compiled else self.net
@@ -179,8 +180,9 @@ class Scorer:
                 if self.compiled and short:  # a compiled graph sees one chunk shape only: pad the last chunk
                     x = torch.cat([x, x[-1:].expand(short, -1, -1, -1)])
                     kx = torch.cat([kx, kx[-1:].expand(short)])
-                recon = self._reconstruct(ops.mask_with(plan, x, kx))
-                s, e = patch_scores(plan, cfg.error, cfg.error_scales, x, recon, ops.assign_with(plan, kx))
+                assignment = ops.assign_with(plan, kx)  # once per chunk: the masks op and the kernel share it
+                recon = self._reconstruct(ops.mask_with(plan, x, kx, assignment))
+                s, e = patch_scores(plan, cfg.error, cfg.error_scales, x, recon, assignment)
                 if self._neighbours is not None:
                     s = combine(s, self._distances(x), cfg.neighbour_scales)
                 scores.append(s[: n - short])
@@ -199,8 +201,8 @@ class Scorer:
             self._plans[shape] = config.plan(shape, self.device)
         return self._plans[shape]
 
-    # The stages of a chunk (also timed one by one in benchmarks/sweep_pipeline.py): ops.mask_with, _reconstruct,
-    # errors.patch_scores.
+    # The stages of a chunk (also timed one by one in benchmarks/sweep_pipeline.py): ops.assign_with, ops.mask_with,
+    # _reconstruct, errors.patch_scores.
 
     def _reconstruct(self, masked: Tensor) -> Tensor:
         """[K, n, C, H, W] reconstructions of the masked copies."""
