@@ -15,7 +15,7 @@ CONFIG = TrainConfig(image_size=32, patch_size=8, width=8, depth=2, disc_width=8
 
 
 #: A GAN needs more steps than 40 to draw blobs; these keep its test short.
-OPTIONS = {"fanogan": (dict(steps=100), dict(lr=5e-4, critic_steps=2))}
+OPTIONS = {"fanogan": (dict(steps=100), dict(lr=5e-4, critic_steps=2)), "anogan": (dict(steps=100), dict(lr=5e-4))}
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
@@ -122,3 +122,20 @@ def test_perceptual_ae_rejects_a_network_that_returns_no_feature_map():
 def test_baselines_reject_images_of_the_wrong_size():
     with pytest.raises(ValueError, match=r"fanogan: expected 32x32 images \(config.image_size\), got 16x16"):
         get_method("fanogan", CONFIG).fit(blobs(8, size=16))
+
+
+def test_anogan_searches_each_query_alone_and_scores_the_paper_way():
+    method = get_method("anogan", dataclasses.replace(CONFIG, steps=30), latent_steps=60).fit(blobs(64))
+    x = torch.cat([blobs(3, seed=5), blobs(3, seed=6, abnormal=True)]).float() / 127.5 - 1
+    z = torch.rand(6, method.latent, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    scores, maps = method.search(x, z)
+    alone, _ = method.search(x[2:4], z[2:4])  # each query's loss is its own: the batch does not matter
+    torch.testing.assert_close(alone, scores[2:4], rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # the search lowers every query's loss below where it started
+        start = method._loss(x, method.D.features(x), method.G(z))
+    assert (scores < start).all()
+    pure = get_method("anogan", dataclasses.replace(CONFIG, steps=2), latent_steps=5, lam=0.0).fit(blobs(32))
+    s, m = pure.search(x, z)  # lam = 0: A(x) is the residual R(x) = sum |x - G(z)|, the map its per-pixel terms
+    torch.testing.assert_close(s, m.flatten(1).sum(1), rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="anogan: expected latent_steps a positive int, got 0"):
+        get_method("anogan", CONFIG, latent_steps=0)

@@ -118,7 +118,7 @@ def screen(
     bar = progress_bar(len(todo), "screening", "file", enabled=progress and rank == 0)
     try:
         if rank == 0:
-            run.problems(problems, earlier)
+            run.problems(problems)
         for path, images, error in loader:
             run.add(path, images, error, done)
             if bar is not None:
@@ -243,7 +243,7 @@ class _Run:
         self.scored = self.skipped = self.errors = 0
         self.out = out
 
-    def problems(self, problems: list[tuple[str, str]], earlier: set) -> None:
+    def problems(self, problems: list[tuple[str, str]]) -> None:
         """Folders that could not be searched: to errors.csv (once) and the terminal."""
         recorded = {(r["path"], r["error"]) for r in _read_errors(self.out)}
         for path, why in problems:

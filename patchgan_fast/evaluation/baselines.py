@@ -1,4 +1,4 @@
-"""Baselines with their own networks and training loops: f-AnoGAN and the deep perceptual autoencoder.
+"""Baselines with their own networks and training loops: f-AnoGAN, AnoGAN and the deep perceptual autoencoder.
 
 Both follow their papers' scoring rules with fixed hyperparameters (never tuned on test labels) and
 share the interface of :mod:`patchgan_fast.evaluation.methods`: ``fit(normal_images)`` and ``score(images) ->
@@ -179,6 +179,102 @@ class FAnoGANMethod:
 
     def score(self, images: Tensor, ranking: Optional[str] = None) -> tuple[Tensor, Tensor]:
         return _batched_score(lambda x: self._distance(x * 2 - 1), images, self.device)
+
+
+# ----------------------------------------------------------------------------- AnoGAN
+
+
+class AnoGANMethod:
+    """AnoGAN (Schlegl et al., IPMI 2017): a DCGAN trained on normal images, then every query mapped to the
+    latent space by ``latent_steps`` (500) gradient steps on z with G and D frozen, minimizing
+    ``(1 - lam) * sum|x - G(z)| + lam * sum|f(x) - f(G(z))|`` (``lam`` = 0.1; f: the discriminator's last
+    feature layer, feature matching). The anomaly score is that loss at the last step, A(x) = (1 - lam) R(x)
+    + lam D(x); the pixel map is |x - G(z)|. z starts from the uniform prior on [-1, 1] (seeded, per image
+    by its position in the scored set) and is kept in it; the paper leaves the optimizer of z open: Adam.
+    Every query of a batch is searched at once, one batched backward per step; each image's loss is its
+    own, so the batch does not change a score.
+
+    Args:
+        config: image size, widths (``width``, ``depth``), ``steps`` DCGAN steps, batch size, seed, device.
+        latent: size of z. latent_steps: gradient steps per query. lam: the weight of the feature term.
+        lr: Adam learning rate of the DCGAN (betas 0.5, 0.999). z_lr: Adam learning rate of the search.
+    """
+
+    name = "anogan"
+
+    def __init__(self, config: TrainConfig, latent: int = 100, latent_steps: int = 500, lam: float = 0.1,
+                 lr: float = 2e-4, z_lr: float = 0.05):
+        if not isinstance(latent_steps, int) or latent_steps < 1:
+            raise ValueError(f"anogan: expected latent_steps a positive int, got {latent_steps!r}")
+        if not 0 <= lam <= 1:
+            raise ValueError(f"anogan: expected lam in [0, 1], got {lam!r}")
+        self.config, self.latent, self.latent_steps, self.lam, self.lr, self.z_lr = (
+            config, latent, latent_steps, lam, lr, z_lr)
+
+    def fit(self, images: Tensor) -> "AnoGANMethod":
+        cfg = self.config
+        _check_train_images(images, cfg, "anogan")
+        dev = _device(cfg)
+        torch.manual_seed(cfg.seed)
+        c, s, d, w = images.shape[1], cfg.image_size, cfg.depth, cfg.width
+        self.G = _Generator(c, s, d, w, self.latent).to(dev)
+        self.D = _Critic(c, s, d, w).to(dev)
+        x_all = to_unit(images) * 2 - 1
+        opt_g = torch.optim.Adam(self.G.parameters(), self.lr, betas=(0.5, 0.999))
+        opt_d = torch.optim.Adam(self.D.parameters(), self.lr, betas=(0.5, 0.999))
+        bce = nn.functional.binary_cross_entropy_with_logits
+        for idx in _batches(len(x_all), cfg.batch_size, cfg.steps, cfg.seed):
+            x = x_all[idx].to(dev)
+            z = torch.rand(len(x), self.latent, device=dev) * 2 - 1
+            fake = self.G(z)
+            real_logits, fake_logits = self.D(x), self.D(fake.detach())
+            loss_d = bce(real_logits, torch.ones_like(real_logits)) + bce(fake_logits, torch.zeros_like(fake_logits))
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            logits = self.D(fake)
+            loss_g = bce(logits, torch.ones_like(logits))  # the non-saturating generator loss
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+        self.G.requires_grad_(False).eval()
+        self.D.requires_grad_(False).eval()
+        self.device = dev
+        return self
+
+    def search(self, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The latent search for a batch ``x`` in [-1, 1] from ``z`` (each row one query's start):
+        (A(x) per image, pixel map |x - G(z)| [B, H, W]) after ``latent_steps`` steps."""
+        z = z.clone().requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=self.z_lr)
+        with torch.enable_grad():
+            target = self.D.features(x)
+            for _ in range(self.latent_steps):
+                loss = self._loss(x, target, self.G(z))
+                opt.zero_grad(set_to_none=True)
+                loss.sum().backward()
+                opt.step()
+                with torch.no_grad():
+                    z.clamp_(-1, 1)
+        with torch.no_grad():
+            rec = self.G(z)
+            return self._loss(x, target, rec), (x - rec).abs().mean(1)
+
+    def _loss(self, x: Tensor, target: Tensor, rec: Tensor) -> Tensor:
+        residual = (x - rec).abs().flatten(1).sum(1)
+        feature = (target - self.D.features(rec)).abs().sum(1)
+        return (1 - self.lam) * residual + self.lam * feature
+
+    def score(self, images: Tensor, ranking: Optional[str] = None, batch: int = 256) -> tuple[Tensor, Tensor]:
+        g = torch.Generator().manual_seed(self.config.seed + 7)
+        starts = torch.rand(len(images), self.latent, generator=g) * 2 - 1  # by position in the scored set
+        scores, maps = [], []
+        for i in range(0, len(images), batch):
+            x = to_unit(images[i:i + batch]).to(self.device) * 2 - 1
+            s, m = self.search(x, starts[i:i + batch].to(self.device))
+            scores.append(s.float().cpu())
+            maps.append(m.float().cpu())
+        return torch.cat(scores), torch.cat(maps)
 
 
 # ----------------------------------------------------------------------------- deep perceptual AE

@@ -22,7 +22,7 @@ from ..models.schedule import bank_choice, validation_split
 from ..models.training import validation_statistics
 from ..ops import to_unit
 from ..scoring import Scorer, error_maps, score_batch
-from .baselines import FAnoGANMethod, PerceptualAEMethod
+from .baselines import AnoGANMethod, FAnoGANMethod, PerceptualAEMethod
 
 
 def _batched(fn, images: Tensor, batch: int = 256):
@@ -206,7 +206,7 @@ class ThresholdMethod:
 
 
 REGISTRY = {cls.name: cls for cls in (PatchGANMethod, AutoencoderMethod, ALOCCMethod, FAnoGANMethod,
-                                      PerceptualAEMethod, OCSVMMethod, ThresholdMethod)}
+                                      PerceptualAEMethod, OCSVMMethod, ThresholdMethod, AnoGANMethod)}
 
 
 def get_method(name: str, config: TrainConfig, **options):

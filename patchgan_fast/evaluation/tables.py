@@ -36,7 +36,7 @@ from .methods import REGISTRY, get_method
 from .metrics import image_metrics, pixel_metrics, plot_distribution_panels, plot_roc
 
 DATASETS = ("fashion-mnist", "brain-mri")
-DEFAULT_METHODS = ("patchgan", "ae", "ocsvm", "alocc", "fanogan", "perceptual_ae")
+DEFAULT_METHODS = ("patchgan", "ae", "ocsvm", "alocc", "fanogan", "anogan", "perceptual_ae")
 
 
 def _config(dataset: str, quick: bool, steps: Optional[int], seed: int, size: int) -> TrainConfig:
@@ -111,12 +111,12 @@ def _multiscale_sizes(config: TrainConfig) -> list[int]:
 
 
 #: Bump when the scoring ablations of _train_and_score change: finished jobs saved without them are not reused.
-_SCORING_REVISION = 4
+_SCORING_REVISION = 5  # 5: the scoring time per image saved beside the total
 
 
 def _train_and_score(job: tuple) -> tuple:
     """Trains one method on ``train_x`` and scores ``test_x``: (scores, maps, {variant: scores} of the
-    scoring ablations, seconds). Without ``need_maps``, methods whose maps cost an extra pass (the
+    scoring ablations, (seconds of training + scoring, seconds of scoring per test image)). Without ``need_maps``, methods whose maps cost an extra pass (the
     Patch-GAN, the AE) skip it. Top-level, so that a process pool can run it."""
     name, config, options, train_x, test_x, threads, scoring_ablations, need_maps = job
     if threads:
@@ -126,7 +126,9 @@ def _train_and_score(job: tuple) -> tuple:
     t0 = time.perf_counter()
     m = get_method(name, config, **options).fit(train_x)
     skip_maps = not need_maps and "maps" in inspect.signature(m.score).parameters
+    t1 = time.perf_counter()
     scores, maps = m.score(test_x, **({"maps": False} if skip_maps else {}))
+    per_image = (time.perf_counter() - t1) / max(1, len(test_x))
     extra = {}
     if scoring_ablations:  # the same model scored other ways
         extra[_RANKING_OFF] = m.score(test_x, ranking="none", maps=False)[0]
@@ -143,7 +145,7 @@ def _train_and_score(job: tuple) -> tuple:
                     test_x, sizes)
             for space in FEATURE_SPACES:
                 extra[f"patchgan + nearest-neighbour {space} features (k = 5)"] = m.score_neighbours(test_x, 5, space)
-    return scores, maps, extra, time.perf_counter() - t0
+    return scores, maps, extra, (time.perf_counter() - t0, per_image)
 
 
 def _indexed(item: tuple[int, tuple]) -> tuple[int, tuple]:
@@ -181,13 +183,15 @@ def _job_key(job: tuple, data: str) -> Optional[str]:
 
 
 def _run_methods(
-    groups, methods, config, quick: bool, options: dict, jobs: int, seconds: dict, need_maps: bool, cache: Path
+    groups, methods, config, quick: bool, options: dict, jobs: int, seconds: dict, need_maps: bool, cache: Path,
+    per_image: Optional[dict] = None
 ) -> tuple[list[tuple[dict, dict]], int]:
     """Trains and scores every method (and, outside --quick, the Patch-GAN's ablations) on every
     ``(train_x, test_x)`` group, in ``jobs`` processes at once (models this small leave a GPU mostly
     idle, so several train side by side). Returns per group ``({method: (scores, maps)},
     {variant: scores})`` (maps None where they cost an extra pass and ``need_maps`` is off), and how
-    many jobs were reused; adds each method's training + scoring time to ``seconds``.
+    many jobs were reused; adds each method's training + scoring time to ``seconds`` and its scoring seconds per
+    test image to the list ``per_image[method]``.
 
     Every finished job's result is written to the folder ``cache`` as soon as it is done, and
     a job whose result is already there (same method, config, data, device and versions) is not run
@@ -236,13 +240,15 @@ def _run_methods(
         for i in pending:
             finish(i, _train_and_score(work[i]))
     out = [({}, {}) for _ in groups]
-    for (g, name, variant), (scores, maps, extra, sec) in zip(index, outputs):
+    for (g, name, variant), (scores, maps, extra, (sec, cost)) in zip(index, outputs):
         results, ablations = out[g]
         if variant is not None:
             ablations[variant] = scores
             continue
         results[name] = (scores, maps)
         seconds[name] = seconds.get(name, 0.0) + sec
+        if per_image is not None:
+            per_image.setdefault(name, []).append(cost)
         if extra:
             ablations[_default_variant(config)] = scores
             ablations.update(extra)
@@ -296,6 +302,11 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
     lines += ["", "Training + scoring time per method (s): " + ", ".join(f"{m} {s:.0f}" for m, s in t.seconds.items())]
     for m, s in t.seconds.items():
         _record(t.records, "train_and_score_seconds", s, "s", {"dataset": dataset, "method": m}, t.run_info)
+    cost = {m: sum(v) / len(v) for m, v in t.per_image.items()}
+    lines += ["", "Scoring time per test image (ms), the cost of screening with each method: "
+              + ", ".join(f"{m} {1000 * c:.3g}" for m, c in cost.items())]
+    for m, c in cost.items():
+        _record(t.records, "score_seconds_per_image", c, "s", {"dataset": dataset, "method": m}, t.run_info)
     plot_roc(t.curves, out / "roc.png", t.title)
     # Fig. 3: every method's normal and abnormal scores, and the Patch-GAN's without ranking beside them
     panels = {**t.curves, **({_RANKING_OFF: t.variants[_RANKING_OFF]} if _RANKING_OFF in t.variants else {})}
@@ -316,6 +327,7 @@ class _Tables:
         self.options, self.jobs, self.cache = options, jobs, cache
         self.records: list[dict] = []
         self.seconds: dict[str, float] = {}
+        self.per_image: dict[str, list[float]] = {}
         self.reused = 0
         self.curves: dict = {}
         self.variants: dict = {}
@@ -323,7 +335,8 @@ class _Tables:
 
     def _run(self, groups, need_maps: bool):
         outputs, self.reused = _run_methods(groups, self.methods, self.config, self.quick, self.options, self.jobs,
-                                            self.seconds, need_maps=need_maps, cache=self.cache)
+                                            self.seconds, need_maps=need_maps, cache=self.cache,
+                                            per_image=self.per_image)
         return outputs
 
     def _record(self, metric: str, value: float, config: dict) -> None:
