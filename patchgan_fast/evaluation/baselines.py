@@ -120,6 +120,15 @@ class _Critic(nn.Module):
         return self.head(self.features(x))
 
 
+def _gan(images: Tensor, config: TrainConfig, name: str, latent: int) -> tuple[torch.device, nn.Module, nn.Module]:
+    """Checks the training images, seeds, and builds a generator and a critic (discriminator) on the device."""
+    _check_train_images(images, config, name)
+    dev = _device(config)
+    torch.manual_seed(config.seed)
+    c, s, d, w = images.shape[1], config.image_size, config.depth, config.width
+    return dev, _Generator(c, s, d, w, latent).to(dev), _Critic(c, s, d, w).to(dev)
+
+
 class FAnoGANMethod:
     """f-AnoGAN: WGAN-GP (critic 5 steps per generator step, penalty 10, Adam 1e-4, betas (0, 0.9)),
     then the izi_f encoder (kappa = 1); ``config.steps`` generator steps and as many encoder steps."""
@@ -133,12 +142,8 @@ class FAnoGANMethod:
 
     def fit(self, images: Tensor) -> "FAnoGANMethod":
         cfg = self.config
-        _check_train_images(images, cfg, "fanogan")
-        dev = _device(cfg)
-        torch.manual_seed(cfg.seed)
+        dev, self.G, self.D = _gan(images, cfg, "fanogan", self.latent)
         c, s, d, w = images.shape[1], cfg.image_size, cfg.depth, cfg.width
-        self.G = _Generator(c, s, d, w, self.latent).to(dev)
-        self.D = _Critic(c, s, d, w).to(dev)
         self.E = nn.Sequential(_Critic(c, s, d, w, out=self.latent), nn.Tanh()).to(dev)
         x_all = to_unit(images) * 2 - 1
         opt_g = torch.optim.Adam(self.G.parameters(), self.lr, betas=(0.0, 0.9))
@@ -213,12 +218,7 @@ class AnoGANMethod:
 
     def fit(self, images: Tensor) -> "AnoGANMethod":
         cfg = self.config
-        _check_train_images(images, cfg, "anogan")
-        dev = _device(cfg)
-        torch.manual_seed(cfg.seed)
-        c, s, d, w = images.shape[1], cfg.image_size, cfg.depth, cfg.width
-        self.G = _Generator(c, s, d, w, self.latent).to(dev)
-        self.D = _Critic(c, s, d, w).to(dev)
+        dev, self.G, self.D = _gan(images, cfg, "anogan", self.latent)
         x_all = to_unit(images) * 2 - 1
         opt_g = torch.optim.Adam(self.G.parameters(), self.lr, betas=(0.5, 0.999))
         opt_d = torch.optim.Adam(self.D.parameters(), self.lr, betas=(0.5, 0.999))
