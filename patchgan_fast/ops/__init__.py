@@ -42,7 +42,8 @@ from .reference import (
 
 __all__ = [
     "build_masks", "patch_assignment", "mask_images", "patch_scores", "LAYOUTS", "Plan", "mask_with", "assign_with",
-    "scores_with", "map_scores", "map_scores_with", "check_images", "backend_info", "to_unit", "normalize", "rank_patch_errors",
+    "scores_with", "map_scores", "map_scores_with", "check_images", "backend_info", "to_unit", "normalize",
+    "rank_patch_errors",
 ]
 
 _MAX_TRITON_PATCHES = 16384
