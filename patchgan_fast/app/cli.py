@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 from ..runtime import __version__
 from ..scoring.neighbours import FEATURE_SPACES
 from .errors import UsageError
-from .files import check_inputs, load_collection, workers
+from .files import load_collection, workers
 from .records import WriteError, printable
 
 
@@ -35,7 +35,6 @@ def cmd_train(a) -> int:
         raise UsageError(str(exc)) from exc
     if os.path.isdir(a.out):
         raise UsageError(f"--out {a.out!r} is a folder; expected the model file to write (e.g. model.pgf)")
-    check_inputs(a.data)
     images, _, errors = load_collection(a.data, a.size, a.channels, a.resize, workers(a.workers))
     print(f"training on {len(images)} normal images ({len(errors)} unreadable files skipped), "
           f"{images.shape[1]}x{a.size}x{a.size}", file=sys.stderr)

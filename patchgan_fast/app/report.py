@@ -46,7 +46,7 @@ def _heatmaps(model: PatchGAN, rows: list[dict], out: Path, resize: str, dev: to
     from PIL import Image as PILImage
 
     folder = out / HEATMAPS
-    manifest.add(f"{HEATMAPS}/")
+    manifest.add(f"{HEATMAPS}/", *[f"{HEATMAPS}/{safe_name(i, r['path'], r['slice'])}" for i, r in enumerate(rows, 1)])
     folder.mkdir(exist_ok=True)
     names = []
     size, channels = model.config.image_size, model.channels
@@ -69,7 +69,6 @@ def _heatmaps(model: PatchGAN, rows: list[dict], out: Path, resize: str, dev: to
         red = np.array([1.0, 0.15, 0.0], dtype=np.float32)
         overlay = (1 - alpha) * rgb + alpha * red
         name = safe_name(i, r["path"], r["slice"])
-        manifest.add(f"{HEATMAPS}/{name}")
         try:
             PILImage.fromarray((np.clip(overlay, 0, 1) * 255).astype(np.uint8)).resize(
                 (max(256, size), max(256, size)), PILImage.NEAREST).save(folder / name)

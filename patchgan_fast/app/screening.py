@@ -209,8 +209,9 @@ def _prepare_out(out: Path, resume: bool, force: bool, retry_errors: bool, produ
                               "another --out")
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(out, {"written": [], "produced_by": produced_by})
-    manifest.add(PARTIAL, SCORES, ERRORS, REPORT, *[f"scores.rank{r}.partial.csv" for r in range(world) if world > 1],
-                 *[f"errors.rank{r}.csv" for r in range(world) if world > 1])
+    ranks = range(world) if world > 1 else ()
+    manifest.add(PARTIAL, SCORES, ERRORS, REPORT, *[f"scores.rank{r}.partial.csv" for r in ranks],
+                 *[f"errors.rank{r}.csv" for r in ranks])
     return manifest
 
 

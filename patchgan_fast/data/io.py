@@ -27,8 +27,8 @@ NIFTI = (".nii", ".nii.gz")
 DICOM = {".dcm", ".dicom"}
 ARRAY = {".npy", ".npz"}
 
-#: The largest image (height x width x frames or slices, per file) a reader decodes: 2**28 pixels, e.g.
-#: 16384 x 16384; larger ones are refused from their header with a ReadError.
+#: The most pixels a reader decodes: 2**28 (e.g. 16384 x 16384) for an image, or for a whole NIfTI volume or
+#: multi-frame DICOM; more is refused from the header with a ReadError.
 MAX_PIXELS = 2**28
 
 

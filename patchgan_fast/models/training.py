@@ -152,12 +152,12 @@ def validation_statistics(model: "PatchGAN", images: Tensor, device: torch.devic
     the weights, and its scores (eq. 5, with the weights when ``config.position_weights`` is on) are
     ranked from the same errors."""
     cfg = dataclasses.replace(model.score_config, error="mse", patch_weights=None, neighbour_scales=None)
+    plan = cfg.plan(images.shape, device)
     squared, structural = [], []
     for i in range(0, len(images), batch):
         x = images[i:i + batch].to(device)
         r = score_batch(model, x, cfg)
         squared.append(r.patch_errors.cpu())
-        plan = cfg.plan(x.shape, x.device)
         structural.append(patch_scores(plan, "msgms", None, x, r.reconstructions, r.assignment)[1].cpu())
     measures = {"mse": torch.cat(squared), "msgms": torch.cat(structural)}
     spread = [float(ops.rank_patch_errors(e, top_weights=cfg.top_weights, rest_weight=cfg.rest_weight).std())

@@ -51,10 +51,6 @@ def register(kernels: ModuleType) -> None:
     _registered["patch_scores"] = patch_scores
 
 
-def available() -> bool:
-    return "patch_scores" in _registered
-
-
 def patch_scores_op(images: Tensor, reconstructions: Tensor, assignment: Optional[Tensor], constants: tuple,
                     patch_weights: Optional[Tensor], patch_size: int, top_count: int,
                     rest_weight: float) -> tuple[Tensor, Tensor]:

@@ -4,10 +4,11 @@ Per batch: uint8 images go to the device from pinned memory without blocking; th
 the K masked copies in the model's dtype and memory format; the reconstructor (a private channels_last
 copy, bf16 on CUDA) runs on chunks of images, all K copies of a chunk in one forward, so
 memory stays bounded for any batch size; the fused Triton kernel reads the K reconstructions in
-their own dtype and returns the ranked scores. No copy of the reconstructions is ever made (not even of
-the CUDA graph's output buffer: each chunk's are scored before the next chunk replays the graph)
-(with ``error='msgms'`` the in-filled image is gathered and its structural error map computed in
-PyTorch, then reduced per patch and ranked by the map kernel). A model with a feature bank (``config.neighbour_scales``) also embeds each chunk's
+their own dtype and returns the ranked scores (with ``error='msgms'`` the in-filled image is gathered,
+its structural error map computed in PyTorch, then reduced per patch and ranked by the map kernel). A
+chunk's patch assignment is computed once, for the masks op and the kernel. No copy of the
+reconstructions is ever made, not even of the CUDA graph's output buffer: each chunk's are scored before
+the next chunk replays the graph. A model with a feature bank (``config.neighbour_scales``) also embeds each chunk's
 unmasked images with a private fp32 copy of its feature network and adds their nearest-neighbour
 distances (:mod:`patchgan_fast.scoring.neighbours`).
 
