@@ -12,13 +12,13 @@ The package is built in layers, each importing only from those below it (checked
 """
 
 from . import ops
-from .models import LOSS_PRESETS, PatchGAN, TrainConfig
+from .models import LOSS_PRESETS, SAGAN, PatchGAN, SAGANConfig, TrainConfig, load_model
 from .ops import backend_info
 from .runtime import __version__
 from .scoring import ERRORS, RANKING_PRESETS, ScoreConfig, ScoreResult, Scorer, error_maps, pixel_errors, score_batch
 
 __all__ = [
     "ops", "score_batch", "error_maps", "pixel_errors", "Scorer", "ScoreConfig", "ScoreResult", "RANKING_PRESETS", "ERRORS",
-    "PatchGAN", "TrainConfig",
+    "PatchGAN", "TrainConfig", "SAGAN", "SAGANConfig", "load_model",
     "LOSS_PRESETS", "backend_info", "__version__",
 ]

@@ -252,9 +252,9 @@ def test_resume_refuses_a_different_schedule(tmp_path):
 def test_ranks_read_disjoint_shards_of_each_global_batch():
     order = S.Order(torch.arange(100), seed=0)
     for step in (0, 7):
-        parts = [order.take(S._positions(step, rank, 2, 16)) for rank in (0, 1)]
+        parts = [order.take(S.positions(step, rank, 2, 16)) for rank in (0, 1)]
         assert not set(parts[0].tolist()) & set(parts[1].tolist())
-    epoch = torch.cat([order.take(S._positions(s, r, 2, 10)) for s in range(5) for r in (0, 1)])
+    epoch = torch.cat([order.take(S.positions(s, r, 2, 10)) for s in range(5) for r in (0, 1)])
     assert sorted(epoch.tolist()) == list(range(100))  # one epoch = every training image once
 
 
@@ -315,13 +315,13 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
 
 
 def test_training_input_errors():
-    with pytest.raises(ValueError, match=r"training images are 16x16 but TrainConfig.image_size is 32"):
+    with pytest.raises(ValueError, match=r"training images are 16x16 but the config.s image_size is 32"):
         PatchGAN.fit(blobs(8, size=16), TrainConfig(**SMALL))
     with pytest.raises(ValueError, match=r"image_size 40 must be a multiple of patch_size 8 and of the network stride 2\*\*depth = 16"):
         TrainConfig(image_size=40, patch_size=8, depth=4)
     with pytest.raises(ValueError, match=r"unknown loss preset 'gan'; expected one of paper, default, reconstruction"):
         TrainConfig(loss="gan")
-    with pytest.raises(TypeError, match=r"expected training data as a Tensor \[N, C, H, W\] or a map-style Dataset, got int"):
+    with pytest.raises(TypeError, match=r"expected training images as a Tensor \[N, C, H, W\] or a map-style Dataset, got int"):
         PatchGAN.fit(3, TrainConfig(**SMALL))
 
 

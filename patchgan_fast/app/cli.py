@@ -13,32 +13,61 @@ from typing import Optional, Sequence
 from ..runtime import __version__
 from ..scoring.neighbours import FEATURE_SPACES
 from .errors import UsageError
-from .files import load_collection, workers
+from .files import check_inputs, load_collection, workers
 from .records import WriteError, printable
 
 
-def cmd_train(a) -> int:
-    from ..models import TrainConfig, train
+_PATCHGAN_ONLY = ("patch_size", "loss", "ranking", "error", "layout", "num_copies", "depth", "neighbours", "neighbour_k",
+                  "neighbour_bank", "unlabelled_weight")
 
+
+def _train_config(a):
+    """The run's config from the flags: a TrainConfig (``--method patchgan``) or a SAGANConfig."""
+    from ..models import SAGANConfig, TrainConfig
+
+    checkpoints = a.checkpoint_dir or f"{a.out}.checkpoints"  # an interrupted run can --resume
+    if a.method == "sagan":
+        given = [k for k in _PATCHGAN_ONLY if getattr(a, k) is not None] + [
+            k for k in ("skips", "no_position_weights") if getattr(a, k)]
+        if given:
+            raise UsageError(f"--method sagan does not take {', '.join('--' + k.replace('_', '-') for k in given)} "
+                             "(Patch-GAN options)")
+        overrides = {k: getattr(a, k) for k in ("steps", "batch_size", "lr", "width", "seed", "device")
+                     if getattr(a, k) is not None}
+        return SAGANConfig(image_size=a.size, checkpoint_dir=checkpoints, **overrides)
     overrides = {k: getattr(a, k) for k in ("patch_size", "steps", "batch_size", "lr", "loss", "ranking", "error",
-                                            "layout", "num_copies", "width", "depth", "seed", "device", "checkpoint_dir",
-                                            "neighbours", "neighbour_k", "neighbour_bank")
+                                            "layout", "num_copies", "width", "depth", "seed", "device",
+                                            "neighbours", "neighbour_k", "neighbour_bank", "unlabelled_weight")
                  if getattr(a, k) is not None}
     if a.skips:
         overrides["skips"] = True
     if a.no_position_weights:
         overrides["position_weights"] = False
-    overrides.setdefault("checkpoint_dir", f"{a.out}.checkpoints")  # an interrupted run can --resume
+    return TrainConfig.for_image_size(a.size, checkpoint_dir=checkpoints, **overrides)
+
+
+def cmd_train(a) -> int:
+    from ..models import train
+
     try:
-        config = TrainConfig.for_image_size(a.size, **overrides)
+        config = _train_config(a)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     if os.path.isdir(a.out):
         raise UsageError(f"--out {a.out!r} is a folder; expected the model file to write (e.g. model.pgf)")
+    if a.unlabelled:
+        check_inputs(a.unlabelled)
     images, _, errors = load_collection(a.data, a.size, a.channels, a.resize, workers(a.workers))
-    print(f"training on {len(images)} normal images ({len(errors)} unreadable files skipped), "
+    print(f"training {a.method} on {len(images)} normal images ({len(errors)} unreadable files skipped), "
           f"{images.shape[1]}x{a.size}x{a.size}", file=sys.stderr)
-    train(images, config, a.out, resume=a.resume)
+    pool = None
+    if a.unlabelled:
+        pool, _, errors = load_collection(a.unlabelled, a.size, images.shape[1], a.resize, workers(a.workers))
+        print(f"and an unlabelled pool of {len(pool)} images ({len(errors)} unreadable files skipped)", file=sys.stderr)
+    try:
+        train(images, config, a.out, unlabelled=pool, resume=a.resume)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     print(f"model written to {printable(a.out)}")
     return 0
 
@@ -90,9 +119,19 @@ def _common_io(q, with_size: bool = True) -> None:
 def _train_parser(sub) -> None:
     """``patchgan-fast train``."""
     t = sub.add_parser("train", help="train a model on normal images", description=(
-        "Train a Patch-GAN on a collection of NORMAL images (folders or files: PNG, JPEG, BMP, TIFF, NIfTI, DICOM, "
-        "npy/npz) and write the model file. Sensible defaults follow the image size."))
+        "Train a Patch-GAN (or SAGAN) on a collection of NORMAL images (folders or files: PNG, JPEG, BMP, TIFF, NIfTI, "
+        "DICOM, npy/npz), and on an --unlabelled pool when you have one, and write the model file. Sensible defaults "
+        "follow the image size."))
     t.add_argument("data", nargs="+", help="files or folders of normal images")
+    t.add_argument("--unlabelled", nargs="+", default=None, metavar="POOL",
+                   help="files or folders of unlabelled images (normal and abnormal mixed, labels unknown): the "
+                        "semi-supervised setting")
+    t.add_argument("--method", choices=["patchgan", "sagan"], default="patchgan",
+                   help="patchgan (default) or sagan (Zhang et al. 2024: learns from the unlabelled pool; 64x64 "
+                        "grayscale in the paper, --size a multiple of 16)")
+    t.add_argument("--unlabelled-weight", type=_non_negative_float, default=None,
+                   help="patchgan with --unlabelled: weight of the adversarial term on the pool's reconstructions "
+                        "(default 0.01)")
     t.add_argument("--out", required=True, help="model file to write (e.g. model.pgf)")
     t.add_argument("--channels", type=int, choices=[1, 3], default=None, help="1 or 3 (default: as the first image)")
     t.add_argument("--patch-size", type=_POSITIVE, default=None, help="scoring patch size (default size/8)")
@@ -184,6 +223,11 @@ def _benchmark_parser(sub) -> None:
                         "nothing is downloaded)")
     b.add_argument("--jobs", type=_POSITIVE, default=1,
                    help="models trained at once, each in its own process (default 1); on a GPU 4-8 keep it busy")
+    b.add_argument("--setting", choices=["one-class", "semi-supervised"], default="one-class",
+                   help="semi-supervised: also an unlabelled pool with --anomaly-ratio abnormal images, and each method "
+                        "that can learn from it trained once more with it (default one-class)")
+    b.add_argument("--anomaly-ratio", type=_ratio, default=0.6,
+                   help="abnormal share of the unlabelled pool, in [0, 1) (default 0.6, SAGAN's and DDAD's)")
     b.add_argument("--quick", action="store_true", help="a reduced run (2 classes, subsets, 60 steps) for a CPU")
     b.add_argument("--steps", type=_POSITIVE, default=None, help="training steps per model (default 3000, 60 with --quick)")
     b.add_argument("--classes", default=None, help="Fashion-MNIST normal classes, e.g. 0,3,7 (default all; 0,1 quick)")
@@ -234,6 +278,26 @@ def _int_at_least(least: int):
 
 
 _POSITIVE, _NATURAL = _int_at_least(1), _int_at_least(0)
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
 
 
 def _positive_float(text: str) -> float:

@@ -10,8 +10,8 @@ import torch
 
 from ..data import fit_to_size, image_key, read_images
 from ..evaluation import image_metrics, pixel_metrics, plot_distributions, plot_roc
-from ..models import PatchGAN
-from ..scoring import Scorer, error_maps
+from ..models import load_model
+from ..models.files import error_map, make_scorer
 from .errors import UsageError
 from .files import check_inputs, load_collection, workers
 from .records import printable
@@ -19,7 +19,7 @@ from .records import printable
 
 def _score_all(model, images: torch.Tensor, ids, batch: int, device) -> torch.Tensor:
     """Scores [N] on the CPU, with each image's mask key from its path."""
-    scorer = Scorer(model, device=device, compile="none")
+    scorer = make_scorer(model, device)
     scores = []
     for i in range(0, len(images), batch):
         keys = torch.tensor([image_key(p, s) for p, s in ids[i:i + batch]], dtype=torch.int64)
@@ -28,7 +28,7 @@ def _score_all(model, images: torch.Tensor, ids, batch: int, device) -> torch.Te
 
 
 def _pixel_metrics(model, images: torch.Tensor, ids, masks_dir: str, resize: str) -> dict:
-    """Pixel AUROC/AUPRC of the error maps (:func:`~patchgan_fast.error_maps`) against the masks of the
+    """Pixel AUROC/AUPRC of the model's maps (:func:`~patchgan_fast.models.files.error_map`) against the masks of the
     same file names."""
     size = model.config.image_size
     found, truth, missing = [], [], 0
@@ -45,7 +45,7 @@ def _pixel_metrics(model, images: torch.Tensor, ids, masks_dir: str, resize: str
         found.append(i)
     if not found:
         raise SystemExit(f"error: no mask in {printable(masks_dir)} matches the abnormal file names")
-    heat = error_maps(model, images[found], keys=torch.tensor([image_key(*ids[i]) for i in found], dtype=torch.int64))
+    heat = error_map(model, images[found], keys=torch.tensor([image_key(*ids[i]) for i in found], dtype=torch.int64))
     return {**pixel_metrics(list(heat.numpy()), truth), "masks_found": len(found), "masks_missing": missing}
 
 
@@ -53,7 +53,7 @@ def evaluate(a) -> int:
     """``patchgan-fast evaluate``: image (and with --masks pixel) AUROC and AUPRC, roc.png, scores.png, metrics.json."""
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
-        model = PatchGAN.load(a.model).to(device)
+        model = load_model(a.model).to(device)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
     size, ch = model.config.image_size, model.channels
@@ -88,7 +88,7 @@ def evaluate(a) -> int:
         metrics.update(pixel)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    plot_roc({"Patch-GAN": (scores, labels)}, out / "roc.png")
+    plot_roc({"SAGAN" if model.method == "sagan" else "Patch-GAN": (scores, labels)}, out / "roc.png")
     plot_distributions(scores, labels, out / "scores.png")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     print(f"image AUROC {metrics['auroc']:.4f}, AUPRC {metrics['auprc']:.4f} "

@@ -12,9 +12,9 @@ import torch
 
 from ..data import fit_to_size, image_key, read_images, to_uint8
 from ..data.io import suffix
-from ..models import PatchGAN
+from ..models import SAGAN, PatchGAN
+from ..models.files import error_map
 from ..ops import to_unit
-from ..scoring import error_maps
 from .records import Manifest, WriteError
 
 SCORES = "scores.csv"
@@ -23,7 +23,7 @@ REPORT = "report.html"
 HEATMAPS = "heatmaps"
 
 
-def write_report(model: PatchGAN, out: Path, rows: list[dict], errors: list[dict], top: int, resize: str,
+def write_report(model: PatchGAN | SAGAN, out: Path, rows: list[dict], errors: list[dict], top: int, resize: str,
                  dev: torch.device, manifest: Manifest) -> None:
     """Heatmaps of the ``top`` first of the ranked ``rows`` and ``report.html`` in ``out`` (each recorded in
     the ``manifest`` before it is written)."""
@@ -39,7 +39,7 @@ def safe_name(rank: int, path: str, slice_: str) -> str:
     return f"{rank:04d}-{stem}{'-' + re.sub(r'[^0-9]', '', slice_) if slice_ else ''}.png"
 
 
-def _heatmaps(model: PatchGAN, rows: list[dict], out: Path, resize: str, dev: torch.device,
+def _heatmaps(model: PatchGAN | SAGAN, rows: list[dict], out: Path, resize: str, dev: torch.device,
               manifest: Manifest) -> list[str]:
     """Overlays of the error map (:func:`~patchgan_fast.error_maps`) on the top-ranked images (re-read
     and re-scored); "" for an image that cannot be read now."""
@@ -61,7 +61,7 @@ def _heatmaps(model: PatchGAN, rows: list[dict], out: Path, resize: str, dev: to
         pixels = to_uint8(pixels)  # as screened
         s = None if r["slice"] == "" else int(r["slice"])
         key = torch.tensor([image_key(r["path"], s)], device=dev)
-        heat = error_maps(model, pixels[None].to(dev), keys=key)[0].cpu()
+        heat = error_map(model, pixels[None].to(dev), keys=key)[0].cpu()
         heat = (heat / max(float(heat.max()), 1e-12)).numpy()
         base = to_unit(pixels).mean(0).numpy()
         rgb = np.stack([base] * 3, -1)
@@ -96,7 +96,7 @@ def _histogram_svg(scores: list[float], bins: int = 40, width: int = 640, height
             f'<text x="{width}" y="{height - 4}" font-size="12" text-anchor="end">{hi:.4g}</text></svg>')
 
 
-def _report(out: Path, rows: list[dict], errors: list[dict], heat: list[str], model: PatchGAN) -> None:
+def _report(out: Path, rows: list[dict], errors: list[dict], heat: list[str], model: PatchGAN | SAGAN) -> None:
     e = html.escape
     scores = [float(r["score"]) for r in rows if math.isfinite(float(r["score"]))]
     items = []
@@ -108,10 +108,14 @@ def _report(out: Path, rows: list[dict], errors: list[dict], heat: list[str], mo
     stats = model.score_stats
     ref = (f"<p>Normal validation scores: median {stats['p50']:.4g}, 95th percentile {stats['p95']:.4g}, "
            f"99th {stats['p99']:.4g}.</p>") if stats else ""
-    if model.feature_bank is not None:
+    if isinstance(model, SAGAN):
+        ref += ("<p>Model: SAGAN; score: the mean of |x - G(x)| / 2, the change its generator makes to restore a "
+                "normal-looking image.</p>")
+    elif model.feature_bank is not None:
         ref += (f"<p>Score: the ranked patch score (eq. 5) plus the mean distance of the image's "
                 f"{e(model.config.neighbours)} features to those of its {model.config.neighbour_k} nearest normal "
                 f"training images, each in units of the normal validation images'.</p>")
+    what_map = "|x - G(x)|" if isinstance(model, SAGAN) else "the reconstruction error of the masked copies"
     doc = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>patchgan_fast screening report</title>
 <style>body{{font-family:sans-serif;margin:2em}}td{{padding:4px 8px;vertical-align:middle}}
@@ -121,7 +125,7 @@ table{{border-collapse:collapse}}tr:nth-child(even){{background:#f4f4f4}}</style
 errors: <a href="{ERRORS}">{ERRORS}</a>.</p>{ref}
 <h2>Score distribution</h2>{_histogram_svg(scores)}
 <h2>Top {len(heat)} images</h2>
-<p>Red: patch reconstruction error (eq. 2), scaled to each image's largest patch.</p>
+<p>Red: {what_map}, scaled to each image's largest value.</p>
 <table><tr><th>rank</th><th>heatmap</th><th>file</th><th>slice</th><th>score</th><th>top patch (y, x)</th></tr>
 {''.join(items)}</table>
 <h2>Unreadable files</h2><ul>{err_items or '<li>none</li>'}</ul>

@@ -23,7 +23,8 @@ import torch
 import torch.distributed as dist
 
 from ..data import DecodedFiles, image_key, list_images
-from ..models import PatchGAN
+from ..models import SAGAN, PatchGAN, load_model
+from ..models.files import make_scorer
 from ..runtime import __version__, distributed, local_cuda_device, progress_bar
 from ..scoring import BatchQueue, Scorer
 from .errors import UsageError
@@ -50,7 +51,7 @@ class ScreenSummary:
 
 
 def screen(
-    model: PatchGAN | Scorer | str | os.PathLike,
+    model: PatchGAN | SAGAN | Scorer | str | os.PathLike,
     inputs: Sequence[str | os.PathLike],
     out: str | os.PathLike,
     *,
@@ -71,7 +72,8 @@ def screen(
     (:class:`~patchgan_fast.scoring.BatchQueue`); images travel to the device as uint8 (see
     :func:`~patchgan_fast.data.to_uint8`). ``compile`` is the :class:`~patchgan_fast.Scorer`'s mode;
     ``'auto'`` captures CUDA graphs only for runs of at least 2,000 files, where the compile time
-    pays for itself. ``model`` may be a Scorer built from a PatchGAN, to reuse its compiled
+    pays for itself. ``model`` is a model, or a model file of any method (:func:`~patchgan_fast.load_model`);
+    a SAGAN model scores with its generator (``compile`` does not apply). It may be a Scorer built from a PatchGAN, to reuse its compiled
     reconstructor across calls (``device`` and ``compile`` are then the Scorer's). With ``resume``,
     ``retry_errors`` scores the files that were unreadable before once more.
 
@@ -108,7 +110,7 @@ def screen(
     if scorer is None:
         if compile == "auto":
             compile = "cudagraphs" if dev.type == "cuda" and len(todo) >= 2000 else "none"
-        scorer = Scorer(model, device=dev, compile=compile)
+        scorer = make_scorer(model, dev, compile)
     size, channels = model.config.image_size, model.channels
     workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
     loader = torch.utils.data.DataLoader(DecodedFiles(todo, size, channels, resize), batch_size=None, num_workers=workers)
@@ -154,7 +156,7 @@ def _check_options(batch_size, top, resize, num_workers, resume: bool, retry_err
         raise ValueError("retry_errors (--retry-errors) goes with resume (--resume): a new run reads every file anyway")
 
 
-def _open_model(model, device: Optional[str], world: int) -> tuple[PatchGAN, Optional[Scorer], torch.device]:
+def _open_model(model, device: Optional[str], world: int) -> tuple[PatchGAN | SAGAN, Optional[Scorer], torch.device]:
     """(a private copy of the model on the device, the caller's Scorer or None, the device)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and world > 1:
@@ -164,10 +166,10 @@ def _open_model(model, device: Optional[str], world: int) -> tuple[PatchGAN, Opt
         scorer, model, dev = model, model.source, model.device
         if not isinstance(model, PatchGAN):
             raise TypeError(f"screen needs a Scorer built from a PatchGAN, got one built from {type(model).__name__}")
-    if isinstance(model, PatchGAN):
+    if isinstance(model, (PatchGAN, SAGAN)):
         model = copy.deepcopy(model)  # the caller's model keeps its device and mode
     else:
-        model = PatchGAN.load(model)
+        model = load_model(model)
     return model.to(dev).eval(), scorer, dev
 
 
@@ -296,7 +298,7 @@ def _read_errors(out: Path) -> list[dict]:
     return [r for p in [out / ERRORS, *sorted(out.glob("errors.rank*.csv"))] for r in read_checked(p)]
 
 
-def _finish(model: PatchGAN, out: Path, top: int, resize: str, dev: torch.device, manifest: Manifest) -> None:
+def _finish(model: PatchGAN | SAGAN, out: Path, top: int, resize: str, dev: torch.device, manifest: Manifest) -> None:
     """Merges the partial files, ranks them into scores.csv, and writes heatmaps and the report."""
     rank_files = sorted(out.glob("scores.rank*.partial.csv"))
     rows = read_checked(out / PARTIAL) + [r for p in rank_files for r in read_checked(p)]

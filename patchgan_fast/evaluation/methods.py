@@ -1,7 +1,8 @@
 """Novelty-detection methods behind one interface, resolved by name: the Patch-GAN and the baselines
 it is compared with (paper Table 1; f-AnoGAN and the deep perceptual AE live in ``baselines``).
 
-Every method has ``fit(normal_images)`` and ``score(images) -> (scores [B], maps [B, H, W] or None)``
+Every method has ``fit(normal_images)`` (``fit(normal_images, unlabelled=pool)`` for those that can learn from
+an unlabelled pool, :func:`uses_pool`) and ``score(images) -> (scores [B], maps [B, H, W] or None)``
 with images ``[N, C, H, W]`` uint8 or float in [0, 1]; higher scores are more abnormal, and a map
 (where the method has one) localizes the abnormality for pixel metrics. Hyperparameters are fixed
 here or chosen on normal data only, never on test labels.
@@ -11,13 +12,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..models import PatchGAN, TrainConfig
+from ..models import SAGAN, PatchGAN, SAGANConfig, TrainConfig
 from ..models.schedule import bank_choice, validation_split
 from ..models.training import validation_statistics
 from ..ops import to_unit
@@ -44,8 +46,9 @@ class PatchGANMethod:
         self.held_out: Optional[Tensor] = None
         self.trained_on: Optional[Tensor] = None
 
-    def fit(self, images: Tensor) -> "PatchGANMethod":
-        self.model = PatchGAN.fit(images, self.config)
+    def fit(self, images: Tensor, unlabelled: Optional[Tensor] = None) -> "PatchGANMethod":
+        """Trains on normal ``images`` and, when given, the ``unlabelled`` pool (``TrainConfig.unlabelled_weight``)."""
+        self.model = PatchGAN.fit(images, self.config, unlabelled=unlabelled)
         if isinstance(images, Tensor):
             val, train = validation_split(len(images), self.config)
             self.held_out, self.trained_on = images[val], images[train]
@@ -133,6 +136,9 @@ class AutoencoderMethod(PatchGANMethod):
                                              rec_weight=None, adv_weight=None, skips=False, ranking="none",
                                              position_weights=False, error="mse"))
 
+    def fit(self, images: Tensor) -> "AutoencoderMethod":  # no adversarial term: nothing to learn from a pool
+        return super().fit(images)
+
 
 class ALOCCMethod(PatchGANMethod):
     """ALOCC (Sabokrou et al.): adversarially trained reconstructor R and discriminator D; the score is
@@ -143,6 +149,9 @@ class ALOCCMethod(PatchGANMethod):
     def __init__(self, config: TrainConfig):
         super().__init__(dataclasses.replace(config, layout="none", num_copies=1, loss="paper", rec_weight=None,
                                              adv_weight=None, skips=False))
+
+    def fit(self, images: Tensor) -> "ALOCCMethod":  # one-class, as published
+        return super().fit(images)
 
     def score(self, images: Tensor, ranking: Optional[str] = None):
         m = self.model
@@ -155,6 +164,37 @@ class ALOCCMethod(PatchGANMethod):
             return -logits.flatten(1).mean(1).cpu(), None
 
         return _batched(one, images)
+
+
+class SAGANMethod:
+    """SAGAN (Zhang et al., MICCAI 2024; :mod:`patchgan_fast.models.sagan`): learns from the labelled normals and,
+    when given, an unlabelled pool; one-class, the normals stand in for the pool. The benchmark's image size,
+    steps (iterations), batch size, seed and widths (``config.width`` for both networks; the paper's is 64);
+    SAGAN's own optimizer (Adam 5e-5, n_critic 2) and loss weights. ``test_dropout``: score with the official
+    code's test-time pixel dropout; :meth:`score_variants` gives those scores beside the honest ones."""
+
+    name = "sagan"
+
+    def __init__(self, config: TrainConfig, **overrides):
+        self.config = SAGANConfig(image_size=config.image_size, width=config.width, critic_width=config.width,
+                                  steps=config.steps, batch_size=config.batch_size, seed=config.seed,
+                                  device=config.device, val_fraction=config.val_fraction,
+                                  val_every=max(1, config.steps // 10), progress=False, **overrides)
+
+    def fit(self, images: Tensor, unlabelled: Optional[Tensor] = None) -> "SAGANMethod":
+        self.model = SAGAN.fit(images, self.config, unlabelled=unlabelled)
+        return self
+
+    def score(self, images: Tensor, ranking: Optional[str] = None):
+        return self.model.score(images)
+
+    def score_variants(self, images: Tensor) -> dict[str, Tensor]:
+        """The other way to score: with the test-time pixel dropout the official code leaves on (or off, when
+        this model scores with it)."""
+        faithful = not self.config.test_dropout
+        probe = copy.copy(self.model)
+        probe.config = dataclasses.replace(self.config, test_dropout=faithful)
+        return {f"test-time pixel dropout {'on (as the official code)' if faithful else 'off'}": probe.score(images)[0]}
 
 
 class OCSVMMethod:
@@ -206,7 +246,12 @@ class ThresholdMethod:
 
 
 REGISTRY = {cls.name: cls for cls in (PatchGANMethod, AutoencoderMethod, ALOCCMethod, FAnoGANMethod,
-                                      PerceptualAEMethod, OCSVMMethod, ThresholdMethod, AnoGANMethod)}
+                                      PerceptualAEMethod, OCSVMMethod, ThresholdMethod, AnoGANMethod, SAGANMethod)}
+
+
+def uses_pool(method) -> bool:
+    """Whether a method (class or instance) can learn from an unlabelled pool: its ``fit`` takes ``unlabelled``."""
+    return "unlabelled" in inspect.signature(method.fit).parameters
 
 
 def get_method(name: str, config: TrainConfig, **options):

@@ -32,11 +32,14 @@ from ..ops import backend_info
 from ..runtime import __version__
 from ..scoring import ERRORS
 from ..scoring.neighbours import FEATURE_SPACES
-from .methods import REGISTRY, get_method
+from .methods import REGISTRY, get_method, uses_pool
 from .metrics import image_metrics, pixel_metrics, plot_distribution_panels, plot_roc
 
 DATASETS = ("fashion-mnist", "brain-mri")
-DEFAULT_METHODS = ("patchgan", "ae", "ocsvm", "alocc", "fanogan", "anogan", "perceptual_ae")
+DEFAULT_METHODS = ("patchgan", "ae", "ocsvm", "alocc", "fanogan", "anogan", "perceptual_ae", "sagan")
+SETTINGS = ("one-class", "semi-supervised")
+#: The row label of a method trained with the unlabelled pool as well (the semi-supervised setting).
+POOL_SUFFIX = "+ unlabelled pool"
 
 
 def _config(dataset: str, quick: bool, steps: Optional[int], seed: int, size: int) -> TrainConfig:
@@ -115,16 +118,17 @@ _SCORING_REVISION = 5  # 5: the scoring time per image saved beside the total
 
 
 def _train_and_score(job: tuple) -> tuple:
-    """Trains one method on ``train_x`` and scores ``test_x``: (scores, maps, {variant: scores} of the
-    scoring ablations, (seconds of training + scoring, seconds of scoring per test image)). Without ``need_maps``, methods whose maps cost an extra pass (the
+    """Trains one method on ``train_x`` (and the unlabelled ``pool`` when not None) and scores ``test_x``: (scores,
+    maps, {variant: scores} of the scoring ablations and the method's ``score_variants``, (seconds of training + scoring, seconds of scoring per test image)). Without ``need_maps``, methods whose maps cost an extra pass (the
     Patch-GAN, the AE) skip it. Top-level, so that a process pool can run it."""
-    name, config, options, train_x, test_x, threads, scoring_ablations, need_maps = job
+    name, config, options, train_x, test_x, threads, scoring_ablations, need_maps, pool = job
     if threads:
         torch.set_num_threads(threads)
     if isinstance(options.get("perceptual"), str):
         options = {**options, "perceptual": _load_perceptual(options["perceptual"])}
     t0 = time.perf_counter()
-    m = get_method(name, config, **options).fit(train_x)
+    m = get_method(name, config, **options)
+    m = m.fit(train_x) if pool is None else m.fit(train_x, unlabelled=pool)
     skip_maps = not need_maps and "maps" in inspect.signature(m.score).parameters
     t1 = time.perf_counter()
     scores, maps = m.score(test_x, **({"maps": False} if skip_maps else {}))
@@ -145,6 +149,8 @@ def _train_and_score(job: tuple) -> tuple:
                     test_x, sizes)
             for space in FEATURE_SPACES:
                 extra[f"patchgan + nearest-neighbour {space} features (k = 5)"] = m.score_neighbours(test_x, 5, space)
+    if hasattr(m, "score_variants"):  # a method's other ways to score (SAGAN's test-time dropout)
+        extra.update(m.score_variants(test_x))
     return scores, maps, extra, (time.perf_counter() - t0, per_image)
 
 
@@ -169,7 +175,7 @@ def _job_key(job: tuple, data: str) -> Optional[str]:
     """What a job's result depends on: the method, its config and options, the data (``data``, a digest of
     the group's tensors), the device kind and the versions. None where that cannot be told (a feature
     network passed as a module): such a job is never reused."""
-    name, config, options, _, _, _, scoring_ablations, need_maps = job
+    name, config, options, _, _, _, scoring_ablations, need_maps, pool = job
     perceptual = options.get("perceptual")
     if perceptual is not None and not isinstance(perceptual, str):
         return None
@@ -178,7 +184,7 @@ def _job_key(job: tuple, data: str) -> Optional[str]:
         perceptual = (str(Path(perceptual).resolve()), st.st_size, st.st_mtime_ns)
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     key = (__version__, torch.__version__, device, name, dataclasses.asdict(config), perceptual,
-           scoring_ablations and _SCORING_REVISION, need_maps, data)
+           scoring_ablations and _SCORING_REVISION, need_maps, pool is not None, data)
     return hashlib.sha256(repr(key).encode()).hexdigest()[:32]
 
 
@@ -197,17 +203,22 @@ def _run_methods(
     a job whose result is already there (same method, config, data, device and versions) is not run
     again: an interrupted benchmark, rerun with --resume, goes on where it stopped."""
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
-    work, index = [], []
-    for g, (train_x, test_x) in enumerate(groups):
+    work, index = [], []  # index: (group, row label, Table 2 variant or None, method)
+    for g, group in enumerate(groups):
+        train_x, test_x, pool = (*group, None)[:3]
         for name in methods:
-            work.append((name, config, options.get(name, {}), train_x, test_x, threads, name == "patchgan", need_maps))
-            index.append((g, name, None))
+            work.append((name, config, options.get(name, {}), train_x, test_x, threads, name == "patchgan", need_maps,
+                         None))
+            index.append((g, name, None, name))
+            if pool is not None and uses_pool(REGISTRY[name]):
+                work.append((name, config, options.get(name, {}), train_x, test_x, threads, False, need_maps, pool))
+                index.append((g, f"{name} {POOL_SUFFIX}", None, name))
         if "patchgan" in methods and not quick:
             for variant, cfg in _ablations(config).items():
-                work.append(("patchgan", cfg, {}, train_x, test_x, threads, False, False))
-                index.append((g, "patchgan", variant))
+                work.append(("patchgan", cfg, {}, train_x, test_x, threads, False, False, None))
+                index.append((g, "patchgan", variant, "patchgan"))
     digests = [_digest(*group) for group in groups]
-    keys = [_job_key(w, digests[g]) for w, (g, _, _) in zip(work, index)]
+    keys = [_job_key(w, digests[g]) for w, (g, *_) in zip(work, index)]
     outputs: list = [None] * len(work)
     for i, key in enumerate(keys):
         if key is not None and (cache / f"{key}.pt").is_file():
@@ -240,18 +251,23 @@ def _run_methods(
         for i in pending:
             finish(i, _train_and_score(work[i]))
     out = [({}, {}) for _ in groups]
-    for (g, name, variant), (scores, maps, extra, (sec, cost)) in zip(index, outputs):
+    for (g, label, variant, name), (scores, maps, extra, (sec, cost)) in zip(index, outputs):
         results, ablations = out[g]
         if variant is not None:
             ablations[variant] = scores
             continue
-        results[name] = (scores, maps)
-        seconds[name] = seconds.get(name, 0.0) + sec
+        results[label] = (scores, maps)
+        seconds[label] = seconds.get(label, 0.0) + sec
         if per_image is not None:
-            per_image.setdefault(name, []).append(cost)
-        if extra:
+            per_image.setdefault(label, []).append(cost)
+        if label == "patchgan" and extra:  # the Patch-GAN's scoring ablations: Table 2
             ablations[_default_variant(config)] = scores
             ablations.update(extra)
+        elif label == f"patchgan {POOL_SUFFIX}":
+            ablations[f"patchgan {POOL_SUFFIX} (adversarial term on its reconstructions, weight "
+                      f"{config.unlabelled_weight})"] = scores
+        else:  # another method's other ways to score: rows of their own
+            results.update({f"{label}, {v}": (s, None) for v, s in extra.items()})
     for _, ablations in out:  # the default and its scoring ablations first, then those of ABLATIONS in order
         order = [k for k in ablations if k not in ABLATIONS] + [k for k in ABLATIONS if k in ablations]
         ablations.update({k: ablations.pop(k) for k in order})
@@ -260,7 +276,8 @@ def _run_methods(
 
 def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = False, steps: Optional[int] = None,
         classes: Optional[Sequence[int]] = None, seed: int = 0, size: int = 64, data: Optional[str] = None,
-        perceptual: Optional[str | torch.nn.Module] = None, jobs: int = 1, resume: bool = False, command: str = "") -> dict:
+        perceptual: Optional[str | torch.nn.Module] = None, jobs: int = 1, resume: bool = False, command: str = "",
+        setting: str = "one-class", anomaly_ratio: float = 0.6) -> dict:
     """Runs the benchmark and writes table.md, results.json, roc.png and scores.png to ``out``.
 
     Each trained model's scores go to ``out/jobs/`` as soon as it is done; with ``resume`` a rerun
@@ -268,11 +285,22 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
     (without it they are deleted first and everything trains again).
 
     ``perceptual`` is the feature network of the deep perceptual AE, or the path of a .pt2 file
-    (default: a random-init stand-in); ``jobs`` models train at once, in separate processes."""
+    (default: a random-init stand-in); ``jobs`` models train at once, in separate processes.
+
+    ``setting='semi-supervised'``: every method also gets an unlabelled pool with an ``anomaly_ratio`` share of
+    abnormal images (Fashion-MNIST: as many training images as the labelled set, from the other classes and
+    the class's images the labelled set does not hold; brain MRI: new augmented copies of the training slice
+    positions, with lesions); each method is trained one-class, and those that can learn from a pool
+    (:func:`~patchgan_fast.evaluation.methods.uses_pool`) once more with it (rows ``NAME + unlabelled pool``).
+    The one-class rows then use the semi-supervised protocol's labelled set."""
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"expected jobs a positive int, got {jobs!r}")
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown setting {setting!r}; expected one of {', '.join(SETTINGS)}")
+    if not 0 <= anomaly_ratio < 1:
+        raise ValueError(f"expected anomaly_ratio in [0, 1), got {anomaly_ratio!r}")
     for name in methods:
         if name not in REGISTRY:
             raise ValueError(f"unknown method {name!r}; expected one of {', '.join(REGISTRY)}")
@@ -283,10 +311,12 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
     if not resume:
         for f in [*cache.glob("*.pt"), *cache.glob("*.pt.tmp")]:
             f.unlink()
-    t = _Tables(methods, config, quick, {"command": command, "seed": seed, "steps": config.steps, "quick": quick},
-                {"perceptual_ae": {"perceptual": perceptual}}, jobs, cache)
+    ratio = anomaly_ratio if setting == "semi-supervised" else None
+    t = _Tables(methods, config, quick, {"command": command, "seed": seed, "steps": config.steps, "quick": quick,
+                                         "setting": setting, **({"anomaly_ratio": ratio} if ratio is not None else {})},
+                {"perceptual_ae": {"perceptual": perceptual}}, jobs, cache, ratio)
     t0 = time.perf_counter()
-    lines = [f"# Benchmark: {dataset}{' (--quick)' if quick else ''}", "", f"Command: `{command}`  ",
+    lines = [f"# Benchmark: {dataset}{' (--quick)' if quick else ''}, {setting}", "", f"Command: `{command}`  ",
              f"Steps {config.steps}, seed {seed}, device {'cuda' if torch.cuda.is_available() else 'cpu'}", ""]
     if "perceptual_ae" in methods:
         lines += ["perceptual_ae features: " + ("the network given with --perceptual-net" if perceptual is not None else
@@ -322,9 +352,10 @@ class _Tables:
     """The two tables of one dataset: trains and scores every method (:func:`_run_methods`), records every
     figure (``records``) and keeps what the plots show (``curves``, ``variants``, ``title``)."""
 
-    def __init__(self, methods, config: TrainConfig, quick: bool, run_info: dict, options: dict, jobs: int, cache: Path):
+    def __init__(self, methods, config: TrainConfig, quick: bool, run_info: dict, options: dict, jobs: int, cache: Path,
+                 anomaly_ratio: Optional[float] = None):
         self.methods, self.config, self.quick, self.run_info = methods, config, quick, run_info
-        self.options, self.jobs, self.cache = options, jobs, cache
+        self.options, self.jobs, self.cache, self.anomaly_ratio = options, jobs, cache, anomaly_ratio
         self.records: list[dict] = []
         self.seconds: dict[str, float] = {}
         self.per_image: dict[str, list[float]] = {}
@@ -342,28 +373,43 @@ class _Tables:
     def _record(self, metric: str, value: float, config: dict) -> None:
         _record(self.records, metric, value, "ratio", config, self.run_info)
 
+    def _pool_lines(self, pools: list[tuple[int, float]], labelled: list[int]) -> list[str]:
+        """What the semi-supervised setting trained on: the labelled set and the pool (size, abnormal share)."""
+        if not pools:
+            return []
+        return [f"Labelled normal images: {', '.join(map(str, labelled))}; unlabelled pool: "
+                + ", ".join(f"{n} images ({100 * r:.0f} % abnormal)" for n, r in pools)
+                + f". Rows `NAME {POOL_SUFFIX}` trained with the pool as well; the others on the labelled images only.",
+                ""]
+
     def fashion_mnist(self, classes: Optional[Sequence[int]], data: Optional[str], seed: int) -> list[str]:
         """Table 1 per class of the one-class protocol and the mean; Table 2's means."""
-        from ..data.datasets import FASHION_MNIST_CLASSES, one_class_split
+        from ..data.datasets import FASHION_MNIST_CLASSES, one_class_split, semi_supervised_split
 
         dataset = "fashion-mnist"
         classes = list(classes if classes is not None else ((0, 1) if self.quick else range(10)))
-        groups, labels_of = [], []
+        groups, labels_of, pools = [], [], []
         for c in classes:
-            train_x, test_x, labels = one_class_split(c, data)
+            if self.anomaly_ratio is None:
+                train_x, test_x, labels = one_class_split(c, data)
+                if self.quick:
+                    train_x = train_x[_subset(len(train_x), 500, seed)]
+            else:
+                train_x, pool, pool_labels, test_x, labels = semi_supervised_split(
+                    c, 500 if self.quick else None, self.anomaly_ratio, seed, data)
+                pools.append((len(pool), float(pool_labels.float().mean())))
             if self.quick:
-                train_x = train_x[_subset(len(train_x), 500, seed)]
                 keep = _subset(len(test_x), 1000, seed + 1)
                 test_x, labels = test_x[keep], labels[keep]
-            groups.append((train_x, test_x))
+            groups.append((train_x, test_x) if self.anomaly_ratio is None else (train_x, test_x, pool))
             labels_of.append(labels.tolist())
-        table = {m: [] for m in self.methods}
+        table: dict[str, list[float]] = {}
         abl_table: dict[str, list[float]] = {}
         first = None
         for c, y, (results, ablations) in zip(classes, labels_of, self._run(groups, need_maps=False)):
             for m, (scores, _) in results.items():
                 auroc = image_metrics(scores.tolist(), y)["auroc"]
-                table[m].append(auroc)
+                table.setdefault(m, []).append(auroc)
                 self._record("image_auroc", auroc, {"dataset": dataset, "class": c, "method": m})
             for v, scores in ablations.items():
                 auroc = image_metrics(scores.tolist(), y)["auroc"]
@@ -373,7 +419,9 @@ class _Tables:
                 first = (c, {m: (s.tolist(), y) for m, (s, _) in results.items()},
                          {v: (s.tolist(), y) for v, s in ablations.items()})
         header = "| method | " + " | ".join(FASHION_MNIST_CLASSES[c] for c in classes) + " | mean |"
-        lines = ["## Table 1: image AUROC (%), one-class protocol", "", header, "|" + "---|" * (len(classes) + 2)]
+        lines = [f"## Table 1: image AUROC (%), {'one-class' if self.anomaly_ratio is None else 'semi-supervised'} "
+                 "protocol", "", *self._pool_lines(pools, [len(g[0]) for g in groups]), header,
+                 "|" + "---|" * (len(classes) + 2)]
         for m, vals in table.items():
             mean = sum(vals) / len(vals)
             self._record("mean_image_auroc", mean, {"dataset": dataset, "classes": classes, "method": m})
@@ -390,14 +438,20 @@ class _Tables:
 
     def brain_mri(self, data: Optional[str], seed: int) -> list[str]:
         """Table 1: image and pixel metrics and image AUROC per lesion-size bin; Table 2: image AUROC."""
-        from ..data.datasets import SIZE_BINS, load_brain_mri
+        from ..data.datasets import SIZE_BINS, brain_mri_pool, load_brain_mri
 
         dataset = "brain-mri"
+        copies = 2 if self.quick else 4
         train, test = load_brain_mri(size=self.config.image_size, path=data, seed=seed,
-                                     train_copies=2 if self.quick else 4, test_copies=4 if self.quick else 16)
-        [(results, ablations)] = self._run([(train.images, test.images)], need_maps=True)
+                                     train_copies=copies, test_copies=4 if self.quick else 16)
+        group, pools = (train.images, test.images), []
+        if self.anomaly_ratio is not None:
+            pool = brain_mri_pool(self.config.image_size, data, seed, copies, self.anomaly_ratio)
+            group, pools = (*group, pool.images), [(len(pool.images), float(pool.labels.float().mean()))]
+        [(results, ablations)] = self._run([group], need_maps=True)
         y = test.labels.tolist()
-        lines = ["## Table 1: brain MRI with synthetic lesions", "",
+        lines = [f"## Table 1: brain MRI with synthetic lesions, {'one-class' if self.anomaly_ratio is None else 'semi-supervised'}",
+                 "", *self._pool_lines(pools, [len(train.images)]),
                  "| method | image AUROC | pixel AUROC | pixel AUROC in the brain | pixel AUPRC | "
                  + " | ".join(f"AUROC {b}" for b, _ in SIZE_BINS) + " |",
                  "|" + "---|" * (5 + len(SIZE_BINS))]
@@ -474,7 +528,9 @@ def main(args) -> int:
             _load_perceptual(args.perceptual_net)  # fail early; each job loads its own copy
         run(args.dataset, [m.strip() for m in args.methods.split(",") if m.strip()], args.out, quick=args.quick,
             steps=args.steps, classes=[int(c) for c in args.classes.split(",")] if args.classes else None,
-            seed=args.seed, size=args.size, data=args.data, perceptual=args.perceptual_net, jobs=args.jobs, resume=args.resume, command=" ".join(["patchgan-fast", *sys.argv[1:]]))
+            seed=args.seed, size=args.size, data=args.data, perceptual=args.perceptual_net, jobs=args.jobs,
+            resume=args.resume, command=" ".join(["patchgan-fast", *sys.argv[1:]]), setting=args.setting,
+            anomaly_ratio=args.anomaly_ratio)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -44,6 +44,10 @@ class TrainConfig:
             eq. 5 plus the mean distance to the ``neighbour_k`` nearest of them, each in units of the
             validation images' (:meth:`PatchGAN.add_neighbours`). None: eq. 5 alone. Needs
             ``val_fraction > 0``.
+        unlabelled_weight: with an unlabelled pool (``PatchGAN.fit(..., unlabelled=...)``), the weight of the
+            term that asks the discriminator to take the reconstructions of masked pool images for normal
+            images (the discriminator learns normal images against them): SAGAN's use of a pool, on
+            the Patch-GAN's masked reconstructions. Without a pool it does nothing.
         steps, batch_size, lr, weight_decay, betas: AdamW schedule (batch_size per process).
         val_fraction: share of the normal images held out for model selection and score statistics.
         val_every, checkpoint_every: in steps; checkpoints need ``checkpoint_dir``.
@@ -73,6 +77,7 @@ class TrainConfig:
     neighbours: Optional[str] = None
     neighbour_k: int = 5
     neighbour_bank: int = 1000
+    unlabelled_weight: float = 0.01
     steps: int = 2000
     batch_size: int = 32
     lr: float = 2e-4
@@ -113,6 +118,8 @@ class TrainConfig:
             )
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 <= self.unlabelled_weight < float("inf"):
+            raise ValueError(f"unlabelled_weight must be a finite number >= 0, got {self.unlabelled_weight!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
         for name in ("box_count", "box_size", "betas"):

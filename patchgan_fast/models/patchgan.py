@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import ops
-from ..runtime import __version__, atomic_save, distributed
+from ..runtime import __version__, atomic_save
 from ..scoring import RANKING_PRESETS, ScoreConfig, score_batch, score_statistics
 from ..scoring.neighbours import Embedding, check_space, combine, mean_distances
 from . import training
@@ -21,7 +20,7 @@ from .config import TrainConfig
 from .networks import PatchDiscriminator, Reconstructor
 
 FORMAT_VERSION = 2  # 2: feature bank and neighbour scales (files of format 1 have neither)
-_KIND = "patchgan_fast.PatchGAN"
+KIND = "patchgan_fast.PatchGAN"
 
 
 class PatchGAN(nn.Module):
@@ -45,7 +44,11 @@ class PatchGAN(nn.Module):
             normal training images, or None (see :meth:`add_neighbours`); a buffer, so it moves with the model.
         neighbour_scales: (mean, std) of the validation images' eq. 5 scores, then of their mean distances
             to the bank: the units in which the two scores are summed; None without a bank.
+        trained_on: how many images trained it, ``{"normal": n, "unlabelled": m}`` (m > 0: the semi-supervised
+            setting); zeros before training.
     """
+
+    method = "patchgan"
 
     def __init__(self, config: TrainConfig, channels: int, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()
@@ -59,6 +62,7 @@ class PatchGAN(nn.Module):
         self.error_scales: Optional[tuple[float, float]] = None
         self.register_buffer("feature_bank", None, persistent=False)
         self.neighbour_scales: Optional[tuple[float, float, float, float]] = None
+        self.trained_on = {"normal": 0, "unlabelled": 0}
         # channels_last: faster convolutions on GPUs and on CPUs alike (oneDNN: scoring 1.6-2x faster on 2 cores)
         self.to(memory_format=torch.channels_last)
 
@@ -161,16 +165,18 @@ class PatchGAN(nn.Module):
         return torch.cat(feats)
 
     @classmethod
-    def fit(cls, data, config: Optional[TrainConfig] = None, *, resume: bool = False) -> "PatchGAN":
-        """Trains on normal images only; see :func:`patchgan_fast.models.training.fit`."""
-        return training.fit(cls, data, config or TrainConfig(), resume=resume)
+    def fit(cls, data, config: Optional[TrainConfig] = None, *, unlabelled=None, resume: bool = False) -> "PatchGAN":
+        """Trains on normal images, and on an unlabelled pool when one is given (the semi-supervised setting);
+        see :func:`patchgan_fast.models.training.fit`."""
+        return training.fit(cls, data, config or TrainConfig(), unlabelled=unlabelled, resume=resume)
 
     # ------------------------------------------------------------------------- files
 
     def state(self) -> dict:
         """Everything the model file holds (tensors and plain values only)."""
         return {
-            "kind": _KIND, "format_version": FORMAT_VERSION, "package_version": __version__,
+            "kind": KIND, "method": self.method, "format_version": FORMAT_VERSION, "package_version": __version__,
+            "trained_on": dict(self.trained_on),
             "config": self.config.to_dict(), "channels": self.channels, "mean": list(self.mean), "std": list(self.std),
             "score_stats": dict(self.score_stats),
             "patch_weights": None if self.patch_weights is None else [list(r) for r in self.patch_weights],
@@ -187,8 +193,8 @@ class PatchGAN(nn.Module):
 
     @classmethod
     def from_state(cls, state: dict, source: str = "state") -> "PatchGAN":
-        if not isinstance(state, dict) or state.get("kind") != _KIND:
-            raise ValueError(f"{source} is not a patchgan_fast model file (no '{_KIND}' header)")
+        if not isinstance(state, dict) or state.get("kind") != KIND:
+            raise ValueError(f"{source} is not a patchgan_fast model file (no '{KIND}' header)")
         version = state.get("format_version")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise ValueError(f"{source} has model format {version!r}, expected a positive int: the file is damaged or "
@@ -206,6 +212,7 @@ class PatchGAN(nn.Module):
             model.reconstructor.load_state_dict(state["reconstructor"])
             model.discriminator.load_state_dict(state["discriminator"])
             model.score_stats = dict(state.get("score_stats") or {})
+            model.trained_on = dict(state.get("trained_on") or model.trained_on)  # absent before 0.1.0's SAGAN
             weights = state.get("patch_weights")
             model.patch_weights = None if weights is None else tuple(tuple(float(v) for v in r) for r in weights)
             scales = state.get("error_scales")  # absent in files written before 'mse+msgms'
@@ -226,26 +233,24 @@ class PatchGAN(nn.Module):
             FileNotFoundError: no such file.
             ValueError: a corrupt or truncated file, another kind of file, or a newer format.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"model file {str(path)!r} does not exist")
-        try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:  # zip, unpickling and I/O errors all mean: not a model file we can read
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(
-                f"{str(path)!r} is not a readable patchgan_fast model file (corrupt, truncated, or another kind of "
-                f"file): {reason}"
-            ) from exc
-        return cls.from_state(state, repr(str(path)))
+        return cls.from_state(read_model_file(path, map_location), repr(str(path)))
 
 
-def train(data, config: TrainConfig, out: str | os.PathLike, *, resume: bool = False) -> PatchGAN:
-    """Trains and writes the model file (rank 0); the entry point of ``patchgan-fast train``."""
-    model = PatchGAN.fit(data, config, resume=resume)
-    world, rank = distributed()
-    if rank == 0:
-        model.save(out)
-    if world > 1:
-        dist.barrier()
-    return model
+def read_model_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """A model file's contents, read with ``torch.load(weights_only=True)``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a readable torch file (corrupt, truncated, or another kind of file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # zip, unpickling and I/O errors all mean: not a model file we can read
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"{str(path)!r} is not a readable patchgan_fast model file (corrupt, truncated, or another kind of "
+            f"file): {reason}"
+        ) from exc

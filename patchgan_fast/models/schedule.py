@@ -12,29 +12,30 @@ from .config import TrainConfig
 
 
 class Source:
-    """Indexable normal images: a Tensor [N, C, H, W] or a map-style dataset of [C, H, W] tensors."""
+    """Indexable images: a Tensor [N, C, H, W] or a map-style dataset of [C, H, W] tensors; ``what`` names them
+    in errors, and at least ``least`` are needed. ``config`` needs only ``image_size``."""
 
-    def __init__(self, data, config: TrainConfig):
+    def __init__(self, data, config: TrainConfig, what: str = "training images", least: int = 2):
         self.data = data
         if isinstance(data, Tensor):
-            check_images(data, "training images")
+            check_images(data, what)
             self.n, self.channels = data.shape[0], data.shape[1]
             size = tuple(data.shape[-2:])
         else:
             if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
-                raise TypeError(f"expected training data as a Tensor [N, C, H, W] or a map-style Dataset, got {type(data).__name__}")
+                raise TypeError(f"expected {what} as a Tensor [N, C, H, W] or a map-style Dataset, got {type(data).__name__}")
             self.n = len(data)
             if self.n == 0:
-                raise ValueError("expected at least one training image, got an empty dataset")
+                raise ValueError(f"expected at least {least} of the {what}, got an empty dataset")
             first = self._item(0)
             self.channels, size = first.shape[0], tuple(first.shape[-2:])
         if size != (config.image_size, config.image_size):
             raise ValueError(
-                f"training images are {size[0]}x{size[1]} but TrainConfig.image_size is {config.image_size}; "
+                f"{what} are {size[0]}x{size[1]} but the config's image_size is {config.image_size}; "
                 "resize the data or change the config"
             )
-        if self.n < 2:
-            raise ValueError(f"expected at least 2 training images, got {self.n}")
+        if self.n < least:
+            raise ValueError(f"expected at least {least} of the {what}, got {self.n}")
 
     def _item(self, i: int) -> Tensor:
         item = self.data[i]
@@ -69,7 +70,7 @@ class Order:
         return out
 
 
-def _positions(step: int, rank: int, world: int, batch: int) -> Tensor:
+def positions(step: int, rank: int, world: int, batch: int) -> Tensor:
     start = (step * world + rank) * batch
     return torch.arange(start, start + batch, dtype=torch.int64)
 
@@ -85,14 +86,14 @@ class _StepSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         for step in range(self.start, self.end):
-            yield self.order.take(_positions(step, self.rank, self.world, self.batch)).tolist()
+            yield self.order.take(positions(step, self.rank, self.world, self.batch)).tolist()
 
 
 def batches(src: Source, order: Order, start: int, config: TrainConfig, rank: int, world: int, pin: bool):
     """Yields (dataset indices, images) per step from ``start``; datasets decode in DataLoader workers."""
     if isinstance(src.data, Tensor) or config.num_workers == 0:
         for step in range(start, config.steps):
-            keys = order.take(_positions(step, rank, world, config.batch_size))
+            keys = order.take(positions(step, rank, world, config.batch_size))
             yield keys, src.batch(keys)
         return
     sampler = _StepSampler(order, start, config.steps, rank, world, config.batch_size)

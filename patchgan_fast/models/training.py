@@ -27,7 +27,7 @@ from .. import ops
 from ..runtime import atomic_save, distributed, local_cuda_device, progress_bar
 from ..scoring import combine_errors, patch_scores, score_batch, score_statistics
 from .config import TrainConfig
-from .schedule import Order, Source, bank_choice, batches, validation_split
+from .schedule import Order, Source, positions, bank_choice, batches, validation_split
 
 if TYPE_CHECKING:  # the class is given to fit; importing it at run time would be a cycle
     from .patchgan import PatchGAN
@@ -83,38 +83,51 @@ def _bce(logits: Tensor, real: bool) -> Tensor:
 _LOG_EVERY = 10  # steps between loss read-backs (each is a device synchronization)
 
 
-def train_step(model: "PatchGAN", recon_net, disc_net, opt_r, opt_d, x: Tensor, keys: Tensor, step: int) -> Tensor:
+def train_step(model: "PatchGAN", recon_net, disc_net, opt_r, opt_d, x: Tensor, keys: Tensor, step: int,
+               pool: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
     """One alternating update: D on real vs reconstructed patches, then R on eq. 4.
 
-    ``recon_net``/``disc_net`` are the networks or their DDP wrappers. Returns the losses
-    ``[reconstruction, adversarial, discriminator]`` as a device tensor (no synchronization).
+    ``recon_net``/``disc_net`` are the networks or their DDP wrappers. ``pool``: (keys, images) of unlabelled
+    images, masked like the normal ones; D also learns the normal images against their reconstructions, and R
+    gets ``config.unlabelled_weight`` times the adversarial loss of them (one forward for both batches).
+    Returns the losses ``[reconstruction, adversarial, discriminator, unlabelled adversarial]`` as a device
+    tensor (no synchronization).
     """
     rec_w, adv_w = model.config.loss_weights
+    unl_w = model.config.unlabelled_weight if pool is not None else 0.0
     on_gpu = x.is_cuda
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu)
     z, target = _masked_inputs(x, keys, model, step)
+    n = target.shape[0]
+    if unl_w > 0:
+        z = torch.cat([z, _masked_inputs(pool[1], pool[0], model, step)[0]])
     z = z.contiguous(memory_format=torch.channels_last)  # masked_fill with a broadcast mask returns NCHW
     with autocast:
-        recon = recon_net(z)
+        out = recon_net(z)
+    recon, recon_pool = out[:n], out[n:]
     loss_rec = F.mse_loss(recon.float(), target)
-    loss_d = loss_adv = torch.zeros((), device=x.device)
-    if adv_w > 0:
-        with autocast:  # D step: real vs reconstructed patches, one forward for both
-            logits = disc_net(torch.cat([target, recon.detach().to(target.dtype)]))
-        n = target.shape[0]
+    zero = torch.zeros((), device=x.device)
+    loss_d = loss_adv = loss_unl = zero
+    if adv_w > 0 or unl_w > 0:
+        fakes = ([recon.detach()] if adv_w > 0 else []) + ([recon_pool.detach()] if unl_w > 0 else [])
+        with autocast:  # D step: real vs reconstructed patches, one forward for all
+            logits = disc_net(torch.cat([target, *[f.to(target.dtype) for f in fakes]]))
         loss_d = 0.5 * (_bce(logits[:n], True) + _bce(logits[n:], False))
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
-        model.discriminator.requires_grad_(False)  # R's adversarial term: gradients reach R only
+        model.discriminator.requires_grad_(False)  # R's adversarial terms: gradients reach R only
         with autocast:
-            loss_adv = _bce(model.discriminator(recon), True)
-    loss = rec_w * loss_rec + adv_w * loss_adv
+            if adv_w > 0:
+                loss_adv = _bce(model.discriminator(recon), True)
+            if unl_w > 0:
+                loss_unl = _bce(model.discriminator(recon_pool), True)
+    loss = rec_w * loss_rec + adv_w * loss_adv + unl_w * loss_unl
     opt_r.zero_grad(set_to_none=True)
     loss.backward()
     opt_r.step()
     model.discriminator.requires_grad_(True)
-    return torch.stack([loss_rec.detach(), loss_adv.detach(), loss_d.detach()])
+    return torch.stack([loss_rec.detach(), loss_adv.detach(), loss_d.detach(), loss_unl.detach()])
 
 
 # ----------------------------------------------------------------------------- validation
@@ -284,8 +297,10 @@ class _Run:
     """One training run's state: the model, its optimizers, the step, the best validation error and the
     history, and what :func:`fit` does after each step (log, validate, checkpoint)."""
 
-    def __init__(self, model: "PatchGAN", config: TrainConfig, device: torch.device, rank: int, val_images):
+    def __init__(self, model: "PatchGAN", config: TrainConfig, device: torch.device, rank: int, val_images,
+                 pool: bool = False):
         self.model, self.config, self.device, self.rank, self.val_images = model, config, device, rank, val_images
+        self.pool = pool
         params = dict(lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
         self.opt_r = torch.optim.AdamW(model.reconstructor.parameters(), **params)
         self.opt_d = torch.optim.AdamW(model.discriminator.parameters(), **params)
@@ -309,13 +324,13 @@ class _Run:
         checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.steps
         validate = self.val_images is not None and self.rank == 0 and (step % cfg.val_every == 0 or step == cfg.steps)
         if checkpoint or validate or step % _LOG_EVERY == 0 or first or stopping:
-            rec, adv, d = losses.tolist()
-            if not math.isfinite(rec + adv + d):
+            rec, adv, d, unl = losses.tolist()
+            if not math.isfinite(rec + adv + d + unl):
                 raise FloatingPointError(
-                    f"training diverged by step {step} (losses rec={rec}, adv={adv}, d={d}); the last checkpoint "
-                    "holds the weights before it; lower lr or the adversarial weight"
+                    f"training diverged by step {step} (losses rec={rec}, adv={adv}, d={d}, unlabelled={unl}); the "
+                    "last checkpoint holds the weights before it; lower lr or the adversarial weights"
                 )
-            record = {"step": step, "rec": rec, "adv": adv, "d": d}
+            record = {"step": step, "rec": rec, "adv": adv, "d": d, **({"unl": unl} if self.pool else {})}
             if validate:
                 record["val"] = self._validate()
             self.history.append(record)
@@ -335,7 +350,7 @@ class _Run:
         return val
 
 
-def fit(cls, data, config: TrainConfig, *, resume: bool = False) -> "PatchGAN":
+def fit(cls, data, config: TrainConfig, *, unlabelled=None, resume: bool = False) -> "PatchGAN":
     """Trains a Patch-GAN on normal images (:meth:`PatchGAN.fit <patchgan_fast.PatchGAN.fit>`).
 
     Args:
@@ -343,6 +358,8 @@ def fit(cls, data, config: TrainConfig, *, resume: bool = False) -> "PatchGAN":
         data: Tensor [N, C, H, W] (uint8, or float in [0, 1]) or a map-style dataset of [C, H, W]
             tensors; normal images only.
         config: the run (:class:`TrainConfig`).
+        unlabelled: an unlabelled pool in the same form (normal and abnormal images mixed, labels unknown), the
+            semi-supervised setting: see ``TrainConfig.unlabelled_weight``. None: normal images only.
         resume: continue from ``config.checkpoint_dir``'s checkpoint when there is one.
 
     Returns:
@@ -352,16 +369,21 @@ def fit(cls, data, config: TrainConfig, *, resume: bool = False) -> "PatchGAN":
     world, rank = distributed()
     device = _device(config)
     src = Source(data, config)
+    pool = None if unlabelled is None else Source(unlabelled, config, what="unlabelled images", least=1)
+    if pool is not None and pool.channels != src.channels:
+        raise ValueError(f"the unlabelled images have {pool.channels} channel(s), the normal images {src.channels}: "
+                         "give both the same")
     val_idx, train_idx = validation_split(src.n, config)
     _check_neighbour_data(config, src.n, len(val_idx), len(train_idx))
     mean, std = _input_statistics(src, train_idx)
     torch.manual_seed(config.seed)
     model = cls(config, src.channels, mean, std).to(device)
+    model.trained_on = {"normal": src.n, "unlabelled": 0 if pool is None else pool.n}
     val_images = src.batch(val_idx) if len(val_idx) else None
-    run = _Run(model, config, device, rank, val_images)
+    run = _Run(model, config, device, rank, val_images, pool is not None)
     if resume:
         run.resume()
-    _train(run, src, Order(train_idx, config.seed), world)
+    _train(run, src, Order(train_idx, config.seed), world, pool)
     model.eval()
     if run.best is not None:
         model.reconstructor.load_state_dict(run.best[1])
@@ -376,11 +398,21 @@ def fit(cls, data, config: TrainConfig, *, resume: bool = False) -> "PatchGAN":
     return model
 
 
-def _train(run: _Run, src: Source, order: Order, world: int) -> None:
+def _pool_batch(pool: Source, order: Order, step: int, config: TrainConfig, rank: int, world: int, offset: int,
+                device: torch.device) -> tuple[Tensor, Tensor]:
+    """(mask keys, images) of the unlabelled images of ``step`` on the device: a seeded stream like the normal
+    images', keys offset past theirs so that their masks differ."""
+    idx = order.take(positions(step, rank, world, config.batch_size))
+    return (idx + offset).to(device), pool.batch(idx).to(device, non_blocking=True)
+
+
+def _train(run: _Run, src: Source, order: Order, world: int, pool: Optional[Source] = None) -> None:
     """The steps from ``run.step`` to ``config.steps``; an interrupt (Ctrl-C, or SIGTERM after its step) writes
     a checkpoint and raises KeyboardInterrupt."""
     model, config, device, rank = run.model, run.config, run.device, run.rank
-    recon_net, disc_net = _parallel(model, world, device, config.loss_weights[1] > 0)
+    semi = pool is not None and config.unlabelled_weight > 0
+    pool_order = Order(torch.arange(pool.n), config.seed + 1) if pool is not None else None
+    recon_net, disc_net = _parallel(model, world, device, config.loss_weights[1] > 0 or semi)
     start = run.step
     bar = progress_bar(config.steps, "training", "step", initial=start,
                        enabled=config.progress and rank == 0 and start < config.steps)
@@ -389,7 +421,8 @@ def _train(run: _Run, src: Source, order: Order, world: int) -> None:
     try:
         for keys, x in batches(src, order, start, config, rank, world, pin=device.type == "cuda"):
             x = x.to(device, non_blocking=True)
-            losses = train_step(model, recon_net, disc_net, run.opt_r, run.opt_d, x, keys.to(device), run.step)
+            extra = _pool_batch(pool, pool_order, run.step, config, rank, world, src.n, device) if semi else None
+            losses = train_step(model, recon_net, disc_net, run.opt_r, run.opt_d, x, keys.to(device), run.step, extra)
             run.step += 1
             stopping = stop.now(run.step)
             run.after_step(losses, run.step == start + 1, stopping, bar)

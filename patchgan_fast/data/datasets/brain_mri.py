@@ -142,6 +142,19 @@ def insert_lesions(images: Tensor, brain: Tensor, gen: torch.Generator, radius: 
     return out, masks
 
 
+def _slices(size: int, path, min_brain: float = 0.2) -> tuple[Tensor, Tensor]:
+    """The volume's axial slices padded square, resampled to ``size``, in [0, 1]; and which hold at least
+    ``min_brain`` of brain."""
+    vol = _axial_slices(find_brain_volume(path))
+    _, h, w = vol.shape
+    side = max(h, w)
+    x = torch.from_numpy(vol).unsqueeze(1)
+    x = F.pad(x, ((side - w) // 2, side - w - (side - w) // 2, (side - h) // 2, side - h - (side - h) // 2))
+    x = F.interpolate(x, size=(size, size), mode="area")
+    x = (x / float(np.percentile(vol[vol > 0], 99.5))).clamp(0, 1)
+    return x, (x > 0.02).float().mean(dim=(1, 2, 3)) >= min_brain
+
+
 def load_brain_mri(
     size: int = 128,
     path: Optional[str | os.PathLike] = None,
@@ -162,16 +175,8 @@ def load_brain_mri(
     Returns:
         (train, test) :class:`BrainMRISplit`.
     """
-    vol = _axial_slices(find_brain_volume(path))
-    z, h, w = vol.shape
-    side = max(h, w)
-    x = torch.from_numpy(vol).unsqueeze(1)
-    x = F.pad(x, ((side - w) // 2, side - w - (side - w) // 2, (side - h) // 2, side - h - (side - h) // 2))
-    x = F.interpolate(x, size=(size, size), mode="area")
-    x = (x / float(np.percentile(vol[vol > 0], 99.5))).clamp(0, 1)
-    brain = x > 0.02
-    keep = brain.float().mean(dim=(1, 2, 3)) >= min_brain
-    idx = torch.arange(z)
+    x, keep = _slices(size, path, min_brain)
+    idx = torch.arange(len(x))
     block = idx % 8
     tr = (keep & (block <= 4)).nonzero().flatten().repeat(train_copies)
     te = (keep & (block == 6)).nonzero().flatten().repeat_interleave(test_copies)
@@ -186,3 +191,32 @@ def load_brain_mri(
     sick = labels == 1
     test_x[sick], lesions[sick] = insert_lesions(test_x[sick], test_brain[sick], test_gen)
     return train, BrainMRISplit(test_x, test_brain, idx[te], lesions, labels)
+
+
+def brain_mri_pool(size: int = 128, path: Optional[str | os.PathLike] = None, seed: int = 0, copies: int = 2,
+                   anomaly_ratio: float = 0.6) -> BrainMRISplit:
+    """An unlabelled pool for the semi-supervised protocol: new copies of the training slice positions (never
+    a test slice or its neighbours) with their own seeded rotation, scaling and intensity augmentation, and
+    lesions in an ``anomaly_ratio`` share of them (:func:`insert_lesions`). ``labels`` and ``lesions`` say
+    which, for reporting the pool; a method never sees them.
+
+    Raises:
+        ValueError: a ratio outside [0, 1].
+    """
+    if not 0 <= anomaly_ratio <= 1:
+        raise ValueError(f"anomaly_ratio must be in [0, 1], got {anomaly_ratio!r}")
+    x, keep = _slices(size, path)
+    block = torch.arange(len(x)) % 8
+    idx = (keep & (block <= 4)).nonzero().flatten().repeat(copies)
+    gen = torch.Generator().manual_seed(seed + 2_000_029)
+    pool_x = _warp(x[idx], gen)
+    brain = pool_x > 0.02
+    pool_x = _augment(pool_x, brain, gen)
+    labels = torch.zeros(len(idx), dtype=torch.int64)
+    labels[torch.randperm(len(idx), generator=gen)[:int(round(anomaly_ratio * len(idx)))]] = 1
+    lesions = torch.zeros_like(pool_x, dtype=torch.bool)
+    sick = labels == 1
+    if bool(sick.any()):
+        pool_x[sick], lesions[sick] = insert_lesions(pool_x[sick], brain[sick], gen)
+    shuffle = torch.randperm(len(idx), generator=gen)
+    return BrainMRISplit(pool_x[shuffle], brain[shuffle], idx[shuffle], lesions[shuffle], labels[shuffle])

@@ -77,3 +77,44 @@ def one_class_split(normal_class: int, path: Optional[str | os.PathLike] = None)
     train_x, train_y = _load(folder, "train")
     test_x, test_y = _load(folder, "t10k")
     return train_x[train_y == normal_class], test_x, (test_y != normal_class).long()
+
+
+def semi_supervised_split(normal_class: int, labelled: Optional[int] = None, anomaly_ratio: float = 0.6, seed: int = 0,
+                          path: Optional[str | os.PathLike] = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The semi-supervised protocol for ``normal_class``: labelled normal images and an unlabelled pool of as
+    many training images, an ``anomaly_ratio`` share of them from the other nine classes and the rest normal
+    images the labelled set does not hold (the setting of SAGAN and DDAD, at their ratio 0.6). The test
+    split is the one-class protocol's.
+
+    Args:
+        labelled: at most how many labelled images (a seeded random choice of the class's 6,000); fewer when the
+            class cannot spare them, and by default as many as leave enough of the class for the pool's normal
+            share (4,285 at ratio 0.6).
+
+    Returns:
+        (labelled uint8 [L, 1, 32, 32], pool uint8 [L, 1, 32, 32], pool labels [L] (1 = another class; for
+        reporting the pool, never for training), test uint8 [10000, 1, 32, 32], test labels [10000])
+
+    Raises:
+        ValueError: a class outside 0-9, a ratio outside [0, 1), or ``labelled`` not a positive int.
+    """
+    if not 0 <= anomaly_ratio < 1:
+        raise ValueError(f"anomaly_ratio must be in [0, 1), got {anomaly_ratio!r}")
+    normal, test_x, test_y = one_class_split(normal_class, path)
+    train_x, train_y = _load(find_fashion_mnist(path), "train")
+    n_class = len(normal)
+    most = int(n_class / (2 - anomaly_ratio))  # labelled + (1 - ratio) * labelled <= n_class
+    if labelled is not None and (isinstance(labelled, bool) or not isinstance(labelled, int) or labelled < 1):
+        raise ValueError(f"labelled must be a positive int, got {labelled!r}")
+    labelled = most if labelled is None else min(labelled, most)
+    if labelled < 1:
+        raise ValueError(f"the class has {n_class} training images, too few for a labelled set and a pool")
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n_class, generator=g)
+    n_abnormal = int(round(labelled * anomaly_ratio))
+    others = (train_y != normal_class).nonzero().flatten()
+    abnormal = others[torch.randperm(len(others), generator=g)[:n_abnormal]]
+    pool = torch.cat([normal[order[labelled:2 * labelled - n_abnormal]], train_x[abnormal]])
+    pool_labels = torch.cat([torch.zeros(labelled - n_abnormal, dtype=torch.int64), torch.ones(n_abnormal, dtype=torch.int64)])
+    shuffle = torch.randperm(len(pool), generator=g)
+    return normal[order[:labelled]], pool[shuffle], pool_labels[shuffle], test_x, test_y
