@@ -387,9 +387,22 @@ def test_semi_supervised_benchmark(tmp_path):
                 "| ocsvm |", "| sagan, test-time pixel dropout on (as the official code) |"):
         assert row in table, row
     assert "| ocsvm + unlabelled pool |" not in table  # it cannot learn from one
-    assert "patchgan + unlabelled pool (adversarial term on its reconstructions, weight 0.01)" in table
+    assert "patchgan + unlabelled pool (adversarial term on its reconstructions, weight 0.1)" in table
     records = json.loads((out / "results.json").read_text())
     assert all(r["setting"] == "semi-supervised" and r["anomaly_ratio"] == 0.6 for r in records)
     methods = {r["config"]["method"] for r in records if r["metric"] == "mean_image_auroc"}
     assert {"sagan", "sagan + unlabelled pool", "patchgan + unlabelled pool"} <= methods
     assert all(math.isfinite(r["value"]) for r in records)
+
+
+@pytest.mark.cuda
+def test_sagan_trains_and_scores_in_bf16_on_a_gpu_close_to_fp32():
+    normal, pool = blobs(24), blobs(8, seed=1, abnormal=True)
+    model = SAGAN.fit(normal, tiny(device="cuda", steps=6), unlabelled=pool)
+    assert next(model.parameters()).device.type == "cuda"
+    x = blobs(6, seed=2)
+    scores = model.score(x)[0]  # bf16 autocast, channels_last
+    xs = x.cuda().float() / 255 * 2 - 1
+    with torch.no_grad():  # the fp32 reference
+        ref = ((xs - model.generator(xs, dropout=False)).abs() / 2).flatten(1).mean(1).cpu()
+    torch.testing.assert_close(scores, ref, rtol=0.05, atol=1e-3)

@@ -131,7 +131,7 @@ def _train_parser(sub) -> None:
                         "grayscale in the paper, --size a multiple of 16)")
     t.add_argument("--unlabelled-weight", type=_non_negative_float, default=None,
                    help="patchgan with --unlabelled: weight of the adversarial term on the pool's reconstructions "
-                        "(default 0.01)")
+                        "(default 0.1)")
     t.add_argument("--out", required=True, help="model file to write (e.g. model.pgf)")
     t.add_argument("--channels", type=int, choices=[1, 3], default=None, help="1 or 3 (default: as the first image)")
     t.add_argument("--patch-size", type=_POSITIVE, default=None, help="scoring patch size (default size/8)")

@@ -73,9 +73,9 @@ def screen(
     :func:`~patchgan_fast.data.to_uint8`). ``compile`` is the :class:`~patchgan_fast.Scorer`'s mode;
     ``'auto'`` captures CUDA graphs only for runs of at least 2,000 files, where the compile time
     pays for itself. ``model`` is a model, or a model file of any method (:func:`~patchgan_fast.load_model`);
-    a SAGAN model scores with its generator (``compile`` does not apply). It may be a Scorer built from a PatchGAN, to reuse its compiled
-    reconstructor across calls (``device`` and ``compile`` are then the Scorer's). With ``resume``,
-    ``retry_errors`` scores the files that were unreadable before once more.
+    a SAGAN model scores with its generator (``compile`` does not apply). It may be a Scorer built from a
+    PatchGAN, to reuse its compiled reconstructor across calls (``device`` and ``compile`` are then the
+    Scorer's). With ``resume``, ``retry_errors`` scores the files that were unreadable before once more.
 
     Returns:
         counts of scored images, unreadable files and images skipped as already done.

@@ -119,8 +119,9 @@ _SCORING_REVISION = 5  # 5: the scoring time per image saved beside the total
 
 def _train_and_score(job: tuple) -> tuple:
     """Trains one method on ``train_x`` (and the unlabelled ``pool`` when not None) and scores ``test_x``: (scores,
-    maps, {variant: scores} of the scoring ablations and the method's ``score_variants``, (seconds of training + scoring, seconds of scoring per test image)). Without ``need_maps``, methods whose maps cost an extra pass (the
-    Patch-GAN, the AE) skip it. Top-level, so that a process pool can run it."""
+    maps, {variant: scores} of the scoring ablations and of the method's ``score_variants``, (seconds of training
+    + scoring, seconds of scoring per test image)). Without ``need_maps``, methods whose maps cost an extra pass
+    (the Patch-GAN, the AE) skip it. Top-level, so that a process pool can run it."""
     name, config, options, train_x, test_x, threads, scoring_ablations, need_maps, pool = job
     if threads:
         torch.set_num_threads(threads)
@@ -203,22 +204,22 @@ def _run_methods(
     a job whose result is already there (same method, config, data, device and versions) is not run
     again: an interrupted benchmark, rerun with --resume, goes on where it stopped."""
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
-    work, index = [], []  # index: (group, row label, Table 2 variant or None, method)
+    work, index = [], []  # index: (group, row label, Table 2 variant or None)
     for g, group in enumerate(groups):
         train_x, test_x, pool = (*group, None)[:3]
         for name in methods:
             work.append((name, config, options.get(name, {}), train_x, test_x, threads, name == "patchgan", need_maps,
                          None))
-            index.append((g, name, None, name))
+            index.append((g, name, None))
             if pool is not None and uses_pool(REGISTRY[name]):
                 work.append((name, config, options.get(name, {}), train_x, test_x, threads, False, need_maps, pool))
-                index.append((g, f"{name} {POOL_SUFFIX}", None, name))
+                index.append((g, f"{name} {POOL_SUFFIX}", None))
         if "patchgan" in methods and not quick:
             for variant, cfg in _ablations(config).items():
                 work.append(("patchgan", cfg, {}, train_x, test_x, threads, False, False, None))
-                index.append((g, "patchgan", variant, "patchgan"))
+                index.append((g, "patchgan", variant))
     digests = [_digest(*group) for group in groups]
-    keys = [_job_key(w, digests[g]) for w, (g, *_) in zip(work, index)]
+    keys = [_job_key(w, digests[g]) for w, (g, _, _) in zip(work, index)]
     outputs: list = [None] * len(work)
     for i, key in enumerate(keys):
         if key is not None and (cache / f"{key}.pt").is_file():
@@ -251,7 +252,7 @@ def _run_methods(
         for i in pending:
             finish(i, _train_and_score(work[i]))
     out = [({}, {}) for _ in groups]
-    for (g, label, variant, name), (scores, maps, extra, (sec, cost)) in zip(index, outputs):
+    for (g, label, variant), (scores, maps, extra, (sec, cost)) in zip(index, outputs):
         results, ablations = out[g]
         if variant is not None:
             ablations[variant] = scores

@@ -388,8 +388,8 @@ class SAGAN(nn.Module):
     # ------------------------------------------------------------------------- scoring
 
     def restore(self, images: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-        """G(x) in [-1, 1] for images uint8 or float in [0, 1] (on the model's device), in eval mode; the pixel
-        dropout only with ``config.test_dropout``."""
+        """G(x) in [-1, 1] for images uint8 or float in [0, 1] (on the model's device), without gradients; the
+        pixel dropout only with ``config.test_dropout`` (the networks normalize alike in both modes)."""
         x = ops.to_unit(images).float() * 2 - 1
         x = x.contiguous(memory_format=torch.channels_last)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda)
@@ -554,7 +554,8 @@ class _Run:
         probe_idx, pool_train = validation_split(pool.n, config) if pool is not None else (None, None)
         self.position = torch.full((src.n,), -1, dtype=torch.int64)
         self.position[train_idx] = torch.arange(len(train_idx))
-        self.pool_order = Order(pool_train, config.seed + 1) if pool is not None else self.order
+        # one-class: the normals stand in for the pool, in an order of their own
+        self.pool_order = Order(pool_train if pool is not None else train_idx, config.seed + 1)
         self.opt_g = torch.optim.Adam(model.generator.parameters(), config.lr, betas=config.betas)
         self.opt_d = torch.optim.Adam(model.critic.parameters(), config.lr, betas=config.betas)
         self.step, self.best, self.history = 0, None, []
