@@ -280,34 +280,22 @@ def _int_at_least(least: int):
 _POSITIVE, _NATURAL = _int_at_least(1), _int_at_least(0)
 
 
-def _ratio(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
+def _float_in(ok, what: str, quote_range: bool = True):
+    """An argparse type: a float for which ``ok(value)`` holds, else an error saying ``expected {what}``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {repr(text) if quote_range else text}")
+        return value
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
+_ratio = _float_in(lambda v: 0 <= v < 1, "a number in [0, 1)")
+_non_negative_float = _float_in(lambda v: 0 <= v < float("inf"), "a number >= 0")
+_positive_float = _float_in(lambda v: 0 < v < float("inf"), "a positive number", quote_range=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
