@@ -2,10 +2,12 @@
 // integer hash (masks_hash.h) decides every mask bit, and the normalization is the same IEEE fp32
 // sequence (divide by 255, subtract the mean, divide by the std) without fused multiply-adds.
 //
-// mask_images is a memory-bound expansion: it reads the batch once and writes K copies. Threads walk
-// the output in its own memory order (NCHW or NHWC), so every store of a warp is coalesced; each
-// thread handles kUnroll elements spaced a block apart to keep several loads in flight. The
-// per-image parameters (patch assignment or boxes) are tiny and stay in L1/L2.
+// mask_images is a memory-bound expansion: it reads the batch once and writes K copies. Each thread owns
+// a vector of V consecutive elements in the output's memory order (NCHW or NHWC): one 16-byte store per copy
+// and, when the input is dense in that order, one vector load (csrc/masks_tiles.h holds what a thread does,
+// host-callable so a CPU test runs it). Indices are split with 32-bit multiply-high divisions; a batch
+// whose elements exceed 2**31 runs as several launches. The per-image parameters (patch assignment or
+// boxes) are tiny and stay in L1/L2.
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -14,12 +16,12 @@
 
 #include "../masks.h"
 #include "../masks_hash.h"
+#include "../masks_tiles.h"
 
 namespace patchgan_fast {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kUnroll = 4;
 
 inline unsigned int blocks_for(int64_t n, int64_t per_block) {
   return static_cast<unsigned int>(std::min<int64_t>((n + per_block - 1) / per_block, 1 << 30));
@@ -46,23 +48,6 @@ __global__ void boxes_kernel(const int64_t* __restrict__ keys, int64_t* __restri
                out + (kb * nb + j) * 4);
   }
 }
-
-struct Hidden {
-  int64_t layout, batch, grid_h, grid_w, patch_size, max_boxes, nb;
-  const uint8_t* assign;
-  const int64_t* boxes;
-
-  __device__ __forceinline__ bool operator()(int64_t k, int64_t b, int64_t y, int64_t x) const {
-    if (layout == kNone) return false;
-    if (layout == kBoxes) {
-      const int64_t* bx = boxes + (k * batch + b) * nb * 4;
-      for (int64_t j = 0; j < max_boxes; ++j, bx += 4)
-        if (y >= bx[0] && y < bx[0] + bx[2] && x >= bx[1] && x < bx[1] + bx[3]) return true;
-      return false;
-    }
-    return assign[(b * grid_h + y / patch_size) * grid_w + x / patch_size] == k;
-  }
-};
 
 at::Tensor make_assignment(const at::Tensor& keys, const MaskArgs& a, cudaStream_t stream) {
   const int64_t n = a.grid_h() * a.grid_w();
@@ -92,72 +77,76 @@ void with_hidden(const at::Tensor& keys_in, const MaskArgs& a, F&& body, const a
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   }
-  body(Hidden{a.layout, a.batch, a.grid_h(), a.grid_w(), a.patch_size, a.max_boxes, nb,
-              assign.defined() ? assign.data_ptr<uint8_t>() : nullptr,
-              boxes.defined() ? boxes.data_ptr<int64_t>() : nullptr},
-       stream);
+  Hidden hidden;
+  hidden.layout = a.layout;
+  hidden.assign = assign.defined() ? assign.data_ptr<uint8_t>() : nullptr;
+  hidden.boxes = boxes.defined() ? boxes.data_ptr<int64_t>() : nullptr;
+  hidden.grid_h = static_cast<uint32_t>(a.grid_h());
+  hidden.grid_w = static_cast<uint32_t>(a.grid_w());
+  hidden.batch = static_cast<uint32_t>(a.batch);
+  hidden.max_boxes = static_cast<uint32_t>(a.max_boxes);
+  hidden.nb = static_cast<uint32_t>(nb);
+  hidden.patch = FastDiv(static_cast<uint32_t>(std::max<int64_t>(a.patch_size, 1)));
+  body(hidden, stream);
 }
 
-__global__ void build_masks_kernel_cuda(Hidden hidden, bool* __restrict__ out, int64_t num_copies, int64_t batch,
-                                        int64_t height, int64_t width) {
-  const int64_t n = num_copies * batch * height * width;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(blockDim.x) * gridDim.x) {
-    const int64_t x = i % width, y = (i / width) % height, kb = i / (width * height);
-    out[i] = hidden(kb / batch, kb % batch, y, x);
-  }
+template <int V, bool kChannelsLast, typename in_t, typename out_t>
+__global__ void __launch_bounds__(kThreads) mask_images_kernel(MaskImagesTile<in_t, out_t> tile, int64_t vectors) {
+  for (int64_t v = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; v < vectors; v += int64_t(blockDim.x) * gridDim.x)
+    mask_images_vector<V, kChannelsLast>(tile, static_cast<uint32_t>(v));
 }
 
-template <typename in_t>
-__device__ __forceinline__ float to_unit(in_t v) {
-  return static_cast<float>(v);
-}
-template <>
-__device__ __forceinline__ float to_unit<uint8_t>(uint8_t v) {
-  return __fdiv_rn(static_cast<float>(v), 255.0f);
+template <int V>
+__global__ void __launch_bounds__(kThreads) build_masks_kernel(BuildMasksTile tile, int64_t vectors) {
+  for (int64_t v = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; v < vectors; v += int64_t(blockDim.x) * gridDim.x)
+    build_masks_vector<V>(tile, static_cast<uint32_t>(v));
 }
 
-struct Norm {
-  float mean[4];
-  float std[4];
-  const float* mean_ptr;  // used when C > 4
-  const float* std_ptr;
-  bool enabled;
-  __device__ __forceinline__ float operator()(float v, int64_t c) const {
-    if (!enabled) return v;
-    const float m = c < 4 ? mean[c] : mean_ptr[c];
-    const float s = c < 4 ? std[c] : std_ptr[c];
-    return __fdiv_rn(__fsub_rn(v, m), s);
-  }
-};
+bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
-// One thread per output position of copy 0, walked in the output's memory order; writes all K copies.
-template <typename in_t, typename out_t, bool kChannelsLast>
-__global__ void mask_images_kernel_cuda(Hidden hidden, Norm norm, const in_t* __restrict__ src, out_t* __restrict__ dst,
-                                        int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t is0,
-                                        int64_t is1, int64_t is2, int64_t is3, int64_t os_k, int64_t num_copies,
-                                        float fill) {
-  const int64_t n = batch * channels * height * width;
-  const int64_t step = int64_t(blockDim.x) * gridDim.x * kUnroll;
-  for (int64_t base = blockIdx.x * int64_t(blockDim.x) * kUnroll + threadIdx.x; base < n; base += step) {
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t i = base + int64_t(u) * blockDim.x;
-      if (i >= n) break;
-      int64_t b, c, y, x;
-      if (kChannelsLast) {  // i = ((b * H + y) * W + x) * C + c
-        c = i % channels;
-        x = (i / channels) % width;
-        y = (i / (channels * width)) % height;
-        b = i / (channels * width * height);
-      } else {  // i = ((b * C + c) * H + y) * W + x
-        x = i % width;
-        y = (i / width) % height;
-        c = (i / (width * height)) % channels;
-        b = i / (width * height * channels);
-      }
-      const float v = norm(to_unit(src[b * is0 + c * is1 + y * is2 + x * is3]), c);
-      for (int64_t k = 0; k < num_copies; ++k) dst[k * os_k + i] = static_cast<out_t>(hidden(k, b, y, x) ? fill : v);
+void check_launch_size(int64_t elements, const char* what) {
+  TORCH_CHECK(elements <= kMaxLaunchElements, "the CUDA masks op handles ", what, " of up to 2**31 - 1 elements, got ",
+              elements);
+}
+
+// Launches mask_images over images [b0, b0 + n) at a time, n chosen to keep indices below 2**31.
+template <typename in_t, typename out_t>
+void launch_mask_images(const at::Tensor& images, at::Tensor& out, const MaskArgs& a, const Hidden& hidden,
+                        const Norm& norm, float fill, bool channels_last, cudaStream_t stream) {
+  constexpr int kVector = 16 / sizeof(out_t);
+  const int64_t channels = images.size(1), per_image = channels * a.height * a.width;
+  check_launch_size(per_image, "images");
+  const int64_t row = channels_last ? a.width * channels : a.width;
+  const int64_t size[4] = {a.batch, channels, a.height, a.width};
+  const int64_t stride[4] = {images.stride(0), images.stride(1), images.stride(2), images.stride(3)};
+  const bool dense = dense_in_order(size, stride, channels_last);
+  const in_t* src = images.const_data_ptr<in_t>();
+  out_t* dst = out.data_ptr<out_t>();
+  const int64_t os_k = out.stride(0);
+  const bool vector = row % kVector == 0 && os_k % kVector == 0 && aligned(dst, 16) &&
+                      (!dense || aligned(src, sizeof(Pack<in_t, kVector>)));
+  const int vec = vector ? kVector : 1;
+  const int64_t step = items_per_launch(per_image);
+  for (int64_t b0 = 0; b0 < a.batch; b0 += step) {
+    const int64_t n = std::min(step, a.batch - b0);
+    MaskImagesTile<in_t, out_t> tile{src + b0 * stride[0], dst + b0 * per_image, stride[0], stride[1], stride[2],
+                                     stride[3], os_k, static_cast<uint32_t>(b0), static_cast<uint32_t>(a.num_copies),
+                                     static_cast<uint32_t>(channels), static_cast<uint32_t>(a.height),
+                                     static_cast<uint32_t>(a.width), FastDiv(static_cast<uint32_t>(row / vec)),
+                                     FastDiv(static_cast<uint32_t>(a.height)), FastDiv(static_cast<uint32_t>(channels)),
+                                     dense, fill, norm, hidden};
+    const int64_t vectors = n * per_image / vec;
+    const auto blocks = blocks_for(vectors, kThreads);
+    if (vector && channels_last) {
+      mask_images_kernel<kVector, true><<<blocks, kThreads, 0, stream>>>(tile, vectors);
+    } else if (vector) {
+      mask_images_kernel<kVector, false><<<blocks, kThreads, 0, stream>>>(tile, vectors);
+    } else if (channels_last) {
+      mask_images_kernel<1, true><<<blocks, kThreads, 0, stream>>>(tile, vectors);
+    } else {
+      mask_images_kernel<1, false><<<blocks, kThreads, 0, stream>>>(tile, vectors);
     }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
 
@@ -176,10 +165,26 @@ at::Tensor build_masks_cuda(const at::Tensor& keys, int64_t height, int64_t widt
   const c10::cuda::CUDAGuard guard(keys.device());
   auto out = at::empty({num_copies, a.batch, height, width}, keys.options().dtype(at::kBool));
   if (out.numel() == 0) return out;  // an empty batch: no launch (a grid of 0 blocks is an error)
+  const int64_t per_mask = height * width;
+  check_launch_size(per_mask, "masks");
+  constexpr int kVector = 16;
+  const int vec = width % kVector == 0 ? kVector : 1;  // at::empty is 16-byte aligned; rows keep that when W % 16 == 0
   with_hidden(keys, a, [&](const Hidden& h, cudaStream_t stream) {
-    build_masks_kernel_cuda<<<blocks_for(out.numel(), kThreads), kThreads, 0, stream>>>(
-        h, out.data_ptr<bool>(), num_copies, a.batch, height, width);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const int64_t step = items_per_launch(per_mask);
+    for (int64_t kb0 = 0; kb0 < num_copies * a.batch; kb0 += step) {
+      const int64_t n = std::min(step, num_copies * a.batch - kb0);
+      const BuildMasksTile tile{out.data_ptr<bool>() + kb0 * per_mask, static_cast<uint32_t>(kb0),
+                                static_cast<uint32_t>(a.batch), static_cast<uint32_t>(height),
+                                static_cast<uint32_t>(width), FastDiv(static_cast<uint32_t>(width / vec)),
+                                FastDiv(static_cast<uint32_t>(height)), FastDiv(static_cast<uint32_t>(a.batch)), h};
+      const int64_t vectors = n * per_mask / vec;
+      if (vec == kVector) {
+        build_masks_kernel<kVector><<<blocks_for(vectors, kThreads), kThreads, 0, stream>>>(tile, vectors);
+      } else {
+        build_masks_kernel<1><<<blocks_for(vectors, kThreads), kThreads, 0, stream>>>(tile, vectors);
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   });
   return out;
 }
@@ -211,27 +216,16 @@ at::Tensor mask_images_cuda(const at::Tensor& images, const at::Tensor& keys, in
       norm.std_ptr = norm.mean_ptr + channels;
     }
   }
-  const int64_t n = images.numel();
-  if (n == 0) return out;  // an empty batch: no launch (a grid of 0 blocks is an error)
-  const auto is = images.strides();
-  const int64_t os_k = out.stride(0);
+  if (images.numel() == 0) return out;  // an empty batch: no launch (a grid of 0 blocks is an error)
   with_hidden(keys, a, [&](const Hidden& h, cudaStream_t stream) {
-    AT_DISPATCH_FLOATING_TYPES_AND3(at::kByte, at::kHalf, at::kBFloat16, images.scalar_type(), "mask_images_in", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND3(at::kByte, at::kHalf, at::kBFloat16, images.scalar_type(), "mask_images", [&] {
       using in_t = scalar_t;
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "mask_images_out", [&] {
-        using out_t = scalar_t;
-        const auto blocks = blocks_for(n, int64_t(kThreads) * kUnroll);
-        if (channels_last) {
-          mask_images_kernel_cuda<in_t, out_t, true><<<blocks, kThreads, 0, stream>>>(
-              h, norm, images.const_data_ptr<in_t>(), out.data_ptr<out_t>(), a.batch, channels, a.height, a.width,
-              is[0], is[1], is[2], is[3], os_k, num_copies, static_cast<float>(fill));
-        } else {
-          mask_images_kernel_cuda<in_t, out_t, false><<<blocks, kThreads, 0, stream>>>(
-              h, norm, images.const_data_ptr<in_t>(), out.data_ptr<out_t>(), a.batch, channels, a.height, a.width,
-              is[0], is[1], is[2], is[3], os_k, num_copies, static_cast<float>(fill));
-        }
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+      const float f = static_cast<float>(fill);
+      switch (dtype) {  // the output dtypes prepare_mask_images accepts
+        case at::kFloat: launch_mask_images<in_t, float>(images, out, a, h, norm, f, channels_last, stream); break;
+        case at::kHalf: launch_mask_images<in_t, at::Half>(images, out, a, h, norm, f, channels_last, stream); break;
+        default: launch_mask_images<in_t, at::BFloat16>(images, out, a, h, norm, f, channels_last, stream); break;
+      }
     });
   }, call.assignment);
   return out;
