@@ -9,13 +9,28 @@ import torch
 from patchgan_fast import PatchGAN, TrainConfig
 
 
-def default_model(size: int, channels: int, num_copies: int, device, seed: int = 0, error: str = "mse") -> PatchGAN:
-    """The package's default configuration for ``size`` (``TrainConfig.for_image_size``), randomly
-    initialized: throughput does not depend on what the weights learned."""
+def default_model(size: int, channels: int, num_copies: int, device, seed: int = 0, error: str = "mse",
+                  **overrides) -> PatchGAN:
+    """The package's default configuration for ``size`` (``TrainConfig.for_image_size``; ``overrides`` change
+    fields, e.g. ``width``), randomly initialized: throughput does not depend on what the weights learned."""
     layout = "phases" if num_copies > 1 else "none"
-    cfg = TrainConfig.for_image_size(size, layout=layout, num_copies=num_copies, seed=seed, progress=False, error=error)
+    cfg = TrainConfig.for_image_size(size, layout=layout, num_copies=num_copies, seed=seed, progress=False, error=error,
+                                     **overrides)
     torch.manual_seed(seed)
     return PatchGAN(cfg, channels, mean=(0.45,) * channels, std=(0.25,) * channels).to(device).eval()
+
+
+def gflop_per_copy(size: int, channels: int, width: int | None = None) -> float:
+    """Forward GFLOP of the default ``size`` model's reconstructor (at ``width``) for one masked copy."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from patchgan_fast.models.networks import Reconstructor
+
+    cfg = TrainConfig.for_image_size(size, **({} if width is None else {"width": width}))
+    net = Reconstructor(channels, width=cfg.width, depth=cfg.depth, skips=cfg.skips)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.zeros(1, channels, size, size))
+    return counter.get_total_flops() / 1e9
 
 
 def smooth_images(n: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:

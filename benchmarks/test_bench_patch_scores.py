@@ -61,3 +61,27 @@ def test_patch_scores(benchmark, device, copy_bandwidth, record, case, impl):
         if kernel and (name, other) in _seconds and (name, metric) not in _seconds:
             _seconds[name, metric] = _seconds[name, other] / kernel
             record(metric, _seconds[name, metric], "x", dict(case=name, impl="triton", T=len(TOP)))
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[2] > 1], ids=[c[0] for c in CASES if c[2] > 1])
+def test_patch_scores_channels_last(benchmark, device, copy_bandwidth, record, case):
+    """The kernel on channels_last reconstructions (what the Scorer feeds it for 3-channel models): each
+    tile holds a patch row's pixels and channels as one contiguous run."""
+    name, b, c, s, p, k, dtype = case
+    if device.type != "cuda":
+        pytest.skip("the Triton kernel's speed means something only on a GPU (the CPU runs its interpreter)")
+    x, r, a = _inputs(b, c, s, p, k, dtype, device)
+    r = r.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(r.shape)
+    kw = dict(patch_size=p, top_weights=TOP, rest_weight=REST)
+    benchmark.group = f"patch_scores {name}"
+    seconds = measure(benchmark, lambda: _backend.triton_kernels().patch_scores_triton(x, r, a, **kw), device)
+    if seconds is None:
+        return
+    moved = nbytes(x) + nbytes(r) // k
+    gbps = moved / seconds / 1e9
+    fraction = gbps * 1e9 / copy_bandwidth(moved // 2)
+    benchmark.extra_info.update(gb_per_s=round(gbps, 1), fraction_of_copy=round(fraction, 3))
+    config = dict(case=name, impl="triton", T=len(TOP), memory_format="channels_last")
+    record("seconds_per_call", seconds, "s", config)
+    record("effective_bandwidth", gbps, "GB/s", config)
+    record("fraction_of_copy_bandwidth", fraction, "ratio", config)

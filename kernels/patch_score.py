@@ -2,13 +2,23 @@
 
 Why it is shaped this way: scoring is memory bound. Every byte of the image and of one
 reconstruction's worth of the K copies is read exactly once: program (b, s) walks a band of patch
-rows of image b; for each patch row it loads tiles of [BLOCK_Y, BLOCK_GW, BLOCK_P] pixels (BLOCK_GW
-patches side by side, BLOCK_P pixels of each) and takes every patch from the copy in which the masks op
-hid it (a per-patch pointer offset, so reads stay contiguous within a patch row). Squares accumulate in
-fp32, x is normalized in registers (uint8 /255, then per-channel mean/std), and each patch's mean
-error is written to the patch map. When one program owns a whole image (the usual case: batches are
-much larger than the number of SMs) it then ranks that image's patch errors itself, re-reading only
-its own [G] errors after a block barrier; otherwise a second tiny kernel ranks them.
+rows of image b in tiles of [BLOCK_Y, BLOCK_GW, BLOCK_J] elements (BLOCK_GW patches side by side, BLOCK_J
+elements of each patch's row) and takes every patch from the copy in which the masks op hid it (a
+per-patch pointer offset, so reads stay contiguous within a patch row). The copy indices of the next tile
+are loaded one tile ahead, so the reconstruction loads never wait for them. For channels_last
+reconstructions a tile row holds a patch row's pixels and channels together (P x C contiguous elements)
+instead of one load per channel at stride C. Squares accumulate in fp32, x is normalized in registers
+(uint8 /255, then per-channel mean/std), and each patch's mean error is written to the patch map. When
+one program owns a whole image (the usual case: batches are much larger than the number of SMs) it then
+ranks that image's patch errors itself, re-reading only its own [G] errors after a block barrier;
+otherwise a second tiny kernel ranks them. On a GPU the tile shape and warps are autotuned once per
+(P, channels, Gw, dtypes) among :func:`tuning_configs`; the interpreter takes :func:`_tile`'s choice.
+
+Small patches: when P x element size is under 32 bytes (P = 8 in bf16 with one channel, P = 4), one
+patch row of one copy is less than a memory sector, and its neighbour in the same sector was hidden in
+another copy, so up to half of each reconstruction sector read is not used. No layout of the K copies
+avoids that while neighbouring patches are hidden in different copies; hiding runs of patches together
+would, but changes what the reconstructor in-fills (the detector), so it is not done.
 
 Ranking: score = sum_{i<T} w_i * e_(i) + rest_weight * sum_{i>=T} e_(i), with e_(i) sorted descending
 (each patch error first multiplied by its position's weight when patch weights are given).
@@ -21,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -28,7 +39,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-_TILE = 4096  # pixels per loaded tile
+_TILE = 4096  # elements per loaded tile, without autotuning
+_AUTOTUNE = os.environ.get("PATCHGAN_FAST_AUTOTUNE", "1") != "0"  # 0: _tile's choice on the GPU too
 
 
 @triton.jit
@@ -62,9 +74,10 @@ def _patch_error_kernel(
     C, Gh, Gw, rows_per_prog, rest_weight, inv_count,
     stride_xb, stride_xc, stride_xh, stride_xw,
     stride_rk, stride_rb, stride_rc, stride_rh, stride_rw,
-    P: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_GW: tl.constexpr, BLOCK_P: tl.constexpr,
+    P: tl.constexpr, TILE_C: tl.constexpr, BLOCK_J: tl.constexpr,
     X_IS_U8: tl.constexpr, HAS_NORM: tl.constexpr, HAS_ASSIGN: tl.constexpr,
     FUSE_RANK: tl.constexpr, T: tl.constexpr, BLOCK_G: tl.constexpr, HAS_PW: tl.constexpr,
+    BLOCK_Y: tl.constexpr, BLOCK_GW: tl.constexpr,
 ):
     b = tl.program_id(0)
     gy_lo = tl.program_id(1) * rows_per_prog
@@ -74,40 +87,58 @@ def _patch_error_kernel(
     x_img = X_ptr + b64 * stride_xb
     r_img = R_ptr + b64 * stride_rb
     e_img = E_ptr + b64 * G
+    a_img = A_ptr + b64 * G
 
     offs_y = tl.arange(0, BLOCK_Y)
     offs_q = tl.arange(0, BLOCK_GW)
-    offs_p = tl.arange(0, BLOCK_P)
-    for gy in range(gy_lo, gy_hi):
-        for gx0 in range(0, Gw, BLOCK_GW):
-            gx = gx0 + offs_q
-            col_ok = (gx < Gw)[:, None] & (offs_p < P)[None, :]
-            cols = (gx * P)[:, None] + offs_p[None, :]  # [BLOCK_GW, BLOCK_P] pixel columns
-            x_cols = cols.to(tl.int64) * stride_xw
-            r_cols = cols.to(tl.int64) * stride_rw
+    # Element j of a patch's row: pixel column j // TILE_C, channel c0 + j % TILE_C (TILE_C = C for
+    # channels_last reconstructions, so a patch row's pixels and channels are one contiguous run; else 1).
+    offs_j = tl.arange(0, BLOCK_J)
+    j_ok = offs_j < P * TILE_C
+    pix = offs_j // TILE_C
+    chan = offs_j % TILE_C
+    col_tiles = tl.cdiv(Gw, BLOCK_GW)
+    n_tiles = (gy_hi - gy_lo) * col_tiles
+    # the copy that hid each patch of the next tile is loaded one tile ahead, so the reconstruction loads do
+    # not wait for it
+    if HAS_ASSIGN:
+        k_next = tl.load(a_img + gy_lo * Gw + offs_q, mask=offs_q < Gw, other=0)
+    else:
+        k_next = tl.zeros((BLOCK_GW,), dtype=tl.uint8)
+    for t in range(0, n_tiles):
+        gy = gy_lo + t // col_tiles
+        gx = (t % col_tiles) * BLOCK_GW + offs_q
+        k = k_next.to(tl.int64)
+        if HAS_ASSIGN:
+            nt = tl.minimum(t + 1, n_tiles - 1)  # the last tile loads its own row again: stays in bounds
+            gx_next = (nt % col_tiles) * BLOCK_GW + offs_q
+            k_next = tl.load(a_img + (gy_lo + nt // col_tiles) * Gw + gx_next, mask=gx_next < Gw, other=0)
+        col_ok = (gx < Gw)[:, None] & j_ok[None, :]
+        cols = ((gx * P)[:, None] + pix[None, :]).to(tl.int64)  # [BLOCK_GW, BLOCK_J] pixel columns
+        acc = tl.zeros((BLOCK_Y, BLOCK_GW, BLOCK_J), dtype=tl.float32)
+        for c0 in range(0, C, TILE_C):
+            ch = (c0 + chan).to(tl.int64)
+            if HAS_NORM:
+                mu = tl.load(MEAN_ptr + ch, mask=j_ok, other=0.0)[None, None, :]
+                istd = tl.load(ISTD_ptr + ch, mask=j_ok, other=0.0)[None, None, :]
+            x_cols = cols * stride_xw + (ch * stride_xc)[None, :]
+            r_cols = cols * stride_rw + (ch * stride_rc)[None, :]
             if HAS_ASSIGN:
-                k = tl.load(A_ptr + b64 * G + gy * Gw + gx, mask=gx < Gw, other=0).to(tl.int64)
                 r_cols += (k * stride_rk)[:, None]
-            acc = tl.zeros((BLOCK_Y, BLOCK_GW, BLOCK_P), dtype=tl.float32)
-            for c in range(C):
+            for y0 in range(0, P, BLOCK_Y):
+                ys = (gy * P + y0 + offs_y).to(tl.int64)
+                m = (y0 + offs_y < P)[:, None, None] & col_ok[None, :, :]
+                xv = tl.load(x_img + (ys * stride_xh)[:, None, None] + x_cols[None, :, :], mask=m, other=0)
+                xv = xv.to(tl.float32)
+                if X_IS_U8:
+                    xv = xv / 255.0
                 if HAS_NORM:
-                    mu = tl.load(MEAN_ptr + c)
-                    istd = tl.load(ISTD_ptr + c)
-                for y0 in range(0, P, BLOCK_Y):
-                    ys = gy * P + y0 + offs_y
-                    m = (y0 + offs_y < P)[:, None, None] & col_ok[None, :, :]
-                    x_off = (c * stride_xc + ys.to(tl.int64) * stride_xh)[:, None, None] + x_cols[None, :, :]
-                    r_off = (c * stride_rc + ys.to(tl.int64) * stride_rh)[:, None, None] + r_cols[None, :, :]
-                    xv = tl.load(x_img + x_off, mask=m, other=0).to(tl.float32)
-                    if X_IS_U8:
-                        xv = xv / 255.0
-                    if HAS_NORM:
-                        xv = (xv - mu) * istd
-                    rv = tl.load(r_img + r_off, mask=m, other=0).to(tl.float32)
-                    d = tl.where(m, xv - rv, 0.0)
-                    acc += d * d
-            err = tl.sum(tl.sum(acc, axis=2), axis=0) * inv_count
-            tl.store(e_img + gy * Gw + gx, err, mask=gx < Gw)
+                    xv = (xv - mu) * istd
+                rv = tl.load(r_img + (ys * stride_rh)[:, None, None] + r_cols[None, :, :], mask=m, other=0)
+                d = tl.where(m, xv - rv.to(tl.float32), 0.0)
+                acc += d * d
+        err = tl.sum(tl.sum(acc, axis=2), axis=0) * inv_count
+        tl.store(e_img + gy * Gw + gx, err, mask=gx < Gw)
     if FUSE_RANK:
         tl.debug_barrier()  # the patch errors written above by other threads of this program
         tl.store(S_ptr + b, _rank_image(e_img, W_ptr, PW_ptr, G, rest_weight, T, BLOCK_G, HAS_PW))
@@ -164,11 +195,51 @@ def _num_sms(device: torch.device) -> int:
     return 4
 
 
-def _tile(p: int, gw: int) -> tuple[int, int, int]:
-    """(BLOCK_Y, BLOCK_GW, BLOCK_P): a tile of up to _TILE pixels, BLOCK_GW patches side by side in a patch row."""
-    block_p = triton.next_power_of_2(p)
-    block_gw = min(triton.next_power_of_2(gw), max(1, 1024 // block_p))
-    return min(block_p, max(1, _TILE // (block_gw * block_p))), block_gw, block_p
+def _tile(p: int, gw: int, tile_c: int = 1, pixels: int = _TILE) -> tuple[int, int, int]:
+    """(BLOCK_Y, BLOCK_GW, BLOCK_J): a tile of up to ``pixels`` elements, BLOCK_GW patches side by side in a
+    patch row, BLOCK_J >= P * tile_c elements of each patch's row (its pixels times the channels in the tile)."""
+    block_j = triton.next_power_of_2(p * tile_c)
+    block_gw = min(triton.next_power_of_2(gw), max(1, 1024 // block_j))
+    return min(triton.next_power_of_2(p), max(1, pixels // (block_gw * block_j))), block_gw, block_j
+
+
+def tile_channels(reconstructions: Tensor) -> int:
+    """Channels a tile holds: all of them (at most 4) when the reconstructions are channels_last, so a patch
+    row's pixels and channels are read as one contiguous run instead of one load per channel at stride C."""
+    c = reconstructions.shape[-3]
+    return c if 1 < c <= 4 and reconstructions.stride(-3) == 1 else 1
+
+
+def tuning_configs(p: int, gw: int, tile_c: int) -> list[triton.Config]:
+    """The autotuner's candidates for one (P, channels in the tile, Gw): tiles of 2,048, 4,096 and 8,192
+    elements at 4 and 8 warps (duplicates removed where the patch is too small to fill the larger tiles)."""
+    seen, configs = set(), []
+    for pixels in (2048, 4096, 8192):
+        block_y, block_gw, _ = _tile(p, gw, tile_c, pixels)
+        for warps in (4, 8):
+            if (block_y, block_gw, warps) not in seen:
+                seen.add((block_y, block_gw, warps))
+                configs.append(triton.Config({"BLOCK_Y": block_y, "BLOCK_GW": block_gw}, num_warps=warps))
+    return configs
+
+
+def _all_configs() -> list[triton.Config]:
+    """Every tile shape the pruner may keep (it keeps :func:`tuning_configs` of the call)."""
+    sizes = [2**i for i in range(11)]
+    return [triton.Config({"BLOCK_Y": y, "BLOCK_GW": q}, num_warps=w) for y in sizes for q in sizes for w in (4, 8)]
+
+
+def _prune(configs, named_args, **kwargs):
+    args = {**named_args, **kwargs}
+    wanted = {(c.kwargs["BLOCK_Y"], c.kwargs["BLOCK_GW"], c.num_warps)
+              for c in tuning_configs(args["P"], args["Gw"], args["TILE_C"])}
+    return [c for c in configs if (c.kwargs["BLOCK_Y"], c.kwargs["BLOCK_GW"], c.num_warps) in wanted]
+
+
+# On a GPU the tile and warps are measured once per (P, channels, Gw, dtypes) and kept (Triton adds the dtypes
+# of the tensor arguments to the key); the interpreter, which cannot time anything, takes _tile's choice.
+_patch_error_tuned = triton.autotune(configs=_all_configs(), key=["P", "TILE_C", "C", "Gw"],
+                                     prune_configs_by={"early_config_prune": _prune})(_patch_error_kernel)
 
 
 def _outputs(b: int, gh: int, gw: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -199,6 +270,7 @@ def patch_scores_triton(
     std: Optional[Sequence[float]] = None,
     patch_weights: Optional[Tensor] = None,
     rows_per_program: Optional[int] = None,
+    config: Optional[triton.Config] = None,
 ) -> tuple[Tensor, Tensor]:
     """Launches the fused kernel; arguments are assumed checked (see ``patchgan_fast.ops.patch_scores``).
 
@@ -209,6 +281,7 @@ def patch_scores_triton(
         patch_weights (Tensor[Gh, Gw] fp32 contiguous, optional): multiply the patch errors before ranking.
         rows_per_program: patch rows per program; default: a whole image per program when the batch
             fills the device, fewer otherwise (then a second kernel does the ranking).
+        config: a fixed tile and warps (one of :func:`tuning_configs`); default: autotuned on a GPU.
 
     Returns:
         (scores Tensor[B] fp32, patch_errors Tensor[B, Gh, Gw] fp32)
@@ -216,7 +289,7 @@ def patch_scores_triton(
     weights, mean_t, istd_t = device_constants(top_weights, mean, std, images.device)
     return launch_patch_scores(images, reconstructions, assignment, weights, mean_t, istd_t, patch_weights,
                                patch_size=patch_size, top_count=len(top_weights), rest_weight=rest_weight,
-                               rows_per_program=rows_per_program)
+                               rows_per_program=rows_per_program, config=config)
 
 
 def _direct(kernel):
@@ -236,10 +309,12 @@ def launch_patch_scores(
     top_count: int,
     rest_weight: float,
     rows_per_program: Optional[int] = None,
+    config: Optional[triton.Config] = None,
     launch: Callable = _direct,
 ) -> tuple[Tensor, Tensor]:
     """:func:`patch_scores_triton` with its constants as device tensors (:func:`device_constants`): the body of
-    the ``patchgan_fast::patch_scores`` op, whose ``launch`` is ``torch.library.wrap_triton``."""
+    the ``patchgan_fast::patch_scores`` op, whose ``launch`` is ``torch.library.wrap_triton``. ``config`` fixes the
+    tile (BLOCK_Y, BLOCK_GW) and warps; by default the autotuner picks them on a GPU and :func:`_tile` elsewhere."""
     r = reconstructions if reconstructions.dim() == 5 else reconstructions.unsqueeze(0)
     b, c, h, w = images.shape
     p = patch_size
@@ -247,7 +322,7 @@ def launch_patch_scores(
     g = gh * gw
     device = images.device
     scores, errors = _outputs(b, gh, gw, device)
-    block_y, block_gw, block_p = _tile(p, gw)
+    tile_c = tile_channels(r)
     block_g = triton.next_power_of_2(g)
     if rows_per_program is None:
         target = 2 * _num_sms(device)
@@ -265,18 +340,22 @@ def launch_patch_scores(
     a = assignment.contiguous() if has_assign else weights  # unused when not has_assign
     has_pw = patch_weights is not None
     pw = patch_weights if has_pw else weights  # unused when not has_pw
-    tile = block_y * block_gw * block_p
+    if config is None and not (device.type == "cuda" and _AUTOTUNE):
+        block_y, block_gw, _ = _tile(p, gw, tile_c)
+        config = triton.Config({"BLOCK_Y": block_y, "BLOCK_GW": block_gw},
+                               num_warps=8 if block_y * block_gw * triton.next_power_of_2(p * tile_c) >= 2048 else 4)
+    kernel, meta = (_patch_error_tuned, {}) if config is None else (_patch_error_kernel,
+                                                                  {**config.kwargs, "num_warps": config.num_warps})
     # launch on the tensors' GPU, whichever is current (Triton launches on the current device)
     guard = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     with guard:
-        launch(_patch_error_kernel)[(b, splits)](
+        launch(kernel)[(b, splits)](
             images, r, a, mean_t, istd_t, weights, pw, errors, scores,
             c, gh, gw, rows_per_program, float(rest_weight), 1.0 / (c * p * p),
             *images.stride(), *r.stride(),
-            P=p, BLOCK_Y=block_y, BLOCK_GW=block_gw, BLOCK_P=block_p,
+            P=p, TILE_C=tile_c, BLOCK_J=triton.next_power_of_2(p * tile_c),
             X_IS_U8=images.dtype == torch.uint8, HAS_NORM=has_norm, HAS_ASSIGN=has_assign,
-            FUSE_RANK=fuse, T=t, BLOCK_G=block_g, HAS_PW=has_pw,
-            num_warps=8 if tile >= 2048 else 4,
+            FUSE_RANK=fuse, T=t, BLOCK_G=block_g, HAS_PW=has_pw, **meta,
         )
         if not fuse:
             launch(_rank_kernel)[(b,)](errors, weights, pw, scores, g, float(rest_weight), T=t, BLOCK_G=block_g,

@@ -12,7 +12,7 @@
 # GB/s, fraction of a device copy measured in the same run, x eager, x torch.compile), score-batch 40,
 # training 35 (images/s), pipeline 70 (score_batch and the Scorer end to end from uint8 on the GPU and from
 # JPEG files, with the decode limit), sweep 60 (256x256, C 1 and 3, K 1 and 4, batch sizes, memory peaks,
-# per-stage times). A stage gets the smaller of its limit and what is left of the budget; one stopped by its
+# per-stage times, the default model at widths 24 and 16 and the TFLOP/s each reaches). A stage gets the smaller of its limit and what is left of the budget; one stopped by its
 # limit gets SIGABRT, so every Python thread's stack is dumped to its log (PYTHONFAULTHANDLER), and the next
 # stage runs. Figures are written as they are measured: a stopped stage keeps them. NAME is the GPU model
 # (e.g. h200) unless RESULTS_NAME is set. Logs go to $OUT/logs.tar.gz when OUT is set, else to

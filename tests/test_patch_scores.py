@@ -295,3 +295,46 @@ def test_the_patch_score_op_passes_opcheck(k, norm, t, weighted):
                                             mean=mean, std=std, patch_weights=pw, dtype=torch.float64)
     _assert_close(errors, ref_e, torch.bfloat16)
     _assert_close(scores, ref_s, torch.bfloat16)
+
+
+# (B, C, H, W, P, K, recon dtype, channels_last): the tile shapes the GPU autotuner chooses among
+TUNING_CASES = [
+    (3, 3, 64, 64, 16, 4, torch.bfloat16, True),  # 3 channels in each tile (contiguous channels_last runs)
+    (2, 1, 64, 128, 8, 4, torch.float16, False),  # small patches, 16 columns of them
+    (2, 3, 96, 96, 32, 4, torch.float32, False),  # one channel per tile, P = 32
+    (2, 2, 40, 40, 5, 9, torch.float32, True),  # P = 5: padded BLOCK_J, 2 channels per tile
+]
+
+
+@pytest.mark.parametrize("b,c,h,w,p,k,r_dtype,cl", TUNING_CASES)
+def test_every_tuning_config_matches_the_reference(b, c, h, w, p, k, r_dtype, cl):
+    from patchgan_fast.kernels import patch_score
+
+    x, r, a = _inputs(b, c, h, w, p, k, torch.uint8, r_dtype, cl)
+    norm = dict(mean=tuple(0.3 + 0.1 * i for i in range(c)), std=tuple(0.2 + 0.1 * i for i in range(c)))
+    kw = dict(patch_size=p, top_weights=_weights(3), rest_weight=0.25)
+    ref_s, ref_e = R.patch_scores_reference(x, r, a, dtype=torch.float64, **kw, **norm)
+    tile_c = patch_score.tile_channels(r)
+    assert tile_c == (c if cl else 1)
+    configs = patch_score.tuning_configs(p, w // p, tile_c)
+    assert 2 <= len(configs) <= 6
+    for config in configs:
+        scores, errors = patch_scores_triton(x, r, a, config=config, **kw, **norm)
+        _assert_close(errors, ref_e, r_dtype)
+        _assert_close(scores, ref_s, r_dtype)
+
+
+def test_the_autotuner_always_keeps_its_candidates():
+    from patchgan_fast.kernels import patch_score
+
+    every = {(c.kwargs["BLOCK_Y"], c.kwargs["BLOCK_GW"], c.num_warps) for c in patch_score._all_configs()}
+    for p in (1, 2, 3, 4, 5, 8, 16, 24, 32, 64, 128):
+        for gw in (1, 2, 3, 7, 16, 64, 256, 1024):
+            for tile_c in (1, 2, 3, 4):
+                kept = patch_score._prune(patch_score._all_configs(), {"P": p, "Gw": gw}, TILE_C=tile_c)
+                wanted = patch_score.tuning_configs(p, gw, tile_c)
+                assert len(kept) == len(wanted) >= 2, (p, gw, tile_c)
+                assert {(c.kwargs["BLOCK_Y"], c.kwargs["BLOCK_GW"], c.num_warps) for c in wanted} <= every
+                for c in wanted:
+                    block_j = 1 << (p * tile_c - 1).bit_length()
+                    assert c.kwargs["BLOCK_Y"] * c.kwargs["BLOCK_GW"] * block_j <= 8192
