@@ -24,7 +24,7 @@ if ! "$py" -c "import torch" 2>/dev/null; then
   pip install "torch==$TORCH_VERSION"
 fi
 need=()
-for mod in numpy sklearn ninja setuptools wheel pytest pytest_benchmark hypothesis importlinter nibabel pydicom PIL matplotlib tqdm; do
+for mod in numpy sklearn ninja setuptools wheel pytest pytest_benchmark hypothesis importlinter nibabel nilearn pydicom PIL matplotlib tqdm; do
   "$py" -c "import $mod" 2>/dev/null || need+=("$mod")
 done
 if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] && ! "$py" -c "import triton" 2>/dev/null; then

@@ -2,7 +2,9 @@
 
 import gzip
 import os
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from patchgan_fast.ops import _backend
@@ -67,3 +69,31 @@ def torchrun_cpu_env(tmp_path) -> dict:
     tmp = tmp_path / "tmp"
     tmp.mkdir(exist_ok=True)
     return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "TMPDIR": str(tmp)}
+
+
+def write_brain_templates(folder, seed=0):
+    """Small synthetic stand-ins for the two brain templates in MNI space (2 mm voxels): ``ch2bet.nii.gz``
+    (skull-stripped T1) and the MNI ICBM152 T1, GM and WM files, an ellipsoidal brain with a grey-matter rim,
+    white matter, ventricles and some texture. Returns ``folder`` (pass it as ``path`` and ``mni_path``)."""
+    import nibabel as nib
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = (-98, -134, -72)
+    i, j, k = np.mgrid[0:99, 0:117, 0:95].astype(np.float32)
+    x, y, z = 2 * i - 98, 2 * j - 134, 2 * k - 72
+    r = np.sqrt((x / 68) ** 2 + ((y + 18) / 86) ** 2 + ((z - 15) / 62) ** 2)
+    rng = np.random.default_rng(seed)
+    wiggle = 0.04 * np.sin(x / 7.0) * np.cos(y / 9.0) + 0.02 * rng.standard_normal(r.shape)
+    brain = r < 1
+    ventricle = np.sqrt((np.abs(x) / 10 - 0.8) ** 2 + ((y + 5) / 25) ** 2 + ((z - 15) / 14) ** 2) < 1
+    wm = (brain & (r + wiggle < 0.8) & ~ventricle).astype(np.float32)
+    gm = (brain & ~ventricle & (wm == 0)).astype(np.float32)
+    t1 = np.where(brain, 0.3 + 0.4 * gm + 0.7 * wm + 0.03 * np.sin(z / 5.0), 0)
+    nib.save(nib.Nifti1Image((t1 * 120).astype(np.uint8), affine), folder / "ch2bet.nii.gz")
+    head = np.where(r < 1.15, np.maximum(t1, 0.2), 0)  # the MNI T1 is not skull-stripped
+    for name, vol in (("t1", head), ("gm", gm), ("wm", wm)):
+        vol = (vol / vol.max() * 255).astype(np.uint8)
+        nib.save(nib.Nifti1Image(vol, affine), folder / f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz")
+    return folder

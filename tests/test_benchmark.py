@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from helpers import write_fashion_mnist
+from helpers import write_brain_templates, write_fashion_mnist
 
 from patchgan_fast.evaluation import tables as benchmark
 from patchgan_fast.cli import main
@@ -44,14 +44,14 @@ def test_quick_fashion_mnist_benchmark(tmp_path):
         assert fig3.size == (4 * 432, 384)
 
 
-def test_quick_brain_mri_benchmark(tmp_path):
+def test_quick_unregistered_brain_mri_benchmark(tmp_path):
     z, y, x = np.mgrid[0:40, 0:48, 0:40]
     brain = ((x - 20) / 16) ** 2 + ((y - 24) / 20) ** 2 + ((z - 20) / 18) ** 2 < 1
     vol = np.where(brain, 60 + 40 * np.sin(x / 3.0) * np.cos(y / 4.0), 0)
     nib.save(nib.Nifti1Image(vol.transpose(2, 1, 0).astype(np.float32), np.eye(4)), tmp_path / "ch2bet.nii.gz")
     out = tmp_path / "out"
-    assert main(["benchmark", "brain-mri", "--quick", "--steps", "4", "--size", "32", "--data", str(tmp_path),
-                 "--out", str(out), "--methods", "patchgan,threshold,fanogan"]) == 0
+    assert main(["benchmark", "brain-mri-unregistered", "--quick", "--steps", "4", "--size", "32", "--data",
+                 str(tmp_path), "--out", str(out), "--methods", "patchgan,threshold,fanogan"]) == 0
     table = (out / "table.md").read_text()
     assert "pixel AUROC" in table and "| threshold |" in table
     assert "patchgan (mse error, loss reconstruction, ranking paper, position weights)" in table and "msgms error, no position weights" in table
@@ -61,6 +61,25 @@ def test_quick_brain_mri_benchmark(tmp_path):
     assert ("pixel_auroc", "fanogan") in metrics and ("pixel_auroc_brain", "patchgan") in metrics
     ablation = {r["config"]["variant"]: r["value"] for r in records if "variant" in r["config"]}
     assert f"| patchgan, no position weights | {ablation['patchgan, no position weights']:.3f} |" in table
+
+
+def test_quick_brain_mri_benchmark(tmp_path):
+    """The registered brain-mri data set (synthetic templates here): results per lesion kind and size in mm,
+    pixel AUPRC and best Dice per kind, and the two difficulty bounds that train nothing."""
+    write_brain_templates(tmp_path)
+    out = tmp_path / "out"
+    assert main(["benchmark", "brain-mri", "--quick", "--steps", "3", "--size", "32", "--data", str(tmp_path),
+                 "--out", str(out), "--methods", "patchgan,ae"]) == 0
+    table = (out / "table.md").read_text()
+    assert "registered subjects with lesions modelled on pathology" in table
+    for column in ("best Dice", "AUROC tumour", "AUROC ms", "AUROC infarct", "AUROC small", "AUROC 3-7 mm"):
+        assert column in table
+    assert "| bound: intensity threshold |" in table and "| bound: atlas residual (position known) |" in table
+    assert "| patchgan | tumour |" in table  # the per-kind pixel table
+    records = json.loads((out / "results.json").read_text())
+    kinds = {r["config"].get("kind") for r in records if r["metric"] == "pixel_best_dice"}
+    assert kinds >= {"tumour", "ms", "infarct", "small"}
+    assert any(r["metric"] == "image_auroc_tumour" and r["config"]["method"] == "patchgan" for r in records)
 
 
 def test_perceptual_ae_takes_an_exported_network(tmp_path, capsys):

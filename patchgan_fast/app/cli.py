@@ -77,7 +77,7 @@ def cmd_screen(a) -> int:
 
     s = screen(a.model, a.data, a.out, resume=a.resume, force=a.force, retry_errors=a.retry_errors,
                batch_size=a.batch_size, num_workers=a.workers, top=a.top, resize=a.resize, device=a.device,
-               compile=a.compile)
+               compile=a.compile, truth=a.truth)
     total = s.scored + s.skipped
     earlier = (f" ({s.earlier_errors} more from the earlier run, not retried: --retry-errors reads them again)"
                if s.earlier_errors else "")
@@ -169,8 +169,9 @@ def _train_parser(sub) -> None:
 def _screen_parser(sub) -> None:
     """``patchgan-fast screen``."""
     s = sub.add_parser("screen", help="rank a collection by anomaly score", description=(
-        "Score every image in DATA with MODEL and write to --out: scores.csv (ranked: path, slice, score, top patch), "
-        "written as it goes so an interrupted run keeps its work; heatmaps/ for the top images; report.html; "
+        "Score every image in DATA with MODEL and write to --out: scores.csv (ranked: path, slice, score, flagged = "
+        "above the 99th percentile of the model's normal validation scores, top patch), written as it goes so an "
+        "interrupted run keeps its work; heatmaps/ for the top images (input, reconstruction, error map); report.html; "
         "errors.csv naming every unreadable file. Exit status is non-zero only when nothing could be scored."))
     s.add_argument("model", help="model file from `patchgan-fast train`")
     s.add_argument("data", nargs="+", help="files or folders to screen")
@@ -181,6 +182,9 @@ def _screen_parser(sub) -> None:
     s.add_argument("--retry-errors", action="store_true",
                    help="with --resume: read the files that were unreadable in the earlier run once more")
     s.add_argument("--top", type=_NATURAL, default=20, help="heatmaps and report entries for the N highest scores (default 20)")
+    s.add_argument("--truth", default=None, metavar="DIR",
+                   help="a folder of ground-truth masks named like the images (any image suffix; nonzero = abnormal): "
+                        "the report shows them beside the error maps")
     s.add_argument("--batch-size", type=_POSITIVE, default=64)
     s.add_argument("--compile", choices=["auto", "none", "compile", "cudagraphs"], default="auto",
                    help="how the reconstructor runs: torch.compile with CUDA graphs on CUDA for runs of 2,000 files "
@@ -209,12 +213,14 @@ def _evaluate_parser(sub) -> None:
 def _benchmark_parser(sub) -> None:
     """``patchgan-fast benchmark``."""
     from ..evaluation import REGISTRY
-    from ..evaluation.tables import DEFAULT_METHODS
+    from ..evaluation.tables import DATASETS, DEFAULT_METHODS
 
     b = sub.add_parser("benchmark", help="every method on a built-in dataset: tables, plots, JSON", description=(
         "Train and evaluate each method on a built-in dataset and write table.md (paper-style Tables 1 and 2), "
         "roc.png, scores.png and results.json (every figure with the seed, versions and hardware)."))
-    b.add_argument("dataset", choices=["fashion-mnist", "brain-mri"])
+    b.add_argument("dataset", choices=DATASETS, help="brain-mri: registered synthetic subjects from two real T1 "
+                   "brains with lesions modelled on pathology; brain-mri-unregistered: the earlier, harder construction "
+                   "(one brain, per-slice rotation and scaling)")
     b.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated names from: {', '.join(REGISTRY)} (default {','.join(DEFAULT_METHODS)})")
     b.add_argument("--perceptual-net", default=None, metavar="FILE",
@@ -231,9 +237,11 @@ def _benchmark_parser(sub) -> None:
     b.add_argument("--quick", action="store_true", help="a reduced run (2 classes, subsets, 60 steps) for a CPU")
     b.add_argument("--steps", type=_POSITIVE, default=None, help="training steps per model (default 3000, 60 with --quick)")
     b.add_argument("--classes", default=None, help="Fashion-MNIST normal classes, e.g. 0,3,7 (default all; 0,1 quick)")
-    b.add_argument("--size", type=_POSITIVE, default=64, help="brain MRI slice size (default 64)")
+    b.add_argument("--size", type=_POSITIVE, default=None,
+                   help="brain MRI slice size (default: brain-mri 128, 64 with --quick; brain-mri-unregistered 64)")
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--data", default=None, help="dataset folder (default: where the Debian package installs it)")
+    b.add_argument("--data", default=None, help="dataset folder (default: where the Debian packages and, for the MNI "
+                   "template of brain-mri, the nilearn package install it)")
     b.add_argument("--out", default="benchmark-output", help="output folder (default benchmark-output/)")
     b.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out: the models it finished (kept in OUT/jobs/) are not trained again")
@@ -243,14 +251,17 @@ def _benchmark_parser(sub) -> None:
 def _demo_parser(sub) -> None:
     """``patchgan-fast demo``."""
     d = sub.add_parser("demo", help="the whole loop on built-in real brain MRI", description=(
-        "Train on normal axial slices of a real T1 brain MRI (Debian package mricron-data), screen held-out normal "
-        "and lesioned slices, print the AUROC and where the report is."))
+        "Train on normal axial slices of the built-in brain MRI data (synthetic subjects from two real T1 brains: "
+        "Colin27 of the Debian package mricron-data and MNI ICBM152 of the nilearn package), screen held-out normal "
+        "and lesioned slices of other subjects, print the AUROC (overall, per lesion kind and size), the flagged "
+        "slices and where the report is."))
     d.add_argument("--size", type=_POSITIVE, default=64, help="slice size (default 64)")
     d.add_argument("--patch-size", type=_POSITIVE, default=8)
     d.add_argument("--steps", type=_POSITIVE, default=300, help="training steps (default 300, about 2 minutes on 2 CPU cores)")
     d.add_argument("--batch-size", type=_POSITIVE, default=32)
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--data", default=None, help="folder or file of ch2bet.nii.gz (default: mricron-data's)")
+    d.add_argument("--data", default=None, help="a folder with ch2bet.nii.gz and the MNI ICBM152 files (default: "
+                   "mricron-data's and nilearn's)")
     d.add_argument("--out", default="demo-output", help="output folder (default demo-output/); a rerun replaces the "
                    "outputs of an earlier demo there, and a folder the demo did not write is refused")
     d.set_defaults(func=cmd_demo)

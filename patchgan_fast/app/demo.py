@@ -1,10 +1,12 @@
 """``patchgan-fast demo``: the whole loop on built-in real data.
 
-Trains a Patch-GAN on normal axial slices of a real T1 brain MRI (the Colin27 template of the Debian
-package mricron-data, see ``patchgan_fast.data.datasets.brain_mri``), writes the held-out test slices
-(half with a synthetic lesion) as 16-bit PNG files, screens that folder like any collection
-(ranked CSV, heatmaps, HTML report), and prints how well the ranking separates lesioned from
-normal slices. A few minutes on a 2-core CPU.
+Trains a Patch-GAN on normal axial slices of the built-in brain MRI data set at its quick setting (synthetic
+subjects from two real T1 brains, Colin27 of the Debian package mricron-data and the MNI ICBM152 template of the
+nilearn package, see ``patchgan_fast.data.datasets.brain_subjects``), writes the held-out test slices (half with
+a lesion modelled on pathology) as 16-bit PNG files and their lesion masks beside them, screens that folder like
+any collection (ranked CSV with a calibrated flag, pictures of the top images with the ground truth, HTML
+report), and prints how well the ranking separates lesioned from normal slices, overall and per lesion kind.
+About three minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 
 from ..data import image_key, read_images
-from ..data.datasets import SIZE_BINS, load_brain_mri
+from ..data.datasets.brain_subjects import QUICK, load_brain_subjects
 from ..evaluation import image_metrics, pixel_metrics, plot_distributions, plot_roc
 from ..models import PatchGAN, TrainConfig
 from ..scoring import error_maps, score_batch
@@ -28,7 +30,7 @@ from .screening import screen
 
 
 _MARKER = ".patchgan-fast-demo"
-_OUTPUTS = ("test-slices", "screening", "brain-mri.pgf", "roc.png", "scores.png", _MARKER)
+_OUTPUTS = ("test-slices", "test-masks", "screening", "brain-mri.pgf", "roc.png", "scores.png", _MARKER)
 
 
 def _clear(out: Path) -> None:
@@ -51,18 +53,22 @@ def _clear(out: Path) -> None:
 
 def run(args) -> int:
     try:
-        train, test = load_brain_mri(size=args.size, path=args.data, seed=args.seed)
+        train, test = load_brain_subjects(args.size, args.seed, QUICK["train_subjects"], QUICK["test_subjects"],
+                                          path=args.data, mni_path=args.data)
     except FileNotFoundError as exc:
         print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
     out = Path(args.out)
     _clear(out)
-    slices = out / "test-slices"
+    slices, masks = out / "test-slices", out / "test-masks"
     slices.mkdir(parents=True)
+    masks.mkdir()
     (out / _MARKER).write_text("written by patchgan-fast demo; a rerun replaces this folder's demo outputs\n")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"brain MRI: {len(train.images)} normal training slices, {len(test.images)} held-out slices "
-          f"({int(test.labels.sum())} with a synthetic lesion), {args.size}x{args.size}; device {device}")
+    subjects = len(set(train.subjects.tolist())), len(set(test.subjects.tolist()))
+    print(f"brain MRI: {len(train.images)} normal training slices of {subjects[0]} subjects, {len(test.images)} held-out "
+          f"slices of {subjects[1]} other subjects ({int(test.labels.sum())} with a lesion), {args.size}x{args.size} "
+          f"({192 / args.size:.1f} mm pixels); device {device}")
 
     config = TrainConfig(image_size=args.size, patch_size=args.patch_size, width=16, depth=4, skips=True,
                          loss="reconstruction", steps=args.steps, batch_size=args.batch_size, lr=1e-3, val_every=100,
@@ -75,12 +81,22 @@ def run(args) -> int:
     from PIL import Image as PILImage
 
     names = []
-    for i, (img, label, z) in enumerate(zip(test.images, test.labels.tolist(), test.slices.tolist())):
-        name = f"{i:03d}-{'lesion' if label else 'normal'}-z{z}.png"
+    for i, (img, kind, z) in enumerate(zip(test.images, test.kinds, test.slices.tolist())):
+        name = f"{i:03d}-{kind or 'normal'}-z{z}.png"
         PILImage.fromarray((img[0].numpy() * 65535).round().astype(np.uint16)).save(slices / name)
+        if kind:
+            PILImage.fromarray(test.lesions[i, 0].numpy().astype(np.uint8) * 255).save(masks / name)
         names.append(name)
-    summary = screen(model, [slices], out / "screening", top=20, progress=False, num_workers=0)
+    summary = screen(model, [slices], out / "screening", top=20, progress=False, num_workers=0, truth=masks)
     print(f"screened {summary.scored} slices -> {out / 'screening' / 'scores.csv'}")
+    import csv
+
+    with open(out / "screening" / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    flagged = [r for r in rows if r["flagged"] == "1"]
+    caught = sum("normal" not in r["path"] for r in flagged)
+    print(f"flagged (score above the 99th percentile of normal validation scores): {len(flagged)} slices, "
+          f"{caught} of them with a lesion ({caught} of {int(test.labels.sum())} lesions caught)")
 
     # the same images as the screening read them, for the comparisons below
     images = torch.stack([read_images(slices / n)[0].pixels for n in names]).to(device)
@@ -94,7 +110,7 @@ def run(args) -> int:
     sick = test.labels == 1
     m_pixel = pixel_metrics(list(heat[sick].numpy()), list(test.lesions[sick, 0].numpy()))
     plot_roc({"ranked (paper 1.1, 1.0)": (ranked.scores.cpu().tolist(), labels),
-              "unranked (sum)": (unranked.scores.cpu().tolist(), labels)}, out / "roc.png", "brain MRI, synthetic lesions")
+              "unranked (sum)": (unranked.scores.cpu().tolist(), labels)}, out / "roc.png", "brain MRI, lesions")
     plot_distributions(ranked.scores.cpu().tolist(), labels, out / "scores.png", "brain MRI, ranked scores")
     order = torch.argsort(ranked.scores.cpu(), descending=True)[:10].tolist()
 
@@ -102,14 +118,14 @@ def run(args) -> int:
     print(f"image AUROC, unranked (sum of the patch errors):     {m_unranked['auroc']:.3f}")
     print(f"pixel AUROC / AUPRC of the error map (lesioned slices): "
           f"{m_pixel['pixel_auroc']:.3f} / {m_pixel['pixel_auprc']:.3f}")
-    bins, ranked_scores = test.size_bins, ranked.scores.cpu().tolist()
-    per_bin = []
-    for name, _ in SIZE_BINS:
-        sel = [i for i, b in enumerate(bins) if b in ("", name)]
-        if any(bins[i] == name for i in sel):
-            m = image_metrics([ranked_scores[i] for i in sel], [labels[i] for i in sel])
-            per_bin.append(f"{name} {m['auroc']:.3f} ({m['abnormal']})")
-    print(f"image AUROC by lesion size (lesioned slices): {', '.join(per_bin)}")
+    test_scores = ranked.scores.cpu().tolist()
+    for what, groups in (("kind", test.kinds), ("size", test.size_bins)):
+        parts = []
+        for name in sorted(set(groups) - {""}, key=lambda g: (len(g), g) if what == "size" else g):
+            sel = [i for i, g in enumerate(groups) if g in ("", name)]
+            m = image_metrics([test_scores[i] for i in sel], [labels[i] for i in sel])
+            parts.append(f"{name} {m['auroc']:.3f} ({m['abnormal']})")
+        print(f"image AUROC by lesion {what} (lesioned slices): {', '.join(parts)}")
     print(f"top 10 by score: {sum(labels[i] for i in order)} of 10 have a lesion")
     print(f"report: {(out / 'screening' / 'report.html').resolve()}   plots: {out / 'roc.png'}, {out / 'scores.png'}")
     return 0

@@ -6,6 +6,7 @@ import html
 import math
 import re
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ import torch
 from ..data import fit_to_size, image_key, read_images, to_uint8
 from ..data.io import suffix
 from ..models import SAGAN, PatchGAN
-from ..models.files import error_map
+from ..models.files import error_map, reconstruction
 from ..ops import to_unit
 from .records import Manifest, WriteError
 
@@ -24,11 +25,33 @@ HEATMAPS = "heatmaps"
 
 
 def write_report(model: PatchGAN | SAGAN, out: Path, rows: list[dict], errors: list[dict], top: int, resize: str,
-                 dev: torch.device, manifest: Manifest) -> None:
-    """Heatmaps of the ``top`` first of the ranked ``rows`` and ``report.html`` in ``out`` (each recorded in
-    the ``manifest`` before it is written)."""
-    heat = _heatmaps(model, rows[:top], out, resize, dev, manifest)
-    _report(out, rows, errors, heat, model)
+                 dev: torch.device, manifest: Manifest, truth: Optional[Path] = None) -> None:
+    """Panels of the ``top`` first of the ranked ``rows`` (input, reconstruction, error map and, where ``truth``
+    holds a mask for the image, the ground truth) and ``report.html`` in ``out`` (each recorded in the
+    ``manifest`` before it is written)."""
+    heat = _heatmaps(model, rows[:top], out, resize, dev, manifest, truth)
+    _report(out, rows, errors, heat, model, truth is not None)
+
+
+TRUTH_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg", ".npy", ".nii.gz", ".nii")
+
+
+def truth_mask(truth: Optional[Path], path: str, size: int, resize: str) -> Optional[np.ndarray]:
+    """The ground-truth mask of the image ``path`` in the folder ``truth``: the file of the same name, or of the
+    same name with another image suffix; nonzero pixels are abnormal. None where there is none or it cannot be
+    read."""
+    if truth is None:
+        return None
+    name = Path(path).name
+    stem = name[: len(name) - len(suffix(path))] if suffix(path) else name
+    for candidate in [truth / name, *[truth / f"{stem}{s}" for s in TRUTH_SUFFIXES]]:
+        if candidate.is_file():
+            try:
+                pixels, _ = fit_to_size(read_images(candidate)[0].pixels, size, 1, resize)
+            except Exception:  # an unreadable mask: the report shows none
+                return None
+            return (to_unit(to_uint8(pixels))[0] > 0).numpy()
+    return None
 
 
 def safe_name(rank: int, path: str, slice_: str) -> str:
@@ -40,9 +63,11 @@ def safe_name(rank: int, path: str, slice_: str) -> str:
 
 
 def _heatmaps(model: PatchGAN | SAGAN, rows: list[dict], out: Path, resize: str, dev: torch.device,
-              manifest: Manifest) -> list[str]:
-    """Overlays of the error map (:func:`~patchgan_fast.error_maps`) on the top-ranked images (re-read
-    and re-scored); "" for an image that cannot be read now."""
+              manifest: Manifest, truth: Optional[Path] = None) -> list[str]:
+    """One picture per top-ranked image (re-read and re-scored), its panels side by side: the input, the
+    model's reconstruction (:func:`~patchgan_fast.models.files.reconstruction`), the error map
+    (:func:`~patchgan_fast.error_maps`) over the input and, where ``truth`` has a mask for it, the ground truth over
+    the input; "" for an image that cannot be read now."""
     from PIL import Image as PILImage
 
     folder = out / HEATMAPS
@@ -63,19 +88,43 @@ def _heatmaps(model: PatchGAN | SAGAN, rows: list[dict], out: Path, resize: str,
         key = torch.tensor([image_key(r["path"], s)], device=dev)
         heat = error_map(model, pixels[None].to(dev), keys=key)[0].cpu()
         heat = (heat / max(float(heat.max()), 1e-12)).numpy()
-        base = to_unit(pixels).mean(0).numpy()
-        rgb = np.stack([base] * 3, -1)
-        alpha = 0.6 * heat[..., None]
-        red = np.array([1.0, 0.15, 0.0], dtype=np.float32)
-        overlay = (1 - alpha) * rgb + alpha * red
+        recon = reconstruction(model, pixels[None].to(dev), keys=key)[0].cpu()
+        panels = [_rgb(to_unit(pixels)), _rgb(recon), _overlay(to_unit(pixels), heat)]
+        mask = truth_mask(truth, r["path"], size, resize) if s is None else None
+        if mask is not None:
+            panels.append(_overlay(to_unit(pixels), mask.astype(np.float32), colour=(0.1, 0.9, 0.2)))
+        side = max(256, size)
+        gap = np.ones((side, 4, 3), dtype=np.float32)
+        picture = np.concatenate(sum([[_scaled(p, side), gap] for p in panels], [])[:-1], axis=1)
         name = safe_name(i, r["path"], r["slice"])
         try:
-            PILImage.fromarray((np.clip(overlay, 0, 1) * 255).astype(np.uint8)).resize(
-                (max(256, size), max(256, size)), PILImage.NEAREST).save(folder / name)
+            PILImage.fromarray((np.clip(picture, 0, 1) * 255).astype(np.uint8)).save(folder / name)
         except OSError as exc:
             raise WriteError(exc.errno, f"cannot write {folder / name}: {exc.strerror or exc} (a full disk?)") from exc
         names.append(name)
     return names
+
+
+def _rgb(x) -> np.ndarray:
+    """[C, H, W] in [0, 1] (1 or 3 channels; others averaged) as [H, W, 3]."""
+    x = torch.as_tensor(x).float()
+    x = x if x.shape[0] == 3 else x.mean(0, keepdim=True).expand(3, -1, -1)
+    return x.permute(1, 2, 0).numpy()
+
+
+def _overlay(image, weight: np.ndarray, colour=(1.0, 0.15, 0.0)) -> np.ndarray:
+    """``weight`` ([H, W] in [0, 1]) in ``colour`` over the grey image."""
+    base = _rgb(torch.as_tensor(image).float().mean(0, keepdim=True))
+    alpha = 0.6 * weight[..., None]
+    return (1 - alpha) * base + alpha * np.array(colour, dtype=np.float32)
+
+
+def _scaled(panel: np.ndarray, side: int) -> np.ndarray:
+    reps = max(1, side // panel.shape[0])
+    big = np.repeat(np.repeat(panel, reps, 0), reps, 1)
+    out = np.ones((side, side, 3), dtype=np.float32)
+    out[: min(side, big.shape[0]), : min(side, big.shape[1])] = big[:side, :side]
+    return out
 
 
 def _histogram_svg(scores: list[float], bins: int = 40, width: int = 640, height: int = 200) -> str:
@@ -96,18 +145,33 @@ def _histogram_svg(scores: list[float], bins: int = 40, width: int = 640, height
             f'<text x="{width}" y="{height - 4}" font-size="12" text-anchor="end">{hi:.4g}</text></svg>')
 
 
-def _report(out: Path, rows: list[dict], errors: list[dict], heat: list[str], model: PatchGAN | SAGAN) -> None:
+def flag_threshold(model: PatchGAN | SAGAN) -> Optional[float]:
+    """The score above which an image is flagged: the 99th percentile of the model's normal validation scores
+    (None for a model without them)."""
+    stats = model.score_stats or {}
+    return float(stats["p99"]) if "p99" in stats else None
+
+
+def _report(out: Path, rows: list[dict], errors: list[dict], heat: list[str], model: PatchGAN | SAGAN,
+            with_truth: bool = False) -> None:
     e = html.escape
     scores = [float(r["score"]) for r in rows if math.isfinite(float(r["score"]))]
     items = []
     for i, (r, name) in enumerate(zip(rows, heat), 1):
-        img = f'<img src="{HEATMAPS}/{e(name)}" width="256" alt="heatmap {i}">' if name else "(unreadable now)"
+        img = f'<img src="{HEATMAPS}/{e(name)}" height="256" alt="image {i}">' if name else "(unreadable now)"
+        flag = {"1": "<b>flagged</b>", "0": "no"}.get(r.get("flagged", ""), "-")
         items.append(f"<tr><td>{i}</td><td>{img}</td><td><code>{e(r['path'])}</code></td><td>{e(r['slice'])}</td>"
-                     f"<td>{float(r['score']):.5g}</td><td>({e(str(r['top_y']))}, {e(str(r['top_x']))})</td></tr>")
+                     f"<td>{float(r['score']):.5g}</td><td>{flag}</td>"
+                     f"<td>({e(str(r['top_y']))}, {e(str(r['top_x']))})</td></tr>")
     err_items = "".join(f"<li><code>{e(x['path'])}</code>: {e(x['error'])}</li>" for x in errors)
     stats = model.score_stats
+    threshold = flag_threshold(model)
+    flagged = sum(r.get("flagged") == "1" for r in rows)
     ref = (f"<p>Normal validation scores: median {stats['p50']:.4g}, 95th percentile {stats['p95']:.4g}, "
            f"99th {stats['p99']:.4g}.</p>") if stats else ""
+    ref += (f"<p><b>{flagged} of {len(rows)} images flagged</b>: score above {threshold:.4g}, the 99th percentile of "
+            "the normal validation images' scores (about 1 in 100 normal images is flagged too).</p>"
+            if threshold is not None else "<p>This model has no normal validation scores, so no image is flagged.</p>")
     if isinstance(model, SAGAN):
         ref += ("<p>Model: SAGAN; score: the mean of |x - G(x)| / 2, the change its generator makes to restore a "
                 "normal-looking image.</p>")
@@ -125,8 +189,10 @@ table{{border-collapse:collapse}}tr:nth-child(even){{background:#f4f4f4}}</style
 errors: <a href="{ERRORS}">{ERRORS}</a>.</p>{ref}
 <h2>Score distribution</h2>{_histogram_svg(scores)}
 <h2>Top {len(heat)} images</h2>
-<p>Red: {what_map}, scaled to each image's largest value.</p>
-<table><tr><th>rank</th><th>heatmap</th><th>file</th><th>slice</th><th>score</th><th>top patch (y, x)</th></tr>
+<p>Each picture: the input, the model's reconstruction, {what_map} in red over the input (scaled to its largest
+value){", and the ground truth in green where the truth folder has a mask for the image" if with_truth else ""}.</p>
+<table><tr><th>rank</th><th>input | reconstruction | error{" | truth" if with_truth else ""}</th><th>file</th><th>slice</th>
+<th>score</th><th>flagged</th><th>top patch (y, x)</th></tr>
 {''.join(items)}</table>
 <h2>Unreadable files</h2><ul>{err_items or '<li>none</li>'}</ul>
 </body></html>

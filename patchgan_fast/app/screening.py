@@ -29,7 +29,7 @@ from ..runtime import __version__, distributed, local_cuda_device, progress_bar
 from ..scoring import BatchQueue, Scorer
 from .errors import UsageError
 from .records import MANIFEST, Appender, Manifest, model_digest, printable, read_checked, write_checked, write_csv
-from .report import ERRORS, HEATMAPS, REPORT, SCORES, write_report
+from .report import ERRORS, HEATMAPS, REPORT, SCORES, flag_threshold, write_report
 
 PARTIAL = "scores.partial.csv"
 _FIELDS = ["path", "slice", "score", "top_y", "top_x", "prepared"]
@@ -65,6 +65,7 @@ def screen(
     device: Optional[str] = None,
     compile: str = "auto",
     progress: bool = True,
+    truth: Optional[str | os.PathLike] = None,
 ) -> ScreenSummary:
     """Scores every image in ``inputs`` (files or folders) and writes the ranked outputs to ``out``.
 
@@ -76,6 +77,11 @@ def screen(
     a SAGAN model scores with its generator (``compile`` does not apply). It may be a Scorer built from a
     PatchGAN, to reuse its compiled reconstructor across calls (``device`` and ``compile`` are then the
     Scorer's). With ``resume``, ``retry_errors`` scores the files that were unreadable before once more.
+
+    ``scores.csv`` flags each image whose score is above the 99th percentile of the model's normal validation
+    scores (column ``flagged``: 1 or 0; empty for a model without them), so a screen ends in a decision; the
+    report shows each top image's input, reconstruction and error map side by side and, where the folder
+    ``truth`` holds a mask of the same file name (any image suffix), the ground truth.
 
     Returns:
         counts of scored images, unreadable files and images skipped as already done.
@@ -94,6 +100,8 @@ def screen(
         for p in inputs:
             if not Path(p).exists():
                 raise FileNotFoundError(f"input {str(p)!r} does not exist")
+        if truth is not None and not Path(truth).is_dir():
+            raise NotADirectoryError(f"the truth folder {str(truth)!r} is not a folder")
         out = Path(out)
         precision = scorer.dtype if scorer is not None else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
         produced_by = {"model": model_digest(model), "resize": resize, "precision": str(precision),
@@ -137,7 +145,7 @@ def screen(
     if world > 1:
         dist.barrier()
     if rank == 0:
-        _finish(model, out, top, resize, dev, manifest)
+        _finish(model, out, top, resize, dev, manifest, None if truth is None else Path(truth))
     if world > 1:
         dist.barrier()
     return ScreenSummary(scored=run.scored, errors=run.errors, skipped=run.skipped, out=out,
@@ -298,7 +306,8 @@ def _read_errors(out: Path) -> list[dict]:
     return [r for p in [out / ERRORS, *sorted(out.glob("errors.rank*.csv"))] for r in read_checked(p)]
 
 
-def _finish(model: PatchGAN | SAGAN, out: Path, top: int, resize: str, dev: torch.device, manifest: Manifest) -> None:
+def _finish(model: PatchGAN | SAGAN, out: Path, top: int, resize: str, dev: torch.device, manifest: Manifest,
+            truth: Optional[Path] = None) -> None:
     """Merges the partial files, ranks them into scores.csv, and writes heatmaps and the report."""
     rank_files = sorted(out.glob("scores.rank*.partial.csv"))
     rows = read_checked(out / PARTIAL) + [r for p in rank_files for r in read_checked(p)]
@@ -308,7 +317,10 @@ def _finish(model: PatchGAN | SAGAN, out: Path, top: int, resize: str, dev: torc
             seen.add((r["path"], r["slice"]))
             unique.append(r)
     unique.sort(key=lambda r: (-float(r["score"]), r["path"], r["slice"]))
-    write_csv(out / SCORES, ["rank", *_FIELDS], [{"rank": i, **r} for i, r in enumerate(unique, 1)])
+    threshold = flag_threshold(model)
+    ranked = [{"rank": i, **r, "flagged": "" if threshold is None else str(int(float(r["score"]) > threshold))}
+              for i, r in enumerate(unique, 1)]
+    write_csv(out / SCORES, ["rank", *_FIELDS[:3], "flagged", *_FIELDS[3:]], ranked)
     if rank_files:  # merge the per-rank partial and error files into the single-process layout
         write_checked(out / PARTIAL, _FIELDS, unique)
         for p in rank_files:
@@ -316,4 +328,4 @@ def _finish(model: PatchGAN | SAGAN, out: Path, top: int, resize: str, dev: torc
         write_checked(out / ERRORS, _ERROR_FIELDS, _read_errors(out))
         for p in out.glob("errors.rank*.csv"):
             p.unlink()
-    write_report(model, out, unique, _read_errors(out), top, resize, dev, manifest)
+    write_report(model, out, ranked, _read_errors(out), top, resize, dev, manifest, truth)

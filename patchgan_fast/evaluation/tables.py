@@ -2,8 +2,8 @@
 and a JSON record of every figure.
 
 Table 1: image AUROC per method (Fashion-MNIST: per class of the one-class protocol and the mean;
-brain MRI: image AUROC, pixel AUROC (all pixels and brain pixels only), AUPRC and image AUROC per
-lesion-size bin). Table 2: the Patch-GAN's ablations (ranking on/off, position weights on/off, the
+brain MRI: image AUROC, pixel AUROC (all pixels and brain pixels only), AUPRC, best Dice and image AUROC per
+lesion kind and size bin, pixel AUPRC and best Dice per kind, and two bounds that train nothing). Table 2: the Patch-GAN's ablations (ranking on/off, position weights on/off, the
 other error measures, multi-scale scoring and the score plus a nearest-neighbour score of its features,
 from the same model; outside --quick also the other loss presets, the masking layout, K and the patch
 size, see ``ABLATIONS``). Nothing is tuned on test labels: every hyperparameter is fixed below.
@@ -35,11 +35,17 @@ from ..scoring.neighbours import FEATURE_SPACES
 from .methods import REGISTRY, get_method, uses_pool
 from .metrics import image_metrics, pixel_metrics, plot_distribution_panels, plot_roc
 
-DATASETS = ("fashion-mnist", "brain-mri")
+DATASETS = ("fashion-mnist", "brain-mri", "brain-mri-unregistered")
 DEFAULT_METHODS = ("patchgan", "ae", "ocsvm", "alocc", "fanogan", "anogan", "perceptual_ae", "sagan")
 SETTINGS = ("one-class", "semi-supervised")
 #: The row label of a method trained with the unlabelled pool as well (the semi-supervised setting).
 POOL_SUFFIX = "+ unlabelled pool"
+
+
+def default_size(dataset: str, quick: bool) -> int:
+    """The slice size of a brain dataset: 128 (1.5 mm pixels; 64 with --quick) for brain-mri, 64 for the
+    unregistered variant; Fashion-MNIST's images are 32."""
+    return {"brain-mri": 64 if quick else 128, "brain-mri-unregistered": 64}.get(dataset, 32)
 
 
 def _config(dataset: str, quick: bool, steps: Optional[int], seed: int, size: int) -> TrainConfig:
@@ -276,7 +282,7 @@ def _run_methods(
 
 
 def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = False, steps: Optional[int] = None,
-        classes: Optional[Sequence[int]] = None, seed: int = 0, size: int = 64, data: Optional[str] = None,
+        classes: Optional[Sequence[int]] = None, seed: int = 0, size: Optional[int] = None, data: Optional[str] = None,
         perceptual: Optional[str | torch.nn.Module] = None, jobs: int = 1, resume: bool = False, command: str = "",
         setting: str = "one-class", anomaly_ratio: float = 0.6) -> dict:
     """Runs the benchmark and writes table.md, results.json, roc.png and scores.png to ``out``.
@@ -307,7 +313,7 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
             raise ValueError(f"unknown method {name!r}; expected one of {', '.join(REGISTRY)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    config = _config(dataset, quick, steps, seed, size)
+    config = _config(dataset, quick, steps, seed, size or default_size(dataset, quick))
     cache = out / "jobs"  # every finished model's scores, so that an interrupted run resumes
     if not resume:
         for f in [*cache.glob("*.pt"), *cache.glob("*.pt.tmp")]:
@@ -326,7 +332,7 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
     if dataset == "fashion-mnist":
         lines += t.fashion_mnist(classes, data, seed)
     else:
-        lines += t.brain_mri(data, seed)
+        lines += t.brain_mri(data, seed, dataset)
     if t.reused:
         lines += ["", f"{t.reused} trained model(s) reused from {cache} (finished by the interrupted run that --resume "
                   "continued)."]
@@ -437,58 +443,116 @@ class _Tables:
         self.title = f"Fashion-MNIST, normal class {FASHION_MNIST_CLASSES[first[0]]}"
         return lines
 
-    def brain_mri(self, data: Optional[str], seed: int) -> list[str]:
-        """Table 1: image and pixel metrics and image AUROC per lesion-size bin; Table 2: image AUROC."""
-        from ..data.datasets import SIZE_BINS, brain_mri_pool, load_brain_mri
+    def brain_mri(self, data: Optional[str], seed: int, dataset: str = "brain-mri") -> list[str]:
+        """Table 1: image and pixel metrics, image AUROC per lesion kind and size bin, and pixel AUPRC and best
+        Dice per kind; two difficulty bounds that train nothing (an intensity threshold, and the residual from the
+        mean training slice at the test slice's position); Table 2: image AUROC of the Patch-GAN's ablations."""
+        size = self.config.image_size
+        if dataset == "brain-mri":
+            from ..data.datasets.brain_subjects import QUICK, brain_subjects_pool, load_brain_subjects
 
-        dataset = "brain-mri"
-        copies = 2 if self.quick else 4
-        train, test = load_brain_mri(size=self.config.image_size, path=data, seed=seed,
-                                     train_copies=copies, test_copies=4 if self.quick else 16)
+            counts = (QUICK["train_subjects"], QUICK["test_subjects"]) if self.quick else (24, 16)
+            train, test = load_brain_subjects(size, seed, *counts, path=data, mni_path=data)
+            make_pool = lambda: brain_subjects_pool(size, seed, counts[0] // 2, self.anomaly_ratio,  # noqa: E731
+                                                    path=data, mni_path=data)
+            title = "brain MRI, registered subjects with lesions modelled on pathology"
+        else:
+            from ..data.datasets import brain_mri_pool, load_brain_mri
+
+            copies = 2 if self.quick else 4
+            train, test = load_brain_mri(size=size, path=data, seed=seed, train_copies=copies,
+                                         test_copies=4 if self.quick else 16)
+            make_pool = lambda: brain_mri_pool(size, data, seed, copies, self.anomaly_ratio)  # noqa: E731
+            title = "brain MRI (unregistered), synthetic lesions"
         group, pools = (train.images, test.images), []
         if self.anomaly_ratio is not None:
-            pool = brain_mri_pool(self.config.image_size, data, seed, copies, self.anomaly_ratio)
+            pool = make_pool()
             group, pools = (*group, pool.images), [(len(pool.images), float(pool.labels.float().mean()))]
         [(results, ablations)] = self._run([group], need_maps=True)
         y = test.labels.tolist()
-        lines = [f"## Table 1: brain MRI with synthetic lesions, {'one-class' if self.anomaly_ratio is None else 'semi-supervised'}",
-                 "", *self._pool_lines(pools, [len(train.images)]),
-                 "| method | image AUROC | pixel AUROC | pixel AUROC in the brain | pixel AUPRC | "
-                 + " | ".join(f"AUROC {b}" for b, _ in SIZE_BINS) + " |",
-                 "|" + "---|" * (5 + len(SIZE_BINS))]
-        for m, (scores, maps) in results.items():
-            row = _brain_row(scores, maps, test, SIZE_BINS)
+        kinds = sorted(set(test.kinds) - {""}) if test.kinds else []
+        columns = ["image_auroc", "pixel_auroc", "pixel_auroc_brain", "pixel_auprc", "pixel_best_dice",
+                   *[f"image_auroc_{k}" for k in kinds], *[f"image_auroc_{b}" for b in test.bins]]
+        names = ["image AUROC", "pixel AUROC", "pixel AUROC in the brain", "pixel AUPRC", "best Dice",
+                 *[f"AUROC {k}" for k in kinds], *[f"AUROC {b}" for b in test.bins]]
+        lines = [f"## Table 1: {title}, {'one-class' if self.anomaly_ratio is None else 'semi-supervised'}", "",
+                 f"{len(train.images)} normal training slices; {len(test.images)} test slices, {sum(y)} with a lesion"
+                 + (f" ({', '.join(f'{test.kinds.count(k)} {k}' for k in kinds)})" if kinds else "") + ".", "",
+                 *self._pool_lines(pools, [len(train.images)]),
+                 "| method | " + " | ".join(names) + " |", "|" + "---|" * (1 + len(names))]
+        per_kind = []
+        rows = dict(results)
+        if "threshold" not in rows:  # difficulty bounds: nothing is trained
+            from .methods import ThresholdMethod
+
+            rows["bound: intensity threshold"] = ThresholdMethod(self.config).fit(train.images).score(test.images)
+        rows["bound: atlas residual (position known)"] = _atlas_residual(train, test)
+        for m, (scores, maps) in rows.items():
+            row = _brain_row(scores, maps, test)
             for k, v in row.items():
-                self._record(k, v, {"dataset": dataset, "method": m})
-            cells = [row.get(k) for k in ("image_auroc", "pixel_auroc", "pixel_auroc_brain", "pixel_auprc",
-                                          *[f"image_auroc_{b}" for b, _ in SIZE_BINS])]
-            lines.append(f"| {m} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
+                if not k.startswith("kind_"):
+                    self._record(k, v, {"dataset": dataset, "method": m})
+            lines.append(f"| {m} | " + " | ".join("-" if row.get(k) is None else f"{row[k]:.3f}" for k in columns) + " |")
+            for kind in kinds:
+                cells = [row.get(f"kind_{kind}_{k}") for k in ("pixel_auprc", "pixel_best_dice")]
+                for k, v in zip(("pixel_auprc", "pixel_best_dice"), cells):
+                    if v is not None:
+                        self._record(k, v, {"dataset": dataset, "method": m, "kind": kind})
+                per_kind.append(f"| {m} | {kind} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
+        if per_kind:
+            lines += ["", "Pixel AUPRC and best Dice per lesion kind (the maps of that kind's test slices):", "",
+                      "| method | kind | pixel AUPRC | best Dice |", "|---|---|---|---|", *per_kind]
         lines += ["", "## Table 2: Patch-GAN ablations, image AUROC", "", "| variant | image AUROC |", "|---|---|"]
         for v, scores in ablations.items():
             auroc = image_metrics(scores.tolist(), y)["auroc"]
             self._record("image_auroc", auroc, {"dataset": dataset, "method": "patchgan", "variant": v})
             lines.append(f"| {v} | {auroc:.3f} |")
-        self.curves = {m: (s.tolist(), y) for m, (s, _) in results.items()}
+        self.curves = {m: (s.tolist(), y) for m, (s, _) in rows.items()}
         self.variants = {v: (s.tolist(), y) for v, s in ablations.items()}
-        self.title = "brain MRI, synthetic lesions"
+        self.title = title
         return lines
 
 
-def _brain_row(scores: torch.Tensor, maps: Optional[torch.Tensor], test, size_bins) -> dict:
+def _atlas_residual(train, test) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores and maps of the residual from the mean training slice at each test slice's position (the slice
+    positions, which no method is given, make it a bound on how far the normal variation hides a lesion)."""
+    atlas = {int(z): train.images[train.slices == z].mean(0) for z in train.slices.unique().tolist()}
+    positions = sorted(atlas)
+    maps = []
+    for x, z in zip(test.images, test.slices.tolist()):
+        nearest = min(positions, key=lambda p: abs(p - z))  # test positions are held out: the nearest trained one
+        maps.append((x - atlas[nearest]).abs()[0])
+    maps = torch.stack(maps)
+    return (maps**2).flatten(1).mean(1), maps
+
+
+def _brain_row(scores: torch.Tensor, maps: Optional[torch.Tensor], test) -> dict:
     """One method's brain MRI figures: image AUROC, pixel metrics of its maps (all pixels, and brain pixels
-    only) and image AUROC per lesion-size bin."""
+    only), image AUROC per lesion-size bin and, where the split names them, per lesion kind with that kind's
+    pixel AUPRC and best Dice (keys ``kind_KIND_...``)."""
     y, sick, bins = test.labels.tolist(), test.labels == 1, test.size_bins
     row = {"image_auroc": image_metrics(scores.tolist(), y)["auroc"]}
-    if maps is not None:
-        heat, truth, inside = maps[sick].numpy(), test.lesions[sick, 0].numpy(), test.brain[sick, 0].numpy()
-        row.update(pixel_metrics(list(heat), list(truth)))
+
+    def pixels(select):
+        heat, truth, inside = maps[select].numpy(), test.lesions[select, 0].numpy(), test.brain[select, 0].numpy()
+        out = pixel_metrics(list(heat), list(truth))
         # without the easy background: how well the map separates lesion from normal tissue
-        row["pixel_auroc_brain"] = pixel_metrics([h[b] for h, b in zip(heat, inside)],
+        out["pixel_auroc_brain"] = pixel_metrics([h[b] for h, b in zip(heat, inside)],
                                                  [t[b] for t, b in zip(truth, inside)])["pixel_auroc"]
-    for b, _ in size_bins:
-        sel = [i for i, name in enumerate(bins) if name in ("", b)]
-        if any(bins[i] == b for i in sel):
-            row[f"image_auroc_{b}"] = image_metrics([scores[i].item() for i in sel], [y[i] for i in sel])["auroc"]
+        return out
+
+    if maps is not None:
+        row.update(pixels(sick))
+    groups = [(b, bins) for b in test.bins] + [(k, test.kinds) for k in sorted(set(test.kinds or []) - {""})]
+    for name, labels in groups:
+        sel = [i for i, v in enumerate(labels) if v in ("", name)]
+        if any(labels[i] == name for i in sel):
+            row[f"image_auroc_{name}"] = image_metrics([scores[i].item() for i in sel], [y[i] for i in sel])["auroc"]
+    for kind in sorted(set(test.kinds or []) - {""}):
+        if maps is not None:
+            select = torch.tensor([k == kind for k in test.kinds])
+            for k, v in pixels(select).items():
+                row[f"kind_{kind}_{k}"] = v
     return row
 
 

@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Union
 
 import torch.distributed as dist
 
+from ..ops.reference import infilled_reference
 from ..runtime import distributed
-from ..scoring import Scorer, error_maps
+from ..scoring import Scorer, error_maps, score_batch
 from .config import TrainConfig
 from .patchgan import PatchGAN, read_model_file
 from .sagan import KIND as SAGAN_KIND
@@ -58,6 +60,21 @@ def error_map(model: Model, images, keys=None):
     if isinstance(model, SAGAN):
         return model.maps(images).to(images.device)
     return error_maps(model, images, keys=keys)
+
+
+def reconstruction(model: Model, images, keys=None):
+    """What the model thinks the images should look like, ``[B, C, H, W]`` float in [0, 1] on the images'
+    device: the Patch-GAN's in-filled image (each patch from the masked copy that hid it, with the images' mask
+    ``keys``), SAGAN's restored G(x)."""
+    if isinstance(model, SAGAN):
+        return ((model.restore(images.to(next(model.parameters()).device)) + 1) / 2).clamp(0, 1).to(images.device)
+    config = dataclasses.replace(model.score_config, neighbour_scales=None)  # the reconstructions only
+    r = score_batch(model, images.to(next(model.parameters()).device), config, keys=keys)
+    x = infilled_reference(r.reconstructions, r.assignment, patch_size=config.patch_size).float()
+    if config.mean:
+        shape = (1, -1, 1, 1)
+        x = x * x.new_tensor(config.std).view(shape) + x.new_tensor(config.mean).view(shape)
+    return x.clamp(0, 1).to(images.device)
 
 
 def make_scorer(model: Model, device=None, compile: str = "none"):

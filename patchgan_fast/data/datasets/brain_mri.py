@@ -1,5 +1,6 @@
-"""Real T1 brain MRI slices (the Colin27 template of the Debian package ``mricron-data``) with
-seeded synthetic lesions and their ground truth.
+"""The ``brain-mri-unregistered`` benchmark: real T1 brain MRI slices (the Colin27 template of the Debian
+package ``mricron-data``) with seeded synthetic lesions and their ground truth, without registration (the
+earlier, harder construction; ``brain_subjects`` builds ``brain-mri``). Also the split type both share.
 
 Both volumes in that package are one subject, so the split guards against memorization: training
 and test slices come from interleaved blocks of axial slices with gaps between them, and every slice
@@ -55,20 +56,38 @@ def _axial_slices(volume_path: Path) -> np.ndarray:
 
 @dataclass
 class BrainMRISplit:
-    """Images in [0, 1], ``[N, 1, S, S]`` float32, with brain masks, slice indices and, for the test
-    split, lesion masks (all zero for normal slices), labels (1 = lesion) and lesion size bins."""
+    """Images in [0, 1], ``[N, 1, S, S]`` float32, with brain masks, slice positions (indices here, mm in
+    ``brain_subjects``) and, for the test split, lesion masks (all zero for normal slices), labels (1 = lesion)
+    and lesion size bins; ``brain_subjects`` adds each slice's subject and each lesion's kind and size in mm."""
 
     images: Tensor
     brain: Tensor
     slices: Tensor
     lesions: Optional[Tensor] = None
     labels: Optional[Tensor] = None
+    subjects: Optional[Tensor] = None
+    kinds: Optional[list[str]] = None
+    sizes_mm: Optional[Tensor] = None
+
+    @property
+    def bins(self) -> tuple[str, ...]:
+        """The names of the size bins :attr:`size_bins` uses."""
+        if self.sizes_mm is not None:
+            from .brain_lesions import SIZE_BINS_MM
+
+            return tuple(name for name, _ in SIZE_BINS_MM)
+        return tuple(name for name, _ in SIZE_BINS)
 
     @property
     def size_bins(self) -> list[str]:
-        """Per test image: '' for normal slices, else the lesion's size bin (``SIZE_BINS``)."""
+        """Per test image: '' for normal slices, else the lesion's size bin (by its size in mm where known,
+        else by its area: ``SIZE_BINS``)."""
         if self.lesions is None:
             return [""] * len(self.images)
+        if self.sizes_mm is not None:
+            from .brain_lesions import size_bin_mm
+
+            return [size_bin_mm(s) if s > 0 else "" for s in self.sizes_mm.tolist()]
         area = self.lesions.flatten(1).float().mean(1).tolist()
         return [size_bin(a) if a > 0 else "" for a in area]
 
