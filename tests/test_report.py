@@ -74,3 +74,22 @@ def test_a_truth_folder_that_is_not_a_folder_is_refused(tmp_path):
     (tmp_path / "images").mkdir()
     with pytest.raises(UsageError, match="the truth folder .* is not a folder"):
         screen(model, [tmp_path / "images"], tmp_path / "out", truth=tmp_path / "nothing", progress=False)
+
+
+def test_the_demo_runs_end_to_end_on_the_brain_data(tmp_path, capsys):
+    from helpers import write_brain_templates
+
+    from patchgan_fast.cli import main
+
+    data = write_brain_templates(tmp_path / "data")
+    out = tmp_path / "demo"
+    assert main(["demo", "--data", str(data), "--size", "32", "--patch-size", "8", "--steps", "3",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "of 12 subjects" in printed and "of 6 other subjects" in printed
+    assert "image AUROC by lesion kind" in printed and "flagged (score above the 99th percentile" in printed
+    masks = sorted(p.name for p in (out / "test-masks").iterdir())
+    assert masks and all("normal" not in m for m in masks)
+    with open(out / "screening" / "scores.csv", newline="") as f:
+        assert {r["flagged"] for r in csv.DictReader(f)} <= {"0", "1"}
+    assert "| truth" in (out / "screening" / "report.html").read_text()
