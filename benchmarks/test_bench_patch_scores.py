@@ -26,6 +26,17 @@ def _inputs(b, c, s, p, k, dtype, device):
     return x, r, a
 
 
+def _record_bandwidth(benchmark, record, copy_bandwidth, x, r, k, seconds, config):
+    """Records seconds per call, effective GB/s and the fraction of a device copy of as many bytes."""
+    moved = nbytes(x) + nbytes(r) // k
+    copy = copy_bandwidth(moved // 2)  # a copy of half the bytes reads and writes as many as we read
+    gbps = moved / seconds / 1e9
+    benchmark.extra_info.update(gb_per_s=round(gbps, 1), fraction_of_copy=round(gbps * 1e9 / copy, 3))
+    record("seconds_per_call", seconds, "s", config)
+    record("effective_bandwidth", gbps, "GB/s", config)
+    record("fraction_of_copy_bandwidth", gbps * 1e9 / copy, "ratio", config)
+
+
 IMPLS = ["reference", "compiled", "triton"]
 _seconds: dict = {}  # (case, impl) -> seconds per call, for the speedups of the kernel over both
 
@@ -47,14 +58,7 @@ def test_patch_scores(benchmark, device, copy_bandwidth, record, case, impl):
     seconds = measure(benchmark, fn, device)
     if seconds is None:
         return
-    moved = nbytes(x) + nbytes(r) // k
-    copy = copy_bandwidth(moved // 2)  # a copy of half the bytes reads and writes as many as we read
-    gbps = moved / seconds / 1e9
-    benchmark.extra_info.update(gb_per_s=round(gbps, 1), fraction_of_copy=round(gbps * 1e9 / copy, 3))
-    config = dict(case=name, impl=impl, T=len(TOP))
-    record("seconds_per_call", seconds, "s", config)
-    record("effective_bandwidth", gbps, "GB/s", config)
-    record("fraction_of_copy_bandwidth", gbps * 1e9 / copy, "ratio", config)
+    _record_bandwidth(benchmark, record, copy_bandwidth, x, r, k, seconds, dict(case=name, impl=impl, T=len(TOP)))
     _seconds[name, impl] = seconds
     kernel = _seconds.get((name, "triton"))
     for other, metric in (("reference", "speedup_vs_eager"), ("compiled", "speedup_vs_compiled")):
@@ -77,11 +81,5 @@ def test_patch_scores_channels_last(benchmark, device, copy_bandwidth, record, c
     seconds = measure(benchmark, lambda: _backend.triton_kernels().patch_scores_triton(x, r, a, **kw), device)
     if seconds is None:
         return
-    moved = nbytes(x) + nbytes(r) // k
-    gbps = moved / seconds / 1e9
-    fraction = gbps * 1e9 / copy_bandwidth(moved // 2)
-    benchmark.extra_info.update(gb_per_s=round(gbps, 1), fraction_of_copy=round(fraction, 3))
-    config = dict(case=name, impl="triton", T=len(TOP), memory_format="channels_last")
-    record("seconds_per_call", seconds, "s", config)
-    record("effective_bandwidth", gbps, "GB/s", config)
-    record("fraction_of_copy_bandwidth", fraction, "ratio", config)
+    _record_bandwidth(benchmark, record, copy_bandwidth, x, r, k, seconds,
+                      dict(case=name, impl="triton", T=len(TOP), memory_format="channels_last"))

@@ -22,7 +22,8 @@ import torch
 
 from ..data import image_key, read_images
 from ..data.datasets.brain_subjects import QUICK, load_brain_subjects
-from ..evaluation import image_metrics, pixel_metrics, plot_distributions, plot_roc
+from ..evaluation import image_metrics, plot_distributions, plot_roc
+from ..evaluation.tables import brain_figures
 from ..models import PatchGAN, TrainConfig
 from ..scoring import error_maps, score_batch
 from .errors import UsageError
@@ -103,27 +104,22 @@ def run(args) -> int:
     labels = test.labels.tolist()
     ranked = score_batch(model, images, keys=keys)
     unranked = score_batch(model, images, model.score_config.with_ranking("none"), keys=keys)
-    m_ranked = image_metrics(ranked.scores.cpu().tolist(), labels)
     m_unranked = image_metrics(unranked.scores.cpu().tolist(), labels)
     heat = error_maps(model, images, keys=keys).cpu()
-    sick = test.labels == 1
-    m_pixel = pixel_metrics(list(heat[sick].numpy()), list(test.lesions[sick, 0].numpy()))
+    figures = brain_figures(ranked.scores.cpu(), heat, test)  # the benchmark's brain MRI figures
     plot_roc({"ranked (paper 1.1, 1.0)": (ranked.scores.cpu().tolist(), labels),
               "unranked (sum)": (unranked.scores.cpu().tolist(), labels)}, out / "roc.png", "brain MRI, lesions")
     plot_distributions(ranked.scores.cpu().tolist(), labels, out / "scores.png", "brain MRI, ranked scores")
     order = torch.argsort(ranked.scores.cpu(), descending=True)[:10].tolist()
 
-    print(f"\nimage AUROC, ranked patches (paper weights 1.1, 1.0): {m_ranked['auroc']:.3f}")
+    print(f"\nimage AUROC, ranked patches (paper weights 1.1, 1.0): {figures['image_auroc']:.3f}")
     print(f"image AUROC, unranked (sum of the patch errors):     {m_unranked['auroc']:.3f}")
     print(f"pixel AUROC / AUPRC of the error map (lesioned slices): "
-          f"{m_pixel['pixel_auroc']:.3f} / {m_pixel['pixel_auprc']:.3f}")
-    test_scores = ranked.scores.cpu().tolist()
-    for what, groups in (("kind", test.kinds), ("size", test.size_bins)):
-        parts = []
-        for name in sorted(set(groups) - {""}, key=lambda g: (len(g), g) if what == "size" else g):
-            sel = [i for i, g in enumerate(groups) if g in ("", name)]
-            m = image_metrics([test_scores[i] for i in sel], [labels[i] for i in sel])
-            parts.append(f"{name} {m['auroc']:.3f} ({m['abnormal']})")
+          f"{figures['pixel_auroc']:.3f} / {figures['pixel_auprc']:.3f}")
+    kinds = sorted(set(test.kinds) - {""})
+    for what, groups, names in (("kind", test.kinds, kinds), ("size", test.size_bins, test.bins)):
+        parts = [f"{n} {figures[f'image_auroc_{n}']:.3f} ({groups.count(n)})" for n in names
+                 if f"image_auroc_{n}" in figures]
         print(f"image AUROC by lesion {what} (lesioned slices): {', '.join(parts)}")
     print(f"top 10 by score: {sum(labels[i] for i in order)} of 10 have a lesion")
     print(f"report: {(out / 'screening' / 'report.html').resolve()}   plots: {out / 'roc.png'}, {out / 'scores.png'}")

@@ -89,10 +89,11 @@ def _heatmaps(model: PatchGAN | SAGAN, rows: list[dict], out: Path, resize: str,
         heat = error_map(model, pixels[None].to(dev), keys=key)[0].cpu()
         heat = (heat / max(float(heat.max()), 1e-12)).numpy()
         recon = reconstruction(model, pixels[None].to(dev), keys=key)[0].cpu()
-        panels = [_rgb(to_unit(pixels)), _rgb(recon), _overlay(to_unit(pixels), heat)]
+        unit = to_unit(pixels)
+        panels = [_rgb(unit), _rgb(recon), _overlay(unit, heat)]
         mask = truth_mask(truth, r["path"], size, resize) if s is None else None
         if mask is not None:
-            panels.append(_overlay(to_unit(pixels), mask.astype(np.float32), colour=(0.1, 0.9, 0.2)))
+            panels.append(_overlay(unit, mask.astype(np.float32), colour=(0.1, 0.9, 0.2)))
         side = max(256, size)
         gap = np.ones((side, 4, 3), dtype=np.float32)
         picture = np.concatenate(sum([[_scaled(p, side), gap] for p in panels], [])[:-1], axis=1)

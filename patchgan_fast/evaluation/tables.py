@@ -3,8 +3,8 @@ and a JSON record of every figure.
 
 Table 1: image AUROC per method (Fashion-MNIST: per class of the one-class protocol and the mean;
 brain MRI: image AUROC, pixel AUROC (all pixels and brain pixels only), AUPRC, best Dice and image AUROC per
-lesion kind and size bin, pixel AUPRC and best Dice per kind, and two bounds that train nothing). Table 2: the Patch-GAN's ablations (ranking on/off, position weights on/off, the
-other error measures, multi-scale scoring and the score plus a nearest-neighbour score of its features,
+lesion kind and size bin, pixel AUPRC and best Dice per kind, and two bounds that train nothing). Table 2: the
+Patch-GAN's ablations (ranking on/off, position weights on/off, the other error measures, multi-scale scoring and the score plus a nearest-neighbour score of its features,
 from the same model; outside --quick also the other loss presets, the masking layout, K and the patch
 size, see ``ABLATIONS``). Nothing is tuned on test labels: every hyperparameter is fixed below.
 ``results.json`` holds one record per figure of both tables (``_record``).
@@ -488,7 +488,7 @@ class _Tables:
             rows["bound: intensity threshold"] = ThresholdMethod(self.config).fit(train.images).score(test.images)
         rows["bound: atlas residual (position known)"] = _atlas_residual(train, test)
         for m, (scores, maps) in rows.items():
-            row = _brain_row(scores, maps, test)
+            row = brain_figures(scores, maps, test)
             for k, v in row.items():
                 if not k.startswith("kind_"):
                     self._record(k, v, {"dataset": dataset, "method": m})
@@ -526,7 +526,7 @@ def _atlas_residual(train, test) -> tuple[torch.Tensor, torch.Tensor]:
     return (maps**2).flatten(1).mean(1), maps
 
 
-def _brain_row(scores: torch.Tensor, maps: Optional[torch.Tensor], test) -> dict:
+def brain_figures(scores: torch.Tensor, maps: Optional[torch.Tensor], test) -> dict:
     """One method's brain MRI figures: image AUROC, pixel metrics of its maps (all pixels, and brain pixels
     only), image AUROC per lesion-size bin and, where the split names them, per lesion kind with that kind's
     pixel AUPRC and best Dice (keys ``kind_KIND_...``)."""

@@ -9,6 +9,7 @@ from typing import Union
 
 import torch.distributed as dist
 
+from ..ops import denormalize
 from ..ops.reference import infilled_reference
 from ..runtime import distributed
 from ..scoring import Scorer, error_maps, score_batch
@@ -70,11 +71,8 @@ def reconstruction(model: Model, images, keys=None):
         return ((model.restore(images.to(next(model.parameters()).device)) + 1) / 2).clamp(0, 1).to(images.device)
     config = dataclasses.replace(model.score_config, neighbour_scales=None)  # the reconstructions only
     r = score_batch(model, images.to(next(model.parameters()).device), config, keys=keys)
-    x = infilled_reference(r.reconstructions, r.assignment, patch_size=config.patch_size).float()
-    if config.mean:
-        shape = (1, -1, 1, 1)
-        x = x * x.new_tensor(config.std).view(shape) + x.new_tensor(config.mean).view(shape)
-    return x.clamp(0, 1).to(images.device)
+    x = infilled_reference(r.reconstructions, r.assignment, patch_size=config.patch_size)
+    return denormalize(x, config.mean, config.std).clamp(0, 1).to(images.device)
 
 
 def make_scorer(model: Model, device=None, compile: str = "none"):

@@ -33,6 +33,7 @@ from .reference import (
     build_masks_reference,
     map_scores_reference,
     mask_images_reference,
+    denormalize,
     normalize_reference,
     patch_assignment_reference,
     patch_scores_reference,
@@ -43,7 +44,7 @@ from .reference import (
 __all__ = [
     "build_masks", "patch_assignment", "mask_images", "patch_scores", "LAYOUTS", "Plan", "mask_with", "assign_with",
     "scores_with", "map_scores", "map_scores_with", "check_images", "backend_info", "to_unit", "normalize",
-    "rank_patch_errors",
+    "denormalize", "rank_patch_errors",
 ]
 
 _MAX_TRITON_PATCHES = 16384

@@ -153,6 +153,17 @@ def normalize_reference(
     return x
 
 
+def denormalize(x: Tensor, mean: Optional[Sequence[float]], std: Optional[Sequence[float]]) -> Tensor:
+    """The inverse of :func:`normalize_reference`'s per-channel step: ``x * std + mean`` in fp32 (``x`` as fp32
+    where there is no normalization), e.g. a reconstruction back in [0, 1] intensities."""
+    x = x.float()
+    if mean:
+        m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+        x = x * s + m
+    return x
+
+
 def mask_images_reference(
     images: Tensor,
     keys: Tensor,

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops import to_unit
+from ..ops import denormalize, to_unit
 
 #: RIAD's stabilizing constant, for intensities in [0, 1].
 GMS_CONSTANT = 0.0026
@@ -47,12 +47,7 @@ def gms_errors(
     if scales < 1:
         raise ValueError(f"expected scales >= 1, got {scales}")
     a = to_unit(images).mean(1, keepdim=True)
-    b = infilled.float()
-    if mean:
-        m = torch.tensor(mean, dtype=torch.float32, device=b.device).view(-1, 1, 1)
-        s = torch.tensor(std, dtype=torch.float32, device=b.device).view(-1, 1, 1)
-        b = b * s + m
-    b = b.mean(1, keepdim=True)
+    b = denormalize(infilled, mean, std).mean(1, keepdim=True)
     size = a.shape[-2:]
     out = torch.zeros_like(a)
     for level in range(scales):

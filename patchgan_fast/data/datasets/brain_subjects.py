@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .brain_lesions import KINDS, SIZE_BINS_MM, draw, size_bin_mm
+from .brain_lesions import KINDS, draw
 from .brain_mri import BrainMRISplit, find_brain_volume
 
 MNI_ENV_VAR = "PATCHGAN_FAST_MNI"
@@ -131,6 +131,15 @@ def _smooth_field(rng: np.random.Generator, channels: int, shape, sigma_px: floa
     return field * (std / max(field.std(), 1e-12))
 
 
+def _slice_points(z_mm, size: int) -> np.ndarray:
+    """World coordinates (x, y, z mm) of the pixel centres of axial slices at ``z_mm``: [Z, S, S, 3]."""
+    px = FOV_MM / size
+    cols = _CENTRE[0] + FOV_MM / 2 - (np.arange(size) + 0.5) * px  # radiological: the subject's right on the left
+    rows = _CENTRE[1] + FOV_MM / 2 - (np.arange(size) + 0.5) * px  # anterior at the top
+    zz, yy, xx = np.meshgrid(np.asarray(z_mm, dtype=np.float64), rows, cols, indexing="ij")
+    return np.stack([xx, yy, zz], -1)
+
+
 class _Subject:
     """One synthetic subject: its template, warp, bias field, gamma and noise level."""
 
@@ -163,12 +172,8 @@ class _Subject:
 
     def slices(self, z_mm, size: int) -> tuple[np.ndarray, np.ndarray]:
         """(noise-free T1, GM, WM, brain [4, Z, S, S]; the bias field [Z, S, S]) of the axial slices at ``z_mm``."""
-        px = FOV_MM / size
-        cols = _CENTRE[0] + FOV_MM / 2 - (np.arange(size) + 0.5) * px  # radiological: the subject's right on the left
-        rows = _CENTRE[1] + FOV_MM / 2 - (np.arange(size) + 0.5) * px  # anterior at the top
-        zz, yy, xx = np.meshgrid(np.asarray(z_mm, dtype=np.float64), rows, cols, indexing="ij")
-        points = np.stack([xx, yy, zz], -1)
-        centre = np.array([_CENTRE[0], _CENTRE[1], _CENTRE[2]])
+        points = _slice_points(z_mm, size)
+        centre = np.array(_CENTRE)
         moved = (points - centre) @ self.linear.T + centre + self.shift
         moved = moved + np.moveaxis(self._field(self.displacement, points), 0, -1)
         values = self.template.sample(moved).numpy()
@@ -176,7 +181,8 @@ class _Subject:
 
     def image(self, t1: np.ndarray, brain: np.ndarray, bias: np.ndarray, wm_level: float,
               rng: np.random.Generator) -> np.ndarray:
-        """A noise-free slice as the scanner would show it (contrast, bias, Rician noise), 0 outside the brain."""
+        """The noise-free slice ``t1`` as the scanner shows it: contrast change, bias field, Rician noise; 0 outside
+        the brain."""
         x = np.clip(t1, 0, None) ** self.gamma * bias
         sigma = wm_level ** self.gamma / self.snr
         noisy = np.hypot(x + sigma * rng.standard_normal(x.shape), sigma * rng.standard_normal(x.shape))
@@ -185,11 +191,7 @@ class _Subject:
 
 def _positions(template: _Template, size: int, min_brain: float) -> np.ndarray:
     """The axial positions whose slice of the (unwarped) template holds at least ``min_brain`` of brain."""
-    px = FOV_MM / size
-    cols = _CENTRE[0] + FOV_MM / 2 - (np.arange(size) + 0.5) * px
-    rows = _CENTRE[1] + FOV_MM / 2 - (np.arange(size) + 0.5) * px
-    zz, yy, xx = np.meshgrid(_Z_MM, rows, cols, indexing="ij")
-    brain = template.sample(np.stack([xx, yy, zz], -1))[3].numpy() > 0.5
+    brain = template.sample(_slice_points(_Z_MM, size))[3].numpy() > 0.5
     return _Z_MM[brain.mean(axis=(1, 2)) >= min_brain]
 
 
@@ -322,5 +324,4 @@ def brain_subjects_pool(size: int = 128, seed: int = 0, subjects: int = 12, anom
                          pool.sizes_mm[order])
 
 
-__all__ = ["load_brain_subjects", "brain_subjects_pool", "find_mni_template", "KINDS", "SIZE_BINS_MM", "size_bin_mm",
-           "QUICK"]
+__all__ = ["load_brain_subjects", "brain_subjects_pool", "find_mni_template", "KINDS", "QUICK"]
