@@ -159,6 +159,23 @@ def test_train_command_writes_a_loadable_model(tmp_path):
     assert loaded.score_config.patch_weights is None and loaded.score_config.error == "msgms"
 
 
+def test_train_group_by_holds_out_whole_subjects(tmp_path, capsys):
+    (tmp_path / "normal").mkdir()
+    for i, im in enumerate(blobs(24)):  # four subjects of six slices
+        _png(tmp_path / "normal" / f"sub-{i % 4}_slice{i}.png", im[0].numpy())
+    args = ["train", str(tmp_path / "normal"), "--size", "32", "--steps", "2", "--width", "8", "--depth", "2",
+            "--batch-size", "8", "--workers", "0"]
+    assert main([*args, "--out", str(tmp_path / "a.pgf"), "--group-by", "(sub-[0-9]+)_"]) == 0
+    assert PatchGAN.load(tmp_path / "a.pgf").score_stats["count"] == 6  # one whole subject validates
+    assert main([*args, "--out", str(tmp_path / "b.pgf")]) == 0
+    assert PatchGAN.load(tmp_path / "b.pgf").score_stats["count"] == 2  # 10 % of the slices at random
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "c.pgf"), "--group-by", "patient([0-9]+)"]) == 2
+    assert "--group-by 'patient([0-9]+)' matches no part of 24 file path(s)" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "c.pgf"), "--group-by", "(sub"]) == 2
+    assert "is not a regular expression" in capsys.readouterr().err
+
+
 def test_output_folder_is_not_overwritten_by_accident(tmp_path, model_file):
     _collection(tmp_path / "data")
     out = tmp_path / "out"

@@ -314,6 +314,33 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
     assert not (tmp_path / "never.pgf").exists()
 
 
+def test_grouped_validation_split_holds_out_whole_groups():
+    config = TrainConfig(**SMALL, val_fraction=0.2, seed=3)
+    groups = [f"s{i % 7}" for i in range(70)]  # seven subjects of ten images
+    val, train = S.validation_split(70, config, groups)
+    held = {groups[i] for i in val.tolist()}
+    assert len(held) == 2 and len(val) == 20 and sorted(val.tolist() + train.tolist()) == list(range(70))
+    assert held.isdisjoint(groups[i] for i in train.tolist())
+    again, _ = S.validation_split(70, config, torch.tensor([i % 7 for i in range(70)]))  # a tensor of labels too
+    assert len(again) == 20 and len({i % 7 for i in again.tolist()}) == 2
+    assert len(S.validation_split(70, dataclasses.replace(config, val_fraction=0.9), groups)[1]) == 10  # one trains
+    assert len(S.validation_split(70, dataclasses.replace(config, val_fraction=0.0), groups)[0]) == 0
+    with pytest.raises(ValueError, match=r"expected one group label per image \(70\), got 69"):
+        S.validation_split(70, config, groups[:69])
+    with pytest.raises(ValueError, match=r"expected at least two groups .* got 1"):
+        S.validation_split(70, config, ["a"] * 70)
+
+
+def test_fit_with_groups_takes_its_statistics_from_the_held_out_groups():
+    images, config = blobs(48), TrainConfig(steps=4, **SMALL)
+    groups = [i // 8 for i in range(48)]  # six subjects
+    model = PatchGAN.fit(images, config, groups=groups)
+    val, _ = S.validation_split(48, config, groups)
+    assert model.score_stats["count"] == len(val) == 8
+    scores = score_batch(model, images[val]).scores.double()
+    assert model.score_stats["mean"] == pytest.approx(float(scores.mean()), rel=1e-5)
+
+
 def test_training_input_errors():
     with pytest.raises(ValueError, match=r"training images are 16x16 but the config.s image_size is 32"):
         PatchGAN.fit(blobs(8, size=16), TrainConfig(**SMALL))

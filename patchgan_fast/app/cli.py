@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import threading
@@ -57,19 +58,39 @@ def cmd_train(a) -> int:
         raise UsageError(f"--out {a.out!r} is a folder; expected the model file to write (e.g. model.pgf)")
     if a.unlabelled:
         check_inputs(a.unlabelled)
-    images, _, errors = load_collection(a.data, a.size, a.channels, a.resize, workers(a.workers))
+    images, ids, errors = load_collection(a.data, a.size, a.channels, a.resize, workers(a.workers))
     print(f"training {a.method} on {len(images)} normal images ({len(errors)} unreadable files skipped), "
           f"{images.shape[1]}x{a.size}x{a.size}", file=sys.stderr)
     pool = None
     if a.unlabelled:
         pool, _, errors = load_collection(a.unlabelled, a.size, images.shape[1], a.resize, workers(a.workers))
         print(f"and an unlabelled pool of {len(pool)} images ({len(errors)} unreadable files skipped)", file=sys.stderr)
+    groups = _groups(a.group_by, ids) if a.group_by is not None else None
     try:
-        train(images, config, a.out, unlabelled=pool, resume=a.resume)
+        train(images, config, a.out, unlabelled=pool, groups=groups, resume=a.resume)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     print(f"model written to {printable(a.out)}")
     return 0
+
+
+def _groups(pattern: str, ids) -> list[str]:
+    """The subject of each training image: the first group (else the whole match) of ``pattern`` searched in its
+    file's path.
+
+    Raises:
+        UsageError: an invalid pattern, or files it does not match (the first few named).
+    """
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise UsageError(f"--group-by {pattern!r} is not a regular expression: {exc}") from exc
+    found = [regex.search(str(path)) for path, _ in ids]
+    missing = sorted({str(path) for (path, _), m in zip(ids, found) if m is None})
+    if missing:
+        raise UsageError(f"--group-by {pattern!r} matches no part of {len(missing)} file path(s), e.g. "
+                         f"{', '.join(map(printable, missing[:3]))}; expected it in every training file's path")
+    return [m.group(1) if m.groups() and m.group(1) is not None else m.group(0) for m in found]
 
 
 def cmd_screen(a) -> int:
@@ -159,6 +180,10 @@ def _train_parser(sub) -> None:
     t.add_argument("--neighbour-k", type=_POSITIVE, default=None, help="nearest training images per score (default 5)")
     t.add_argument("--neighbour-bank", type=_POSITIVE, default=None,
                    help="most training images whose features the model file keeps (default 1000)")
+    t.add_argument("--group-by", default=None, metavar="REGEX",
+                   help="hold out whole subjects for validation (and the flag threshold): a regular expression "
+                        "whose first group, else whole match, in each file's path names its subject, e.g. "
+                        "'(sub-[0-9]+)' (default: images at random, so the flag of a new subject's slices runs high)")
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--checkpoint-dir", default=None, help="where resumable checkpoints go (default OUT.checkpoints/)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")

@@ -35,18 +35,19 @@ def load_model(path: str | os.PathLike, map_location="cpu") -> Model:
     return PatchGAN.from_state(state, repr(str(path)))
 
 
-def train(data, config: TrainConfig | SAGANConfig, out: str | os.PathLike, *, unlabelled=None,
+def train(data, config: TrainConfig | SAGANConfig, out: str | os.PathLike, *, unlabelled=None, groups=None,
           resume: bool = False) -> Model:
     """Trains the method of ``config`` (a :class:`TrainConfig`: the Patch-GAN; a :class:`SAGANConfig`: SAGAN) on
     normal images ``data`` and, when given, the ``unlabelled`` pool, and writes the model file (rank 0); the
-    entry point of ``patchgan-fast train``."""
+    entry point of ``patchgan-fast train``. ``groups``: one label per image (its subject); validation holds out
+    whole groups (:func:`~patchgan_fast.models.schedule.validation_split`)."""
     if isinstance(config, SAGANConfig):
         world, rank = distributed()
         if world > 1:
             raise ValueError("SAGAN trains in one process; run it without torchrun")
-        model = SAGAN.fit(data, config, unlabelled=unlabelled, resume=resume)
+        model = SAGAN.fit(data, config, unlabelled=unlabelled, groups=groups, resume=resume)
     else:
-        model = PatchGAN.fit(data, config, unlabelled=unlabelled, resume=resume)
+        model = PatchGAN.fit(data, config, unlabelled=unlabelled, groups=groups, resume=resume)
     world, rank = distributed()
     if rank == 0:
         model.save(out)

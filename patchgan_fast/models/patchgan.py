@@ -165,10 +165,12 @@ class PatchGAN(nn.Module):
         return torch.cat(feats)
 
     @classmethod
-    def fit(cls, data, config: Optional[TrainConfig] = None, *, unlabelled=None, resume: bool = False) -> "PatchGAN":
+    def fit(cls, data, config: Optional[TrainConfig] = None, *, unlabelled=None, groups=None,
+            resume: bool = False) -> "PatchGAN":
         """Trains on normal images, and on an unlabelled pool when one is given (the semi-supervised setting);
-        see :func:`patchgan_fast.models.training.fit`."""
-        return training.fit(cls, data, config or TrainConfig(), unlabelled=unlabelled, resume=resume)
+        ``groups`` (one label per image, e.g. its subject) holds out whole groups for validation; see
+        :func:`patchgan_fast.models.training.fit`."""
+        return training.fit(cls, data, config or TrainConfig(), unlabelled=unlabelled, groups=groups, resume=resume)
 
     # ------------------------------------------------------------------------- files
 

@@ -422,9 +422,9 @@ class SAGAN(nn.Module):
 
     @classmethod
     def fit(cls, normal: Tensor, config: Optional[SAGANConfig] = None, *, unlabelled: Optional[Tensor] = None,
-            resume: bool = False) -> "SAGAN":
+            groups=None, resume: bool = False) -> "SAGAN":
         """Trains on labelled normal images and an unlabelled pool (:func:`fit`)."""
-        return fit(cls, normal, config or SAGANConfig(), unlabelled=unlabelled, resume=resume)
+        return fit(cls, normal, config or SAGANConfig(), unlabelled=unlabelled, groups=groups, resume=resume)
 
     # ------------------------------------------------------------------------- files
 
@@ -499,7 +499,7 @@ def _check_pool(unlabelled, normal_source: Source, config: SAGANConfig) -> Optio
     return pool
 
 
-def fit(cls, normal, config: SAGANConfig, *, unlabelled=None, resume: bool = False) -> SAGAN:
+def fit(cls, normal, config: SAGANConfig, *, unlabelled=None, groups=None, resume: bool = False) -> SAGAN:
     """Trains SAGAN.
 
     Args:
@@ -509,6 +509,8 @@ def fit(cls, normal, config: SAGANConfig, *, unlabelled=None, resume: bool = Fal
         unlabelled: the unlabelled pool (same form; normal and abnormal images mixed, labels unknown). None: the
             one-class setting, where the normal images stand in for the pool (the adversarial term then asks
             only that restored normals look normal).
+        groups: one label per normal image (e.g. the subject a slice belongs to): the validation share is held
+            out as whole groups (:func:`~patchgan_fast.models.schedule.validation_split`). None: images at random.
         resume: continue from ``config.checkpoint_dir``'s checkpoint when there is one.
 
     Returns:
@@ -524,7 +526,7 @@ def fit(cls, normal, config: SAGANConfig, *, unlabelled=None, resume: bool = Fal
     src = Source(normal, config)
     pool = _check_pool(unlabelled, src, config)
     device = _device(config)
-    val_idx, train_idx = validation_split(src.n, config)
+    val_idx, train_idx = validation_split(src.n, config, groups)
     if len(train_idx) < 2:
         raise ValueError(f"SAGAN needs at least 2 normal training images after the validation split, got "
                          f"{len(train_idx)} (val_fraction {config.val_fraction})")

@@ -4,6 +4,8 @@ resumed run, or rank r of a DDP run, reads exactly the batches it would have."""
 
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import torch
 from torch import Tensor
 
@@ -107,12 +109,42 @@ def batches(src: Source, order: Order, start: int, config: TrainConfig, rank: in
         yield torch.tensor(keys, dtype=torch.int64), x
 
 
-def validation_split(n: int, config: TrainConfig) -> tuple[Tensor, Tensor]:
+def validation_split(n: int, config: TrainConfig, groups: Optional[Sequence] = None) -> tuple[Tensor, Tensor]:
     """The indices (validation, training) into ``n`` normal images as :func:`fit` splits them: a
-    ``config.val_fraction`` share (at least one image left to train on), drawn with ``config.seed``."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
-    n_val = min(int(round(n * config.val_fraction)) if config.val_fraction > 0 else 0, n - 1)
-    return perm[:n_val], perm[n_val:]
+    ``config.val_fraction`` share (at least one image left to train on), drawn with ``config.seed``.
+
+    ``groups`` (one label per image, e.g. the subject of each slice): whole groups are held out, in a seeded
+    order, until they hold the share (at least one group, and one left to train on), so the validation
+    scores, and the flag threshold taken from them, describe images of unseen subjects, not other slices
+    of the training subjects.
+
+    Raises:
+        ValueError: ``groups`` not one label per image, or fewer than two groups.
+    """
+    gen = torch.Generator().manual_seed(config.seed)
+    if groups is None:
+        perm = torch.randperm(n, generator=gen)
+        n_val = min(int(round(n * config.val_fraction)) if config.val_fraction > 0 else 0, n - 1)
+        return perm[:n_val], perm[n_val:]
+    labels = groups.tolist() if isinstance(groups, Tensor) else list(groups)
+    if len(labels) != n:
+        raise ValueError(f"expected one group label per image ({n}), got {len(labels)}")
+    names = sorted(set(labels), key=repr)
+    if len(names) < 2:
+        raise ValueError(f"expected at least two groups to hold some out for validation, got {len(names)}")
+    held, count = set(), 0
+    if config.val_fraction > 0:
+        sizes = {g: 0 for g in names}
+        for g in labels:
+            sizes[g] += 1
+        for i in torch.randperm(len(names), generator=gen).tolist()[:-1]:
+            if count >= n * config.val_fraction and held:
+                break
+            held.add(names[i])
+            count += sizes[names[i]]
+    val = torch.tensor([i for i, g in enumerate(labels) if g in held], dtype=torch.long)
+    train = torch.tensor([i for i, g in enumerate(labels) if g not in held], dtype=torch.long)
+    return val, train
 
 
 def bank_choice(n: int, config: TrainConfig) -> Tensor:

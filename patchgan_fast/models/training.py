@@ -350,7 +350,7 @@ class _Run:
         return val
 
 
-def fit(cls, data, config: TrainConfig, *, unlabelled=None, resume: bool = False) -> "PatchGAN":
+def fit(cls, data, config: TrainConfig, *, unlabelled=None, groups=None, resume: bool = False) -> "PatchGAN":
     """Trains a Patch-GAN on normal images (:meth:`PatchGAN.fit <patchgan_fast.PatchGAN.fit>`).
 
     Args:
@@ -360,6 +360,8 @@ def fit(cls, data, config: TrainConfig, *, unlabelled=None, resume: bool = False
         config: the run (:class:`TrainConfig`).
         unlabelled: an unlabelled pool in the same form (normal and abnormal images mixed, labels unknown), the
             semi-supervised setting: see ``TrainConfig.unlabelled_weight``. None: normal images only.
+        groups: one label per normal image (e.g. the subject a slice belongs to): the validation share is held
+            out as whole groups (:func:`~patchgan_fast.models.schedule.validation_split`). None: images at random.
         resume: continue from ``config.checkpoint_dir``'s checkpoint when there is one.
 
     Returns:
@@ -373,7 +375,7 @@ def fit(cls, data, config: TrainConfig, *, unlabelled=None, resume: bool = False
     if pool is not None and pool.channels != src.channels:
         raise ValueError(f"the unlabelled images have {pool.channels} channel(s), the normal images {src.channels}: "
                          "give both the same")
-    val_idx, train_idx = validation_split(src.n, config)
+    val_idx, train_idx = validation_split(src.n, config, groups)
     _check_neighbour_data(config, src.n, len(val_idx), len(train_idx))
     mean, std = _input_statistics(src, train_idx)
     torch.manual_seed(config.seed)
