@@ -8,7 +8,7 @@ import torch
 from helpers import write_brain_templates
 
 from patchgan_fast.data.datasets import brain_lesions as L
-from patchgan_fast.data.datasets.brain_subjects import (brain_subjects_pool, find_mni_template,
+from patchgan_fast.data.datasets.brain_subjects import (FOV_MM, brain_subjects_pool, find_mni_template,
                                                         load_brain_subjects)
 
 
@@ -53,7 +53,7 @@ def test_training_and_test_subjects_and_positions_are_disjoint(templates):
 def test_each_kind_stays_in_its_size_range_and_is_at_least_two_pixels(templates):
     for size in (48, 96):
         _, test = _load(templates, size=size, test_subjects=6)
-        px = 192 / size
+        px = FOV_MM / size
         for kind, s, mask in zip(test.kinds, test.sizes_mm.tolist(), test.lesions[:, 0]):
             if not kind:
                 continue
@@ -62,7 +62,7 @@ def test_each_kind_stays_in_its_size_range_and_is_at_least_two_pixels(templates)
             assert int(mask.sum()) >= 3, (kind, int(mask.sum()))  # two pixels across at least
 
 
-def test_lesion_masks_are_exactly_the_changed_pixels(templates):
+def test_lesion_masks_are_exactly_the_pixels_the_lesion_tissue_changed(templates):
     _, test = _load(templates)
     rng = np.random.default_rng(0)
     # a noise-free slice with its tissue maps, from the loader's own subject renderer
@@ -74,10 +74,16 @@ def test_lesion_masks_are_exactly_the_changed_pixels(templates):
     x, gm, wm, brain = values[0, 1], values[1, 1], values[2, 1], values[3, 1] > 0.5
     for kind in L.KINDS:
         out, lesion = L.draw(kind, x, gm, wm, brain, 4.0, rng)
-        changed = np.abs(out.astype(np.float64) - x) > L.TOLERANCE
+        changed = np.abs(out.astype(np.float64) - lesion.anatomy) > L.TOLERANCE
         assert lesion.kind == kind and lesion.mask.any()
         assert np.array_equal(lesion.mask, changed)
         assert not lesion.mask[~brain].any(), "lesions stay in the brain"
+        if kind == "tumour":  # the anatomy its mass effect pushed aside: moved, outside the brain untouched
+            moved = np.abs(lesion.anatomy.astype(np.float64) - x) > L.TOLERANCE
+            assert moved.any() and not moved[~brain].any()
+            assert np.abs(out - lesion.anatomy)[~lesion.mask].max() <= L.TOLERANCE
+        else:
+            assert np.array_equal(lesion.anatomy, x) and np.array_equal(changed, np.abs(out - x) > L.TOLERANCE)
     with pytest.raises(ValueError, match="unknown lesion kind 'cyst'"):
         L.draw("cyst", x, gm, wm, brain, 4.0, rng)
     with pytest.raises(ValueError, match="holds 0 brain pixels"):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..data import image_key, read_images
-from ..data.datasets.brain_subjects import QUICK, load_brain_subjects
+from ..data.datasets.brain_subjects import FOV_MM, QUICK, load_brain_subjects
 from ..evaluation import image_metrics, plot_distributions, plot_roc
 from ..evaluation.tables import brain_figures
 from ..models import PatchGAN, TrainConfig
@@ -70,13 +70,13 @@ def run(args) -> int:
     subjects = len(set(train.subjects.tolist())), len(set(test.subjects.tolist()))
     print(f"brain MRI: {len(train.images)} normal training slices of {subjects[0]} subjects, {len(test.images)} held-out "
           f"slices of {subjects[1]} other subjects ({int(test.labels.sum())} with a lesion), {args.size}x{args.size} "
-          f"({192 / args.size:.1f} mm pixels); device {device}")
+          f"({FOV_MM / args.size:.1f} mm pixels); device {device}")
 
     config = TrainConfig(image_size=args.size, patch_size=args.patch_size, width=16, depth=4, skips=True,
                          loss="reconstruction", steps=args.steps, batch_size=args.batch_size, lr=1e-3, val_every=100,
                          seed=args.seed)
     t0 = time.perf_counter()
-    model = PatchGAN.fit(train.images, config)
+    model = PatchGAN.fit(train.images, config, groups=train.subjects)  # whole subjects validate: a calibrated flag
     model.save(out / "brain-mri.pgf")
     print(f"trained {args.steps} steps in {time.perf_counter() - t0:.0f} s -> {out / 'brain-mri.pgf'}")
 
@@ -95,8 +95,10 @@ def run(args) -> int:
         rows = list(csv.DictReader(f))
     flagged = [r for r in rows if r["flagged"] == "1"]
     caught = sum("normal" not in r["path"] for r in flagged)
-    print(f"flagged (score above the 99th percentile of normal validation scores): {len(flagged)} slices, "
-          f"{caught} of them with a lesion ({caught} of {int(test.labels.sum())} lesions caught)")
+    lesioned = int(test.labels.sum())
+    print(f"flagged (score above the 99th percentile of the normal validation subjects' scores): {len(flagged)} "
+          f"slices: {caught} of the {lesioned} with a lesion, {len(flagged) - caught} of the {len(rows) - lesioned} "
+          f"normal ones")
 
     # the same images as the screening read them, for the comparisons below
     images = torch.stack([read_images(slices / n)[0].pixels for n in names]).to(device)

@@ -4,7 +4,9 @@ Sizes are in millimetres (converted with the slice's pixel size; nothing is draw
 across) and intensities relative to the slice's white matter (WM), following what the pathology looks like on
 T1-weighted images:
 
-- ``tumour``: glioma-like, 10-50 mm across, solid (hypointense, between grey matter and WM: 0.55-0.75 x WM) or
+- ``tumour``: glioma-like, 10-50 mm across, solid (hypointense, darker than grey matter, which is about 0.74 x WM
+  in these templates: 0.4-0.6 x WM; the T1 of solid glioma measured by MR fingerprinting is about twice white
+  matter's and longer than grey matter's, Badve et al., AJNR 38(3), 2017) or
   ring-enhancing (contrast-enhanced rim 1.05-1.3 x WM around a necrotic core 0.25-0.45 x WM, near CSF), with
   vasogenic oedema (mildly hypointense, 0.75-0.9 x WM) spreading into the surrounding WM, and mass effect that
   pushes the anatomy around it outwards. (BraTS: Menze et al., IEEE TMI 34(10), 2015; Bakas et al., Sci Data 4,
@@ -18,8 +20,11 @@ T1-weighted images:
 - ``small``: one solitary round lesion 3-6 mm across in grey or white matter (lacune-like, hypointense close to
   CSF, 0.25-0.45 x WM, or hyperintense 1.15-1.35 x WM like an enhancing metastasis).
 
-Each lesion's mask marks exactly the pixels whose noise-free value it changed by more than ``TOLERANCE`` (so
-a tumour's mask holds its oedema and the anatomy its mass effect moved).
+Each lesion's mask marks exactly the pixels whose noise-free value its tissue changed by more than ``TOLERANCE``,
+against the anatomy as the lesion's mass effect left it: a tumour's mask holds its core, rim and oedema but not
+the normal tissue its mass effect pushed aside, as expert annotations do (BraTS labels tumour and oedema). A
+mask of every pixel the displacement moved would be a speckle over half the hemisphere, wherever an edge moved
+by a fraction of a pixel.
 """
 
 from __future__ import annotations
@@ -40,11 +45,13 @@ TOLERANCE = 0.02  # a pixel counts as changed above this (intensities in [0, 1];
 @dataclass
 class Lesion:
     """What :func:`draw` drew: the kind, its nominal size in mm (``SIZE_RANGES_MM``, raised to 2 pixels where a
-    pixel is over 1.5 mm) and the changed pixels."""
+    pixel is over 1.5 mm), the pixels its tissue changed (``mask``) and the anatomy it was drawn over (the slice
+    as the mass effect left it: the input slice itself for every kind but the tumour)."""
 
     kind: str
     size_mm: float
     mask: np.ndarray
+    anatomy: np.ndarray
 
 
 def size_bin_mm(size_mm: float) -> str:
@@ -98,7 +105,8 @@ def _tumour(x, gm, wm, brain, edge_mm, px_mm, rng, wm_level):
     if centre is None:
         centre = _pick(rng, brain & (edge_mm >= edge_mm.max() * 0.6))
     cy, cx = centre
-    out = _mass_effect(x, brain, cy, cx, r, rng.uniform(0.15, 0.35))
+    anatomy = _mass_effect(x, brain, cy, cx, r, rng.uniform(0.15, 0.35))
+    out = anatomy
     yy, xx = np.mgrid[0:x.shape[0], 0:x.shape[1]].astype(np.float64)
     angle = np.arctan2(yy - cy, xx - cx)
     lobes = 1 + sum(rng.uniform(-0.08, 0.08) * np.cos(k * angle + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5))
@@ -108,13 +116,13 @@ def _tumour(x, gm, wm, brain, edge_mm, px_mm, rng, wm_level):
     out = _blend(out, w_oedema, rng.uniform(0.75, 0.9) * wm_level * _texture(rng, x.shape))
     w_tumour = _disc_weight(rho - r) * brain
     if rng.random() < 0.5:  # solid
-        out = _blend(out, w_tumour, rng.uniform(0.55, 0.75) * wm_level * _texture(rng, x.shape, 0.06))
+        out = _blend(out, w_tumour, rng.uniform(0.4, 0.6) * wm_level * _texture(rng, x.shape, 0.06))
     else:  # ring-enhancing rim around a necrotic core
         out = _blend(out, w_tumour, rng.uniform(1.05, 1.3) * wm_level * _texture(rng, x.shape, 0.06))
         rim_px = max(2 * px_mm, rng.uniform(2.0, 5.0)) / px_mm
         core = _disc_weight(rho - max(r - rim_px, 1.0)) * brain
         out = _blend(out, core, rng.uniform(0.25, 0.45) * wm_level * _texture(rng, x.shape))
-    return out, d_mm
+    return out, d_mm, anatomy
 
 
 def _ms(x, gm, wm, brain, edge_mm, px_mm, rng, wm_level):
@@ -144,7 +152,7 @@ def _ms(x, gm, wm, brain, edge_mm, px_mm, rng, wm_level):
         weight = _disc_weight((np.hypot(u, v) - 1) * min(half_long, half_short)) * brain
         out = _blend(out, weight, rng.uniform(0.4, 0.7) * wm_level * _texture(rng, x.shape))
         longest = max(longest, length)
-    return out, longest
+    return out, longest, x
 
 
 def _infarct(x, gm, wm, brain, edge_mm, px_mm, rng, wm_level):
@@ -167,7 +175,7 @@ def _infarct(x, gm, wm, brain, edge_mm, px_mm, rng, wm_level):
     inside = (np.arccos(np.clip(cos, -1, 1)) - half_angle) * np.maximum(dist, 1.0)  # ~ pixels outside the wedge
     weight = np.minimum(_disc_weight(inside), _disc_weight(dist - length / px_mm * 1.1)) * brain
     out = _blend(x, weight, rng.uniform(0.3, 0.5) * wm_level * _texture(rng, x.shape))
-    return out, length
+    return out, length, x
 
 
 def _small(x, gm, wm, brain, edge_mm, px_mm, rng, wm_level):
@@ -177,7 +185,7 @@ def _small(x, gm, wm, brain, edge_mm, px_mm, rng, wm_level):
     yy, xx = np.mgrid[0:x.shape[0], 0:x.shape[1]].astype(np.float64)
     weight = _disc_weight(np.hypot(yy - cy, xx - cx) - d_mm / 2 / px_mm) * brain
     level = rng.uniform(0.25, 0.45) if rng.random() < 0.6 else rng.uniform(1.15, 1.35)
-    return _blend(x, weight, level * wm_level * _texture(rng, x.shape)), d_mm
+    return _blend(x, weight, level * wm_level * _texture(rng, x.shape)), d_mm, x
 
 
 _DRAW = {"tumour": _tumour, "ms": _ms, "infarct": _infarct, "small": _small}
@@ -196,8 +204,9 @@ def draw(kind: str, x: np.ndarray, gm: np.ndarray, wm: np.ndarray, brain: np.nda
     white matter probabilities ``gm``, ``wm`` and brain mask ``brain``; ``px_mm`` is the pixel size.
 
     Returns:
-        (the lesioned slice, :class:`Lesion`), the mask exactly the pixels changed by more than ``TOLERANCE``
-        (a lesion that would change fewer than 3 pixels is drawn again elsewhere, up to 8 times).
+        (the lesioned slice, :class:`Lesion`), the mask exactly the pixels where the lesioned slice differs from
+        ``Lesion.anatomy`` by more than ``TOLERANCE`` (a lesion that would change fewer than 3 pixels is drawn
+        again elsewhere, up to 8 times).
     Raises:
         ValueError: an unknown kind, or a slice without brain.
     """
@@ -208,9 +217,9 @@ def draw(kind: str, x: np.ndarray, gm: np.ndarray, wm: np.ndarray, brain: np.nda
     edge_mm = ndimage.distance_transform_edt(brain) * px_mm
     level = white_matter_level(x, wm, brain)
     for _ in range(8):  # a lesion drawn where the tissue already looks like it changes too little: draw again
-        out, size_mm = _DRAW[kind](x.astype(np.float64), gm, wm, brain, edge_mm, px_mm, rng, level)
-        out = np.clip(out, 0.0, 1.0).astype(x.dtype)
-        mask = np.abs(out.astype(np.float64) - x) > TOLERANCE
+        out, size_mm, anatomy = _DRAW[kind](x.astype(np.float64), gm, wm, brain, edge_mm, px_mm, rng, level)
+        out, anatomy = np.clip(out, 0.0, 1.0).astype(x.dtype), np.clip(anatomy, 0.0, 1.0).astype(x.dtype)
+        mask = np.abs(out.astype(np.float64) - anatomy) > TOLERANCE
         if mask.sum() >= 3:
             break
-    return out, Lesion(kind, size_mm, mask)
+    return out, Lesion(kind, size_mm, mask, anatomy)

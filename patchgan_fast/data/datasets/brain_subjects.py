@@ -9,7 +9,7 @@ A subject is one template (they alternate) warped by a random smooth displacemen
 about 2.5 cm: inter-subject anatomy) and a residual registration error (+-3 degrees about each axis, +-3 % scale,
 +-2 mm shift), then imaged with a contrast change (gamma 0.85-1.15), a smooth multiplicative bias field (about
 +-10 %) and Rician noise (white matter SNR 15-30), and standardized per subject inside the brain (its 99th
-percentile maps to 0.95). Outside the brain is 0 (skull-stripped). Slices are axial, 192 mm square (1.5 mm pixels at
+percentile maps to 0.95). Outside the brain is 0 (skull-stripped). Slices are axial, 208 mm square (1.6 mm pixels at
 128 x 128), at 2 mm steps; positions in blocks of five: three train, one tests, one is a gap, so test slices come
 from held-out positions, and training and test subjects are different subjects. Each test slice appears twice,
 normal and with one lesion (the kinds in turn). Everything is seeded.
@@ -33,8 +33,8 @@ from .brain_mri import BrainMRISplit, find_brain_volume
 
 MNI_ENV_VAR = "PATCHGAN_FAST_MNI"
 _MNI_FILES = {k: f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")}
-FOV_MM = 192.0
-_CENTRE = (0.0, -18.0, 20.0)  # x, y, z (mm, MNI) the slices are centred on
+FOV_MM = 208.0  # the templates' brains span 180 mm front to back: 14 mm to spare for the warps and misregistration
+_CENTRE = (0.0, -16.0, 20.0)  # x, y, z (mm, MNI) the slices are centred on (the brains' middle front to back)
 _Z_MM = np.arange(-30.0, 76.0, 2.0)  # axial positions
 QUICK = dict(size=64, train_subjects=12, test_subjects=6)
 
@@ -269,7 +269,7 @@ def load_brain_subjects(
     (the kinds in turn).
 
     Args:
-        size: slice side in pixels (192 mm across: 128 gives 1.5 mm pixels); ``QUICK`` holds the CI setting.
+        size: slice side in pixels (208 mm across: 128 gives 1.6 mm pixels); ``QUICK`` holds the CI setting.
         path: Colin27's ``ch2bet.nii.gz`` or its folder (:func:`~.brain_mri.find_brain_volume`).
         mni_path: a folder with the MNI ICBM152 files (:func:`find_mni_template`).
 
