@@ -12,7 +12,9 @@ slices in several ways, none of which looks at a test label to choose anything (
   1/8 and 1/2 resolution) against the nearest feature of any training image within one cell of it;
 - ``error / neighbours' error``: each pixel's error in units of the errors at that pixel of the k most similar
   images (4 x 4-pooled pixels) among the validation subjects, the training images or both (mean and standard
-  deviation, 5 x 5-smoothed): "how unusual is this error for an image like this one, here".
+  deviation, 5 x 5-smoothed): "how unusual is this error for an image like this one, here";
+- ``eq. 5, position weights of the k most similar``: the paper's score with the package's position weights
+  (1.1 m / (m_pos + 0.1 m)) taken per query from the k validation images most like it, not from all of them.
 
     python experiments/brain_subjects_levers.py [--patch 8,4] [--steps 300] [--cache /tmp/levers]
         # about 4 minutes per patch size on 2 CPU cores
@@ -21,6 +23,7 @@ Results: experiments/results/cpu-experiment-brain-subjects.md
 """
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -31,6 +34,7 @@ from patchgan_fast import PatchGAN, TrainConfig, score_batch
 from patchgan_fast.data.datasets.brain_subjects import QUICK, load_brain_subjects
 from patchgan_fast.evaluation.tables import brain_figures
 from patchgan_fast.models.schedule import validation_split
+from patchgan_fast.ops import rank_patch_errors
 from patchgan_fast.scoring import error_maps
 
 KINDS = ("tumour", "infarct", "ms", "small")
@@ -118,6 +122,19 @@ def main():
                     e = F.avg_pool2d(raw_test[:, None], 3, 1, 1)[:, 0]
                     z = (e - mu) / (sd + 0.1 * sd.mean()) * fg
                     report(f"error / neighbours' error, {bank}, k {k}, max", z.flatten(1).amax(1), z, test)
+            # the same at the patch grid, kept in eq. 5: position weights 1.1 m / (m_pos + 0.1 m) with m_pos the
+            # mean patch error at each position of the k validation images most like the query (not of all of them)
+            plain = dataclasses.replace(model.score_config, patch_weights=None)
+            errors_test = score_batch(model, test.images, plain).patch_errors.double()
+            errors_val = score_batch(model, train.images[val], plain).patch_errors.double()
+            m = errors_val.mean()
+            config = model.score_config
+            near = torch.cdist(describe(test.images), describe(train.images[val]))
+            for k in (5, 10, 20):
+                m_pos = errors_val[near.topk(k, 1, largest=False).indices].mean(1)
+                weighted = errors_test * 1.1 * m / (m_pos + 0.1 * m)
+                scores = rank_patch_errors(weighted, top_weights=config.top_weights, rest_weight=config.rest_weight)
+                report(f"eq. 5, position weights of the {k} most similar validation images", scores.float(), em, test)
 
 
 if __name__ == "__main__":
