@@ -33,7 +33,7 @@ from .brain_mri import BrainMRISplit, find_brain_volume
 
 MNI_ENV_VAR = "PATCHGAN_FAST_MNI"
 _MNI_FILES = {k: f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")}
-FOV_MM = 208.0  # the templates' brains span 180 mm front to back: 14 mm to spare for the warps and misregistration
+FOV_MM = 208.0  # the brains span 180 mm front to back: 14 mm to spare at each end for warps and misregistration
 _CENTRE = (0.0, -16.0, 20.0)  # x, y, z (mm, MNI) the slices are centred on (the brains' middle front to back)
 _Z_MM = np.arange(-30.0, 76.0, 2.0)  # axial positions
 QUICK = dict(size=64, train_subjects=12, test_subjects=6)
