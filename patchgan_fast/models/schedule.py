@@ -4,6 +4,7 @@ resumed run, or rank r of a DDP run, reads exactly the batches it would have."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Optional, Sequence
 
 import torch
@@ -129,19 +130,16 @@ def validation_split(n: int, config: TrainConfig, groups: Optional[Sequence] = N
     labels = groups.tolist() if isinstance(groups, Tensor) else list(groups)
     if len(labels) != n:
         raise ValueError(f"expected one group label per image ({n}), got {len(labels)}")
-    names = sorted(set(labels), key=repr)
+    sizes = Counter(labels)
+    names = sorted(sizes, key=repr)
     if len(names) < 2:
         raise ValueError(f"expected at least two groups to hold some out for validation, got {len(names)}")
     held, count = set(), 0
-    if config.val_fraction > 0:
-        sizes = {g: 0 for g in names}
-        for g in labels:
-            sizes[g] += 1
-        for i in torch.randperm(len(names), generator=gen).tolist()[:-1]:
-            if count >= n * config.val_fraction and held:
-                break
-            held.add(names[i])
-            count += sizes[names[i]]
+    for i in torch.randperm(len(names), generator=gen).tolist()[:-1]:  # the last group always trains
+        if count >= n * config.val_fraction:
+            break
+        held.add(names[i])
+        count += sizes[names[i]]
     val = torch.tensor([i for i, g in enumerate(labels) if g in held], dtype=torch.long)
     train = torch.tensor([i for i, g in enumerate(labels) if g not in held], dtype=torch.long)
     return val, train
