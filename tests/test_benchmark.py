@@ -26,6 +26,7 @@ def test_quick_fashion_mnist_benchmark(tmp_path):
     default = "patchgan (msgms error, loss default, ranking paper, position weights)"
     assert default in table
     assert "patchgan, multi-scale scoring (patches 16+8+4)" in table and "patchgan + nearest-neighbour discriminator features (k = 5)" in table
+    assert "patchgan + nearest-neighbour patches features (k = 40)" in table
     assert "patchgan, mse+msgms error, no position weights" in table and "patchgan, mse error, no position weights" in table
     records = json.loads((out / "results.json").read_text())
     means = [r for r in records if r["metric"] == "mean_image_auroc"]
@@ -36,9 +37,9 @@ def test_quick_fashion_mnist_benchmark(tmp_path):
     assert {r["config"]["method"] for r in records if r["metric"] == "train_and_score_seconds"} == {"patchgan", "ae", "ocsvm"}
     # every Table 2 row is in the JSON too: per class and its mean, with the figure the table prints
     variants = {r["config"]["variant"]: r["value"] for r in means if "variant" in r["config"]}
-    assert len(variants) == 9 and f"| patchgan, ranking off (sum) | {100 * variants['patchgan, ranking off (sum)']:.1f} |" in table
+    assert len(variants) == 10 and f"| patchgan, ranking off (sum) | {100 * variants['patchgan, ranking off (sum)']:.1f} |" in table
     assert variants[default] == next(r["value"] for r in means if r["config"]["method"] == "patchgan" and "variant" not in r["config"])
-    assert len([r for r in records if r["metric"] == "image_auroc" and "variant" in r["config"]]) == 9 * 2
+    assert len([r for r in records if r["metric"] == "image_auroc" and "variant" in r["config"]]) == 10 * 2
     assert (out / "roc.png").stat().st_size > 0
     with Image.open(out / "scores.png") as fig3:  # one panel per method and the Patch-GAN without ranking, in a row
         assert fig3.size == (4 * 432, 384)

@@ -81,7 +81,7 @@ def test_nearest_neighbour_scoring_refuses_bad_arguments():
     images = blobs(4, seed=5)
     with pytest.raises(ValueError, match=r"expected k in 1\.\.\d+ \(the bank images\), got 0"):
         method.score_neighbours(images, k=0)
-    with pytest.raises(ValueError, match="expected features one of discriminator, bottleneck, discriminator\\+bottleneck, got 'pixels'"):
+    with pytest.raises(ValueError, match="expected features one of discriminator, bottleneck, discriminator\\+bottleneck, patches, got 'pixels'"):
         method.score_neighbours(images, features="pixels")
     no_val = get_method("patchgan", dataclasses.replace(CONFIG, steps=2, val_fraction=0.0)).fit(blobs(32))
     with pytest.raises(RuntimeError, match="nearest-neighbour scoring needs at least 2 held-out normal images, got 0"):

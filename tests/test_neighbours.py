@@ -10,10 +10,10 @@ import torch
 from helpers import SMALL, blobs
 from PIL import Image
 
-from patchgan_fast import PatchGAN, Scorer, ScoreConfig, TrainConfig, score_batch
+from patchgan_fast import PatchGAN, Scorer, ScoreConfig, TrainConfig, error_maps, score_batch
 from patchgan_fast.ops.reference import normalize_reference
 from patchgan_fast.cli import main
-from patchgan_fast.scoring.neighbours import Embedding
+from patchgan_fast.scoring.neighbours import Embedding, patch_distance_maps, patch_distances, patch_geometry
 from patchgan_fast.models.schedule import bank_choice, validation_split
 
 CONFIG = TrainConfig(**SMALL, steps=10, val_fraction=0.25, neighbours="bottleneck", neighbour_k=3, neighbour_bank=20)
@@ -103,7 +103,7 @@ def test_the_joint_space_puts_both_unit_vectors_side_by_side(model):
 
 
 def test_bad_settings_are_refused_with_what_was_given(model):
-    spaces = r"discriminator, bottleneck, discriminator\+bottleneck"
+    spaces = r"discriminator, bottleneck, discriminator\+bottleneck, patches"
     for bad, message in ((dict(neighbours="pixels"), f"expected features one of {spaces}, got 'pixels'"),
                          (dict(val_fraction=0.0), "needs held-out images to scale its score: val_fraction > 0, got 0.0"),
                          (dict(neighbour_k=0), "neighbour_k must be a positive int, got 0"),
@@ -149,3 +149,110 @@ def test_the_train_command_gives_the_model_a_bank_that_screening_uses(tmp_path):
     names = [f"{i}.png" for i in range(24)]
     expected = score_batch(model, blobs(24)).scores
     torch.testing.assert_close(torch.tensor([rows[n] for n in names]), expected, atol=1e-4, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- the 'patches' space
+
+
+def _direct_patch_maps(query, bank, k):
+    """patch_distance_maps computed another way: each bank image shifted by every offset (zeros where it leaves
+    the frame), channel-summed squared differences, their p x p window sums over the pixels inside the image
+    divided by the window's size inside the image (a convolution with ones), the minimum over the k most similar
+    bank images (pooled 16 x 16) and the offsets; 0 within e pixels of a background pixel."""
+    n, c, h, w = query.shape
+    p, r, e = patch_geometry(min(h, w))
+    pool = lambda x: torch.nn.functional.adaptive_avg_pool2d(x, 16).flatten(1)  # noqa: E731
+    order = ((pool(query)[:, None] - pool(bank)[None]) ** 2).sum(2).argsort(1)[:, :k]
+    ones = torch.ones(1, 1, p, p, dtype=torch.float64)
+    count = torch.nn.functional.conv2d(torch.ones(1, 1, h, w, dtype=torch.float64), ones, padding=p // 2)
+    out = torch.empty(n, h, w, dtype=torch.float64)
+    for i in range(n):
+        best = torch.full((h, w), float("inf"), dtype=torch.float64)
+        for j in order[i].tolist():
+            for dy in range(-r, r + 1):
+                for dx in range(-r, r + 1):
+                    shifted = torch.zeros(c, h, w, dtype=torch.float64)
+                    ys, xs = slice(max(0, -dy), min(h, h - dy)), slice(max(0, -dx), min(w, w - dx))
+                    yb, xb = slice(max(0, dy), min(h, h + dy)), slice(max(0, dx), min(w, w + dx))
+                    shifted[:, ys, xs] = bank[j, :, yb, xb].double()
+                    d = ((shifted - query[i].double()) ** 2).sum(0)[None, None]
+                    best = torch.minimum(best, (torch.nn.functional.conv2d(d, ones, padding=p // 2) / count)[0, 0])
+        out[i] = best
+    background = (query == 0).all(1)
+    near_background = torch.zeros_like(background)
+    for i, y, x in background.nonzero().tolist():
+        near_background[i, max(0, y - e):y + e + 1, max(0, x - e):x + e + 1] = True
+    return (out * ~near_background).float()
+
+
+def _brains(n, size=64, seed=0):
+    """Two-channel images, a bright textured disc on a zero background (a skull-stripped slice, roughly)."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    out = torch.zeros(n, 2, size, size)
+    for i in range(n):
+        radius = size * (0.35 + 0.05 * float(torch.rand(1, generator=g)))
+        inside = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < radius**2
+        out[i] = (0.4 + 0.4 * torch.rand(2, size, size, generator=g)) * inside
+    return out
+
+
+def test_patch_distance_maps_equal_a_direct_search():
+    assert [patch_geometry(s) for s in (32, 64, 128)] == [(1, 1, 1), (3, 2, 1), (5, 4, 2)]
+    bank, query = _brains(7), _brains(3, seed=1)
+    query[2] = torch.rand(2, 64, 64) * 0.9 + 0.05  # no background: nothing left out
+    got = patch_distance_maps(query, bank, k=3, chunk_elements=3 * 64 * 64 * 2)  # two queries per chunk
+    torch.testing.assert_close(got, _direct_patch_maps(query, bank, 3), atol=1e-5, rtol=1e-5)
+    assert (got[:2] == 0).any() and (got[2] > 0).all()
+    torch.testing.assert_close(patch_distances(query, bank, 3),
+                               torch.nn.functional.avg_pool2d(got[:, None], 3, 1, 1).flatten(1).amax(1))
+
+
+def test_a_patch_unlike_any_nearby_is_where_the_map_is_high():
+    bank = _brains(6)
+    query = bank[2:3].clone()
+    torch.testing.assert_close(patch_distance_maps(query, bank, 6), torch.zeros(1, 64, 64))  # a bank image: 0 everywhere
+    query[0, :, 30:34, 20:24] = 0.05  # a dark spot inside the disc
+    maps = patch_distance_maps(query, bank, 6)[0]
+    ys, xs = maps.nonzero().unbind(1)
+    assert maps.amax() > 0.1 and 27 <= ys.min() and ys.max() <= 36 and 17 <= xs.min() and xs.max() <= 26
+
+
+def test_a_patches_bank_holds_the_images_and_every_path_scores_with_it(tmp_path):
+    config = dataclasses.replace(CONFIG, neighbours="patches", neighbour_k=None)
+    assert config.neighbour_k == 20  # the default, 40, at most the bank
+    assert TrainConfig(neighbours="patches").neighbour_k == 40 and TrainConfig().neighbour_k == 5
+    model = PatchGAN.fit(TRAIN, config)
+    val, train = validation_split(len(TRAIN), config)
+    bank = TRAIN[train[bank_choice(len(train), config)]]
+    torch.testing.assert_close(model.feature_bank, bank.float() / 255, atol=1e-6, rtol=0)
+    result = score_batch(model, TEST)
+    torch.testing.assert_close(result.neighbour_distances, patch_distances(TEST.float() / 255, bank.float() / 255, 20),
+                               atol=1e-5, rtol=1e-5)
+    a, b, c, d = model.neighbour_scales
+    plain = dataclasses.replace(model.score_config, neighbour_scales=None)
+    torch.testing.assert_close(result.scores, (score_batch(model, TEST, plain).scores - a) / b
+                               + (result.neighbour_distances - c) / d, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(Scorer(model, compile="none", forward_batch=8)(TEST)[0], result.scores, atol=1e-5, rtol=1e-5)
+    model.save(tmp_path / "m.pgf")
+    loaded = PatchGAN.load(tmp_path / "m.pgf")
+    assert loaded.config == model.config and torch.equal(loaded.feature_bank, model.feature_bank)
+    assert torch.equal(score_batch(loaded, TEST).scores, result.scores)
+    # the abnormal test images (a bright square) are farther from the bank than the normal ones (blobs lie anywhere,
+    # unlike registered images, so a normal image's blob can also be far from every bank blob within 1 pixel)
+    assert result.neighbour_distances[6:].mean() > 2 * result.neighbour_distances[:6].mean()
+
+
+def test_a_patches_model_maps_both_parts_of_its_score():
+    config = dataclasses.replace(CONFIG, neighbours="patches", neighbour_k=None)
+    model = PatchGAN.fit(TRAIN, config)
+    plain = dataclasses.replace(model.score_config, neighbour_scales=None)
+    _, b, _, d = model.neighbour_scales
+    near = model.patch_distance_maps(TEST)
+    torch.testing.assert_close(near, patch_distance_maps(TEST.float() / 255, model.feature_bank, 20))
+    torch.testing.assert_close(error_maps(model, TEST), error_maps(model, TEST, plain) / b + near / d)
+    with pytest.raises(ValueError, match=r"the patches bank holds images of \(1, 32, 32\) \(C, H, W\); expected images of "
+                                         r"that shape, got \(1, 16, 16\)"):
+        model.patch_distance_maps(TEST[:, :, :16, :16])
+    with pytest.raises(RuntimeError, match="this model has no bank of patches \\(its feature bank: bottleneck\\)"):
+        PatchGAN.fit(TRAIN, CONFIG).patch_distance_maps(TEST)

@@ -175,9 +175,11 @@ def _train_parser(sub) -> None:
                    help="rank raw patch errors, without weighting each position by its normal validation error")
     t.add_argument("--neighbours", choices=FEATURE_SPACES, default=None,
                    help="also score by the distance of an image's features (this network's, or both's) to those of its "
-                        "nearest training images, added to the patch score in units of the validation images' "
-                        "(default: off)")
-    t.add_argument("--neighbour-k", type=_POSITIVE, default=None, help="nearest training images per score (default 5)")
+                        "nearest training images, or of each of its patches to the nearest patch near the same place in "
+                        "the most similar training images (patches: for registered collections, e.g. brain MRI), "
+                        "added to the patch score in units of the validation images' (default: off)")
+    t.add_argument("--neighbour-k", type=_POSITIVE, default=None,
+                   help="nearest training images per score (default 5; 40 with --neighbours patches)")
     t.add_argument("--neighbour-bank", type=_POSITIVE, default=None,
                    help="most training images whose features the model file keeps (default 1000)")
     t.add_argument("--group-by", default=None, metavar="REGEX",

@@ -12,6 +12,7 @@ About two minutes on a 2-core CPU.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import shutil
 import sys
 import time
@@ -72,9 +73,11 @@ def run(args) -> int:
           f"slices of {subjects[1]} other subjects ({int(test.labels.sum())} with a lesion), {args.size}x{args.size} "
           f"({FOV_MM / args.size:.1f} mm pixels); device {device}")
 
+    # neighbours="patches": registered slices, so each patch is also compared with the nearest patch near the same
+    # place in the most similar training slices (patchgan_fast.scoring.neighbours)
     config = TrainConfig(image_size=args.size, patch_size=args.patch_size, width=16, depth=4, skips=True,
                          loss="reconstruction", steps=args.steps, batch_size=args.batch_size, lr=1e-3, val_every=100,
-                         seed=args.seed)
+                         seed=args.seed, neighbours="patches")
     t0 = time.perf_counter()
     model = PatchGAN.fit(train.images, config, groups=train.subjects)  # whole subjects validate: a calibrated flag
     model.save(out / "brain-mri.pgf")
@@ -104,18 +107,21 @@ def run(args) -> int:
     images = torch.stack([read_images(slices / n)[0].pixels for n in names]).to(device)
     keys = torch.tensor([image_key(str(slices / n), None) for n in names], device=device)
     labels = test.labels.tolist()
-    ranked = score_batch(model, images, keys=keys)
-    unranked = score_batch(model, images, model.score_config.with_ranking("none"), keys=keys)
-    m_unranked = image_metrics(unranked.scores.cpu().tolist(), labels)
+    shipped = score_batch(model, images, keys=keys)
+    eq5 = dataclasses.replace(model.score_config, neighbour_scales=None)
+    ranked = score_batch(model, images, eq5, keys=keys).scores.cpu()
+    unranked = score_batch(model, images, eq5.with_ranking("none"), keys=keys).scores.cpu()
     heat = error_maps(model, images, keys=keys).cpu()
-    figures = brain_figures(ranked.scores.cpu(), heat, test)  # the benchmark's brain MRI figures
-    plot_roc({"ranked (paper 1.1, 1.0)": (ranked.scores.cpu().tolist(), labels),
-              "unranked (sum)": (unranked.scores.cpu().tolist(), labels)}, out / "roc.png", "brain MRI, lesions")
-    plot_distributions(ranked.scores.cpu().tolist(), labels, out / "scores.png", "brain MRI, ranked scores")
-    order = torch.argsort(ranked.scores.cpu(), descending=True)[:10].tolist()
+    figures = brain_figures(shipped.scores.cpu(), heat, test)  # the benchmark's brain MRI figures
+    curves = {"eq. 5 + nearest patches (shipped)": shipped.scores.cpu(), "eq. 5, ranked (paper 1.1, 1.0)": ranked,
+              "eq. 5, unranked (sum)": unranked, "nearest patches alone": shipped.neighbour_distances.cpu()}
+    plot_roc({k: (v.tolist(), labels) for k, v in curves.items()}, out / "roc.png", "brain MRI, lesions")
+    plot_distributions(shipped.scores.cpu().tolist(), labels, out / "scores.png", "brain MRI, scores")
+    order = torch.argsort(shipped.scores.cpu(), descending=True)[:10].tolist()
 
-    print(f"\nimage AUROC, ranked patches (paper weights 1.1, 1.0): {figures['image_auroc']:.3f}")
-    print(f"image AUROC, unranked (sum of the patch errors):     {m_unranked['auroc']:.3f}")
+    print()
+    for name, scores in curves.items():
+        print(f"image AUROC, {name + ':':<37}{image_metrics(scores.tolist(), labels)['auroc']:.3f}")
     print(f"pixel AUROC / AUPRC of the error map (lesioned slices): "
           f"{figures['pixel_auroc']:.3f} / {figures['pixel_auprc']:.3f}")
     kinds = sorted(set(test.kinds) - {""})

@@ -176,11 +176,18 @@ def _report(out: Path, rows: list[dict], errors: list[dict], heat: list[str], mo
     if isinstance(model, SAGAN):
         ref += ("<p>Model: SAGAN; score: the mean of |x - G(x)| / 2, the change its generator makes to restore a "
                 "normal-looking image.</p>")
+    elif model.feature_bank is not None and model.config.neighbours == "patches":
+        ref += (f"<p>Score: the ranked patch score (eq. 5) plus the largest distance of a patch of the image to the "
+                f"nearest patch near the same place in its {model.config.neighbour_k} most similar normal training "
+                f"images (the outline of the foreground left out), each in units of the normal validation "
+                f"images'.</p>")
     elif model.feature_bank is not None:
         ref += (f"<p>Score: the ranked patch score (eq. 5) plus the mean distance of the image's "
                 f"{e(model.config.neighbours)} features to those of its {model.config.neighbour_k} nearest normal "
                 f"training images, each in units of the normal validation images'.</p>")
     what_map = "|x - G(x)|" if isinstance(model, SAGAN) else "the reconstruction error of the masked copies"
+    if not isinstance(model, SAGAN) and model.feature_bank is not None and model.config.neighbours == "patches":
+        what_map += " plus each patch's distance to the nearest normal patch, each in its score units"
     doc = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>patchgan_fast screening report</title>
 <style>body{{font-family:sans-serif;margin:2em}}td{{padding:4px 8px;vertical-align:middle}}

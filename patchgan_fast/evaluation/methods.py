@@ -46,11 +46,13 @@ class PatchGANMethod:
         self.held_out: Optional[Tensor] = None
         self.trained_on: Optional[Tensor] = None
 
-    def fit(self, images: Tensor, unlabelled: Optional[Tensor] = None) -> "PatchGANMethod":
-        """Trains on normal ``images`` and, when given, the ``unlabelled`` pool (``TrainConfig.unlabelled_weight``)."""
-        self.model = PatchGAN.fit(images, self.config, unlabelled=unlabelled)
+    def fit(self, images: Tensor, unlabelled: Optional[Tensor] = None, groups: Optional[Sequence] = None
+            ) -> "PatchGANMethod":
+        """Trains on normal ``images`` and, when given, the ``unlabelled`` pool (``TrainConfig.unlabelled_weight``);
+        ``groups`` (one label per image, e.g. its subject) holds out whole groups for validation."""
+        self.model = PatchGAN.fit(images, self.config, unlabelled=unlabelled, groups=groups)
         if isinstance(images, Tensor):
-            val, train = validation_split(len(images), self.config)
+            val, train = validation_split(len(images), self.config, groups)
             self.held_out, self.trained_on = images[val], images[train]
         return self
 
@@ -58,16 +60,20 @@ class PatchGANMethod:
         return next(self.model.parameters()).device
 
     def score(self, images: Tensor, ranking: Optional[str] = None, position_weights: bool = True, maps: bool = True,
-              error: Optional[str] = None):
-        """Scores (eq. 5) from the fast scorer; maps: :func:`~patchgan_fast.error_maps` (pixel errors in the
-        copy that hid each pixel, smoothed), finer than the patch grid, or None with ``maps=False``.
-        ``ranking`` and ``error`` override the model's; ``position_weights=False`` scores without its patch
-        weights (which were made for the model's own error measure: pass it with ``error``)."""
+              error: Optional[str] = None, neighbours: bool = True):
+        """Scores (eq. 5, plus the nearest-neighbour term of a model with a feature bank) from the fast scorer;
+        maps: :func:`~patchgan_fast.error_maps` (pixel errors in the copy that hid each pixel, smoothed), finer
+        than the patch grid, or None with ``maps=False``. ``ranking`` and ``error`` override the model's;
+        ``position_weights=False`` scores without its patch weights (which were made for the model's own error
+        measure: pass it with ``error``); ``neighbours=False`` scores with eq. 5 alone. Any override scores with
+        eq. 5 alone: the units of the nearest-neighbour sum were measured for the model's own eq. 5."""
         cfg = self.model.score_config if ranking is None else self.model.score_config.with_ranking(ranking)
         if not position_weights:
             cfg = dataclasses.replace(cfg, patch_weights=None)
         if error is not None:
             cfg = dataclasses.replace(cfg, error=error)
+        if not neighbours or (ranking, position_weights, error) != (None, True, None):
+            cfg = dataclasses.replace(cfg, neighbour_scales=None)
         scorer = Scorer(self.model, cfg, compile="none")
         dev = self._device()
 
@@ -81,7 +87,7 @@ class PatchGANMethod:
         """Multi-scale scoring (after RIAD's masks of several cell sizes): the same model scores
         ``images`` with the masks and patches of each size in ``patch_sizes`` (its own layout and K),
         each size's scores in units of its held-out normal images' scores (position weights and
-        statistics recomputed from them), summed over the sizes.
+        statistics recomputed from them), summed over the sizes; eq. 5 alone, without a feature bank's term.
 
         Raises:
             RuntimeError: fewer than 2 held-out images (``val_fraction=0``, a tiny training set, or a
@@ -91,24 +97,26 @@ class PatchGANMethod:
         total = 0
         for p in patch_sizes:
             probe = self.model  # its own size: the statistics training computed from these images
-            if int(p) != self.model.config.patch_size:
-                probe = copy.copy(self.model)  # shares the networks; its own config and statistics
+            if int(p) != self.model.config.patch_size or self.model.feature_bank is not None:
+                probe = copy.copy(self.model)  # shares the networks; its own config and statistics (of eq. 5)
                 probe.config = dataclasses.replace(self.model.config, patch_size=int(p))
                 validation_statistics(probe, self.held_out, self._device(), 256)
-            scorer = Scorer(probe, probe.score_config, compile="none")
+            scorer = Scorer(probe, dataclasses.replace(probe.score_config, neighbour_scales=None), compile="none")
             scores = _batched(lambda x: (scorer(x.to(self._device()))[0].cpu(), None), images)[0]
             total = total + probe.normalize(scores)
         return total
 
-    def score_neighbours(self, images: Tensor, k: int = 5, features: str = "discriminator") -> Tensor:
+    def score_neighbours(self, images: Tensor, k: Optional[int] = None, features: str = "discriminator") -> Tensor:
         """The model's score plus a nearest-neighbour score of its features, each in units of the held-out
         normal images' scores, summed: what the model would score had it been trained with
         ``TrainConfig(neighbours=features, neighbour_k=k)`` (the same bank of ``config.neighbour_bank``
         training images; :meth:`PatchGAN.add_neighbours` on a copy, the model itself is not changed).
 
         Args:
+            k: None: the space's default (``neighbours.default_k``).
             features: one of ``patchgan_fast.scoring.neighbours.FEATURE_SPACES``: ``'discriminator'`` (the output of its last
-                stride-2 stage), ``'bottleneck'`` (the reconstructor's, of the whole unmasked image) or both.
+                stride-2 stage), ``'bottleneck'`` (the reconstructor's, of the whole unmasked image), both, or
+                ``'patches'`` (the pixels, place by place).
 
         Raises:
             RuntimeError: fewer than 2 held-out images (see :meth:`score_multiscale`).
@@ -134,10 +142,10 @@ class AutoencoderMethod(PatchGANMethod):
     def __init__(self, config: TrainConfig):
         super().__init__(dataclasses.replace(config, layout="none", num_copies=1, box_count=(0, 0), loss="reconstruction",
                                              rec_weight=None, adv_weight=None, skips=False, ranking="none",
-                                             position_weights=False, error="mse"))
+                                             position_weights=False, error="mse", neighbours=None))
 
-    def fit(self, images: Tensor) -> "AutoencoderMethod":  # no adversarial term: nothing to learn from a pool
-        return super().fit(images)
+    def fit(self, images: Tensor, groups: Optional[Sequence] = None) -> "AutoencoderMethod":  # no adversarial term:
+        return super().fit(images, groups=groups)  # nothing to learn from a pool
 
 
 class ALOCCMethod(PatchGANMethod):
@@ -148,10 +156,10 @@ class ALOCCMethod(PatchGANMethod):
 
     def __init__(self, config: TrainConfig):
         super().__init__(dataclasses.replace(config, layout="none", num_copies=1, loss="paper", rec_weight=None,
-                                             adv_weight=None, skips=False))
+                                             adv_weight=None, skips=False, neighbours=None))
 
-    def fit(self, images: Tensor) -> "ALOCCMethod":  # one-class, as published
-        return super().fit(images)
+    def fit(self, images: Tensor, groups: Optional[Sequence] = None) -> "ALOCCMethod":  # one-class, as published
+        return super().fit(images, groups=groups)
 
     def score(self, images: Tensor, ranking: Optional[str] = None):
         m = self.model
@@ -181,8 +189,9 @@ class SAGANMethod:
                                   device=config.device, val_fraction=config.val_fraction,
                                   val_every=max(1, config.steps // 10), progress=False, **overrides)
 
-    def fit(self, images: Tensor, unlabelled: Optional[Tensor] = None) -> "SAGANMethod":
-        self.model = SAGAN.fit(images, self.config, unlabelled=unlabelled)
+    def fit(self, images: Tensor, unlabelled: Optional[Tensor] = None, groups: Optional[Sequence] = None
+            ) -> "SAGANMethod":
+        self.model = SAGAN.fit(images, self.config, unlabelled=unlabelled, groups=groups)
         return self
 
     def score(self, images: Tensor, ranking: Optional[str] = None):

@@ -32,7 +32,7 @@ from ..models import TrainConfig
 from ..ops import backend_info
 from ..runtime import __version__
 from ..scoring import ERRORS
-from ..scoring.neighbours import FEATURE_SPACES
+from ..scoring.neighbours import FEATURE_SPACES, default_k
 from .methods import REGISTRY, get_method, uses_pool
 from .metrics import image_metrics, pixel_metrics, plot_distribution_panels, plot_roc
 
@@ -60,6 +60,11 @@ def _config(dataset: str, quick: bool, steps: Optional[int], seed: int, size: in
     else:
         base = dict(image_size=size, patch_size=max(4, size // 8), depth=3, width=16 if quick else 32, skips=True,
                     loss="reconstruction", batch_size=16 if quick else 32)
+        if dataset == "brain-mri":
+            # registered slices: each patch against the nearest patch near the same place in the 40 most similar
+            # training slices, added to eq. 5 (0.54 -> 0.76 image AUROC at the quick setting, the demo's model;
+            # experiments/results/cpu-experiment-brain-subjects.md)
+            base["neighbours"] = "patches"
     return TrainConfig(**base, steps=steps or (60 if quick else 3000), lr=1e-3, val_every=max(20, (steps or 3000) // 10),
                        seed=seed, progress=False)
 
@@ -85,7 +90,12 @@ _RANKING_OFF = "patchgan, ranking off (sum)"
 
 
 def _default_variant(config: TrainConfig) -> str:
-    return f"patchgan ({config.error} error, loss {config.loss}, ranking {config.ranking}, position weights)"
+    bank = f" + nearest-neighbour {config.neighbours} (k = {config.neighbour_k})" if config.neighbours else ""
+    return f"patchgan ({config.error} error, loss {config.loss}, ranking {config.ranking}, position weights{bank})"
+
+
+#: Table 2's row of a model with a feature bank scored without it; the rows after it are eq. 5 alone too.
+_EQ5_ALONE = "patchgan, eq. 5 alone (no nearest-neighbour term)"
 
 #: Table 2 variants trained besides the default Patch-GAN (full runs only): config overrides, or a
 #: function of the config that returns them. A variant that is the default itself (the dataset's own
@@ -121,7 +131,7 @@ def _multiscale_sizes(config: TrainConfig) -> list[int]:
 
 
 #: Bump when the scoring ablations of _train_and_score change: finished jobs saved without them are not reused.
-_SCORING_REVISION = 5  # 5: the scoring time per image saved beside the total
+_SCORING_REVISION = 6  # 6: eq. 5 alone beside a feature bank's score
 
 
 def _train_and_score(job: tuple) -> tuple:
@@ -129,20 +139,25 @@ def _train_and_score(job: tuple) -> tuple:
     maps, {variant: scores} of the scoring ablations and of the method's ``score_variants``, (seconds of training
     + scoring, seconds of scoring per test image)). Without ``need_maps``, methods whose maps cost an extra pass
     (the Patch-GAN, the AE) skip it. Top-level, so that a process pool can run it."""
-    name, config, options, train_x, test_x, threads, scoring_ablations, need_maps, pool = job
+    name, config, options, train_x, test_x, threads, scoring_ablations, need_maps, pool, groups = job
     if threads:
         torch.set_num_threads(threads)
     if isinstance(options.get("perceptual"), str):
         options = {**options, "perceptual": _load_perceptual(options["perceptual"])}
     t0 = time.perf_counter()
     m = get_method(name, config, **options)
-    m = m.fit(train_x) if pool is None else m.fit(train_x, unlabelled=pool)
+    extra_fit = {} if pool is None else {"unlabelled": pool}
+    if groups is not None and "groups" in inspect.signature(m.fit).parameters:  # whole subjects validate
+        extra_fit["groups"] = groups
+    m = m.fit(train_x, **extra_fit)
     skip_maps = not need_maps and "maps" in inspect.signature(m.score).parameters
     t1 = time.perf_counter()
     scores, maps = m.score(test_x, **({"maps": False} if skip_maps else {}))
     per_image = (time.perf_counter() - t1) / max(1, len(test_x))
     extra = {}
-    if scoring_ablations:  # the same model scored other ways
+    if scoring_ablations:  # the same model scored other ways (eq. 5 alone when it has a feature bank)
+        if m.model.feature_bank is not None:
+            extra[_EQ5_ALONE] = m.score(test_x, neighbours=False, maps=False)[0]
         extra[_RANKING_OFF] = m.score(test_x, ranking="none", maps=False)[0]
         extra["patchgan, no position weights"] = m.score(test_x, position_weights=False, maps=False)[0]
         # the other error measures, unweighted (the model's position weights were made for its own measure)
@@ -156,7 +171,8 @@ def _train_and_score(job: tuple) -> tuple:
                 extra[f"patchgan, multi-scale scoring (patches {'+'.join(map(str, sizes))})"] = m.score_multiscale(
                     test_x, sizes)
             for space in FEATURE_SPACES:
-                extra[f"patchgan + nearest-neighbour {space} features (k = 5)"] = m.score_neighbours(test_x, 5, space)
+                extra[f"patchgan + nearest-neighbour {space} features (k = {default_k(space)})"] = m.score_neighbours(
+                    test_x, None, space)
     if hasattr(m, "score_variants"):  # a method's other ways to score (SAGAN's test-time dropout)
         extra.update(m.score_variants(test_x))
     return scores, maps, extra, (time.perf_counter() - t0, per_image)
@@ -171,9 +187,12 @@ def _indexed(item: tuple[int, tuple]) -> tuple[int, tuple]:
         raise SystemExit(130) from None
 
 
-def _digest(*tensors: torch.Tensor) -> str:
+def _digest(*tensors: Optional[torch.Tensor]) -> str:
     h = hashlib.sha256()
     for t in tensors:
+        if t is None:
+            h.update(b"none")
+            continue
         h.update(repr((t.dtype, tuple(t.shape))).encode())
         h.update(t.contiguous().numpy().tobytes())
     return h.hexdigest()
@@ -183,7 +202,7 @@ def _job_key(job: tuple, data: str) -> Optional[str]:
     """What a job's result depends on: the method, its config and options, the data (``data``, a digest of
     the group's tensors), the device kind and the versions. None where that cannot be told (a feature
     network passed as a module): such a job is never reused."""
-    name, config, options, _, _, _, scoring_ablations, need_maps, pool = job
+    name, config, options, _, _, _, scoring_ablations, need_maps, pool, groups = job
     perceptual = options.get("perceptual")
     if perceptual is not None and not isinstance(perceptual, str):
         return None
@@ -192,7 +211,7 @@ def _job_key(job: tuple, data: str) -> Optional[str]:
         perceptual = (str(Path(perceptual).resolve()), st.st_size, st.st_mtime_ns)
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     key = (__version__, torch.__version__, device, name, dataclasses.asdict(config), perceptual,
-           scoring_ablations and _SCORING_REVISION, need_maps, pool is not None, data)
+           scoring_ablations and _SCORING_REVISION, need_maps, pool is not None, groups is not None, data)
     return hashlib.sha256(repr(key).encode()).hexdigest()[:32]
 
 
@@ -213,17 +232,18 @@ def _run_methods(
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
     work, index = [], []  # index: (group, row label, Table 2 variant or None)
     for g, group in enumerate(groups):
-        train_x, test_x, pool = (*group, None)[:3]
+        train_x, test_x, pool, subjects = (*group, None, None)[:4]
         for name in methods:
             work.append((name, config, options.get(name, {}), train_x, test_x, threads, name == "patchgan", need_maps,
-                         None))
+                         None, subjects))
             index.append((g, name, None))
             if pool is not None and uses_pool(REGISTRY[name]):
-                work.append((name, config, options.get(name, {}), train_x, test_x, threads, False, need_maps, pool))
+                work.append((name, config, options.get(name, {}), train_x, test_x, threads, False, need_maps, pool,
+                             subjects))
                 index.append((g, f"{name} {POOL_SUFFIX}", None))
         if "patchgan" in methods and not quick:
             for variant, cfg in _ablations(config).items():
-                work.append(("patchgan", cfg, {}, train_x, test_x, threads, False, False, None))
+                work.append(("patchgan", cfg, {}, train_x, test_x, threads, False, False, None, subjects))
                 index.append((g, "patchgan", variant))
     digests = [_digest(*group) for group in groups]
     keys = [_job_key(w, digests[g]) for w, (g, _, _) in zip(work, index)]
@@ -465,10 +485,12 @@ class _Tables:
                                          test_copies=4 if self.quick else 16)
             make_pool = lambda: brain_mri_pool(size, data, seed, copies, self.anomaly_ratio)  # noqa: E731
             title = "brain MRI (unregistered), synthetic lesions"
-        group, pools = (train.images, test.images), []
+        # whole subjects validate the methods that hold images out (train.subjects: None in the unregistered variant)
+        group, pools = (train.images, test.images, None, train.subjects), []
         if self.anomaly_ratio is not None:
             pool = make_pool()
-            group, pools = (*group, pool.images), [(len(pool.images), float(pool.labels.float().mean()))]
+            group, pools = (train.images, test.images, pool.images, train.subjects), [
+                (len(pool.images), float(pool.labels.float().mean()))]
         [(results, ablations)] = self._run([group], need_maps=True)
         y = test.labels.tolist()
         kinds = sorted(set(test.kinds) - {""}) if test.kinds else []

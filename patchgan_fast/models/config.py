@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..scoring import ERRORS, RANKING_PRESETS
-from ..scoring.neighbours import check_space
+from ..scoring.neighbours import check_space, default_k
 
 #: Loss weights (reconstruction, adversarial) of eq. 4. ``paper``: lambda = 0.2 on the
 #: reconstruction term, as eq. 4 is written; ``reconstruction``: no adversarial term. ``default`` is
@@ -39,11 +39,15 @@ class TrainConfig:
         position_weights: weight each patch error by how hard its position is for normal images
             before ranking (``PatchGAN.patch_weights``, from the validation images).
         neighbours: a feature space of :mod:`patchgan_fast.scoring.neighbours` (``'discriminator'``,
-            ``'bottleneck'`` or ``'discriminator+bottleneck'``) to give the model a feature bank: after training it keeps the features of
-            up to ``neighbour_bank`` training images (a seeded random choice), and its image score becomes
-            eq. 5 plus the mean distance to the ``neighbour_k`` nearest of them, each in units of the
-            validation images' (:meth:`PatchGAN.add_neighbours`). None: eq. 5 alone. Needs
+            ``'bottleneck'``, ``'discriminator+bottleneck'`` or ``'patches'``) to give the model a feature bank:
+            after training it keeps the features of up to ``neighbour_bank`` training images (a seeded random
+            choice; in ``'patches'`` the images themselves), and its image score becomes eq. 5 plus the mean
+            distance to the ``neighbour_k`` nearest of them (in ``'patches'``: the largest distance of a patch to
+            the nearest patch near the same place in the ``neighbour_k`` most similar of them), each in units of
+            the validation images' (:meth:`PatchGAN.add_neighbours`). None: eq. 5 alone. Needs
             ``val_fraction > 0``.
+        neighbour_k: None: ``neighbours.default_k`` of the space (5; 40 for ``'patches'``), at most
+            ``neighbour_bank``; set when the config is made.
         unlabelled_weight: with an unlabelled pool (``PatchGAN.fit(..., unlabelled=...)``), the weight of the
             term that asks the discriminator to take the reconstructions of masked pool images for normal
             images (the discriminator learns normal images against them): SAGAN's use of a pool, on
@@ -77,7 +81,7 @@ class TrainConfig:
     error: str = "mse"
     position_weights: bool = True
     neighbours: Optional[str] = None
-    neighbour_k: int = 5
+    neighbour_k: Optional[int] = None
     neighbour_bank: int = 1000
     unlabelled_weight: float = 0.1
     steps: int = 2000
@@ -106,6 +110,9 @@ class TrainConfig:
             if self.val_fraction <= 0:
                 raise ValueError(f"neighbours={self.neighbours!r} needs held-out images to scale its score: "
                                  f"val_fraction > 0, got {self.val_fraction}")
+        if self.neighbour_k is None:
+            k = default_k(self.neighbours) if self.neighbours is not None else 5
+            object.__setattr__(self, "neighbour_k", min(k, self.neighbour_bank) if isinstance(self.neighbour_bank, int) else k)
         for name in ("neighbour_k", "neighbour_bank"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

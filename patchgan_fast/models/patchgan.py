@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..runtime import __version__, atomic_save
 from ..scoring import RANKING_PRESETS, ScoreConfig, score_batch, score_statistics
-from ..scoring.neighbours import Embedding, check_space, combine, mean_distances
+from ..scoring.neighbours import Embedding, check_space, combine, default_k, distances, patch_distance_maps
 from . import training
 from .config import TrainConfig
 from .networks import PatchDiscriminator, Reconstructor
@@ -41,7 +41,8 @@ class PatchGAN(nn.Module):
             under each error measure (unweighted patch errors, the config's ranking), the divisors of
             ``error='mse+msgms'``; None without validation images.
         feature_bank: Tensor[N, D] float32, the unit-length features (``config.neighbours``'s space) of N
-            normal training images, or None (see :meth:`add_neighbours`); a buffer, so it moves with the model.
+            normal training images (in the ``patches`` space the images themselves, [N, C, H, W] in [0, 1]),
+            or None (see :meth:`add_neighbours`); a buffer, so it moves with the model.
         neighbour_scales: (mean, std) of the validation images' eq. 5 scores, then of their mean distances
             to the bank: the units in which the two scores are summed; None without a bank.
         trained_on: how many images trained it, ``{"normal": n, "unlabelled": m}`` (m > 0: the semi-supervised
@@ -92,10 +93,12 @@ class PatchGAN(nn.Module):
             raise RuntimeError("this model has no validation score statistics; train it with val_fraction > 0")
         return (scores - self.score_stats["mean"]) / self.score_stats["std"]
 
-    def add_neighbours(self, images: Tensor, held_out: Tensor, features: str = "discriminator", k: int = 5,
-                       batch: int = 256) -> "PatchGAN":
+    def add_neighbours(self, images: Tensor, held_out: Tensor, features: str = "discriminator",
+                       k: Optional[int] = None, batch: int = 256) -> "PatchGAN":
         """Gives the model a feature bank, so that it scores with eq. 5 plus a nearest-neighbour score: the
-        mean Euclidean distance from an image's features to those of its ``k`` nearest bank images, each
+        mean Euclidean distance from an image's features to those of its ``k`` nearest bank images (in the
+        ``patches`` space: the largest distance of a patch of the image to the nearest patch near the same place
+        in its ``k`` most similar bank images), each
         score in units of the held-out images' scores, summed (:mod:`patchgan_fast.scoring.neighbours`). Sets
         ``feature_bank``, ``neighbour_scales``, ``config.neighbours``/``neighbour_k`` and ``score_stats``
         (now those of the summed score); replaces an earlier bank. ``fit`` calls it when
@@ -106,7 +109,8 @@ class PatchGAN(nn.Module):
                 training images, or a share of them.
             held_out (Tensor[M, C, H, W]): other normal images (the validation images), for the units.
             features: one of ``neighbours.FEATURE_SPACES``.
-            k: neighbours per image, 1 .. N.
+            k: neighbours per image, 1 .. N; None: ``neighbours.default_k(features)`` (5; 40 for ``patches``),
+                at most N.
             batch: images per network call.
 
         Raises:
@@ -114,6 +118,7 @@ class PatchGAN(nn.Module):
                 scores without spread.
         """
         check_space(features)
+        k = min(default_k(features), len(images)) if k is None else k
         for name, x in (("images", images), ("held_out", held_out)):
             if not isinstance(x, Tensor) or x.dim() != 4:
                 raise TypeError(f"expected {name} as a Tensor [N, C, H, W], got "
@@ -128,7 +133,7 @@ class PatchGAN(nn.Module):
         plain = torch.cat([score_batch(self, held_out[i:i + batch].to(device)).scores.cpu()
                            for i in range(0, len(held_out), batch)])
         bank = self._embed(images, features, batch)
-        near = mean_distances(self._embed(held_out, features, batch), bank, k).cpu()
+        near = distances(self._embed(held_out, features, batch), bank, k).cpu()
         scales = (float(plain.mean()), float(plain.std()), float(near.mean()), float(near.std()))
         if not all(math.isfinite(v) for v in scales) or scales[1] <= 0 or scales[3] <= 0:
             raise ValueError(f"the held-out images' scores and distances have no spread (mean, std of each: {scales}); "
@@ -139,7 +144,7 @@ class PatchGAN(nn.Module):
 
     def neighbour_distances(self, images: Tensor, batch: int = 256) -> Tensor:
         """Tensor[B] float32: the mean distance from each image's features to its ``config.neighbour_k``
-        nearest in the feature bank, on the model's device.
+        nearest in the feature bank (in the ``patches`` space its largest patch distance), on the model's device.
 
         Raises:
             RuntimeError: the model has no feature bank.
@@ -147,11 +152,25 @@ class PatchGAN(nn.Module):
         if self.feature_bank is None:
             raise RuntimeError("this model has no feature bank; train it with TrainConfig(neighbours=...) "
                                "or call add_neighbours")
-        return mean_distances(self._embed(images, self.config.neighbours, batch), self.feature_bank,
-                              self.config.neighbour_k)
+        return distances(self._embed(images, self.config.neighbours, batch), self.feature_bank, self.config.neighbour_k)
+
+    def patch_distance_maps(self, images: Tensor, batch: int = 256) -> Tensor:
+        """Tensor[B, H, W] float32 on the model's device: each pixel's patch distance to the model's ``patches``
+        bank (:func:`patchgan_fast.scoring.neighbours.patch_distance_maps`), whose 3 x 3-smoothed maximum is
+        the image's distance (:meth:`neighbour_distances`).
+
+        Raises:
+            RuntimeError: the model has no feature bank of the ``patches`` space.
+        """
+        if self.feature_bank is None or self.config.neighbours != "patches":
+            raise RuntimeError(f"this model has no bank of patches (its feature bank: "
+                               f"{self.config.neighbours if self.feature_bank is not None else 'none'}); train it with "
+                               "TrainConfig(neighbours='patches') or call add_neighbours(..., 'patches')")
+        return patch_distance_maps(self._embed(images, "patches", batch), self.feature_bank, self.config.neighbour_k)
 
     def _embed(self, images: Tensor, features: str, batch: int) -> Tensor:
-        """[N, D] unit-length features of ``images`` (any device) on the model's device."""
+        """[N, D] unit-length features of ``images`` (any device) on the model's device ([N, C, H, W] images
+        in [0, 1] in the ``patches`` space)."""
         ops.check_images(images)
         device = next(self.parameters()).device
         net, was_training = Embedding(self, features), self.training

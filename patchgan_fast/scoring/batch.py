@@ -95,10 +95,17 @@ def error_maps(
 
     Finer than the patch-error grid: on the brain MRI benchmark these maps raised pixel AUROC from
     0.77 (patch errors, nearest-upsampled) to 0.87 (experiments/results/cpu-experiment-brain-levers.md).
+
+    A model whose score adds the ``patches`` nearest-neighbour term (``config.neighbour_scales`` set and
+    ``model.config.neighbours == 'patches'``) maps both parts of its score, each in its units: the errors
+    divided by the spread of the validation images' eq. 5 scores, plus its patch distance map
+    (:meth:`~patchgan_fast.PatchGAN.patch_distance_maps`) divided by the spread of their distances.
     """
     if config is None:
         config = getattr(model, "score_config", None) or ScoreConfig()
-    if isinstance(config, ScoreConfig):  # the maps need the reconstructions only
+    scales = config.neighbour_scales if isinstance(config, ScoreConfig) else None
+    patches = scales is not None and getattr(getattr(model, "config", None), "neighbours", None) == "patches"
+    if isinstance(config, ScoreConfig):  # the reconstructions' part needs the reconstructions only
         config = dataclasses.replace(config, neighbour_scales=None)
     k = default_smoothing(config.patch_size) if smoothing is None else smoothing
     if not isinstance(k, int) or k < 1 or k % 2 == 0:
@@ -116,5 +123,7 @@ def error_maps(
                          std=config.std, error=config.error, error_scales=config.error_scales)
         if k > 1:
             e = nn.functional.avg_pool2d(e[:, None], k, 1, k // 2, count_include_pad=False)[:, 0]
+        if patches:
+            e = e / scales[1] + model.patch_distance_maps(x).to(e.device) / scales[3]
         out.append(e.to(images.device))
     return torch.cat(out)

@@ -7,6 +7,12 @@ own feature space asks instead whether the image looks like any normal one. A
 :class:`~patchgan_fast.PatchGAN` with a feature bank (``TrainConfig.neighbours``, or
 :meth:`~patchgan_fast.PatchGAN.add_neighbours`) scores with both, each in units of its normal validation
 images' scores, summed (experiments/results/cpu-experiment-fmnist-ten-classes.md).
+
+The ``patches`` space compares places instead of whole images: each pixel's small patch against the nearest
+patch near the same place in the bank images most like the query (:func:`patch_distance_maps`), as PatchCore
+does with pretrained features, here in the images' own pixels, which suits registered collections (brain MRI
+registered to an atlas); the image's distance is the largest of that map (3 x 3-smoothed) away from the
+outline of its foreground (experiments/results/cpu-experiment-brain-subjects.md).
 """
 
 from __future__ import annotations
@@ -16,8 +22,13 @@ from torch import Tensor, nn
 
 #: The feature spaces: ``discriminator``, the output of its last stride-2 stage; ``bottleneck``, the
 #: reconstructor's (of the whole, unmasked image); ``discriminator+bottleneck``, both unit vectors side by
-#: side (scaled to unit length again), so that neighbours are near in both.
-FEATURE_SPACES = ("discriminator", "bottleneck", "discriminator+bottleneck")
+#: side (scaled to unit length again), so that neighbours are near in both; ``patches``, the images' own
+#: pixels compared place by place (:func:`patch_distance_maps`).
+FEATURE_SPACES = ("discriminator", "bottleneck", "discriminator+bottleneck", "patches")
+
+#: Bank images searched per query by default: 5 nearest images in the feature spaces; in ``patches``, the 40
+#: bank images most like the query, whose patches are searched place by place.
+DEFAULT_K = {"patches": 40}
 
 #: Feature maps are average-pooled to at most this many positions per side, so a bank entry has at most
 #: ``channels * POOLED**2`` floats whatever the image size (identity for 32x32 Fashion-MNIST images).
@@ -36,9 +47,15 @@ def check_bank(model: nn.Module) -> None:
                          "give it one (PatchGAN.add_neighbours) or score without neighbour_scales")
 
 
+def default_k(features: str) -> int:
+    """The default ``neighbour_k`` of a feature space (``DEFAULT_K``, else 5)."""
+    return DEFAULT_K.get(features, 5)
+
+
 class Embedding(nn.Module):
     """Normalized images ``[N, C, H, W]`` -> unit-length feature vectors ``[N, D]`` float32 in one of
-    ``FEATURE_SPACES`` of a :class:`~patchgan_fast.PatchGAN` (it shares the model's network)."""
+    ``FEATURE_SPACES`` of a :class:`~patchgan_fast.PatchGAN` (it shares the model's network); in ``patches``,
+    the images themselves, float32 in [0, 1] as before normalization, ``[N, C, H, W]``."""
 
     def __init__(self, model: nn.Module, features: str):
         super().__init__()
@@ -46,8 +63,12 @@ class Embedding(nn.Module):
         self.spaces = features.split("+")
         self.discriminator = model.discriminator if "discriminator" in self.spaces else None
         self.reconstructor = model.reconstructor if "bottleneck" in self.spaces else None
+        self.register_buffer("mean", torch.tensor(model.mean, dtype=torch.float32).view(-1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(model.std, dtype=torch.float32).view(-1, 1, 1), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.spaces == ["patches"]:
+            return (x.float() * self.std + self.mean).clamp_(0, 1)
         parts = []
         for space in self.spaces:
             f = self.discriminator.features(x) if space == "discriminator" else self.reconstructor.encode(x)
@@ -56,11 +77,85 @@ class Embedding(nn.Module):
         return torch.cat(parts, 1) / len(parts) ** 0.5
 
 
+def distances(query: Tensor, bank: Tensor, k: int) -> Tensor:
+    """The distance of each query to the bank: :func:`mean_distances` of feature vectors ``[N, D]``, or
+    :func:`patch_distances` of images ``[N, C, H, W]`` (the ``patches`` space)."""
+    return patch_distances(query, bank, k) if bank.dim() == 4 else mean_distances(query, bank, k)
+
+
 def mean_distances(query: Tensor, bank: Tensor, k: int, chunk: int = 1024) -> Tensor:
     """Mean Euclidean distance from every row of ``query`` [N, D] to its ``k`` nearest rows of ``bank``
     [M, D] (float32, on ``query``'s device), ``chunk`` queries at a time."""
     return torch.cat([torch.cdist(query[i:i + chunk], bank).topk(k, dim=1, largest=False).values.mean(1)
                       for i in range(0, len(query), chunk)]) if len(query) else query.new_zeros(0)
+
+
+def patch_geometry(size: int) -> tuple[int, int, int]:
+    """``(p, r, e)`` for images whose shorter side is ``size`` pixels: patches of p x p pixels, searched up to r
+    pixels away, and e pixels of a foreground's outline left out. 1, 1, 1 at 32; 3, 2, 1 at 64 (brain-mri
+    --quick, about 10 mm patches and 6 mm of search at 3.25 mm pixels); 5, 4, 2 at 128."""
+    return 2 * (size // 64) + 1, max(1, size // 32), max(1, size // 64)
+
+
+def _box(x: Tensor, p: int) -> Tensor:
+    """The mean of each pixel's p x p patch of ``x`` [N, 1, H, W] (p odd), inside the image."""
+    if p == 1:
+        return x
+    x = nn.functional.avg_pool2d(x, (p, 1), 1, (p // 2, 0), count_include_pad=False)
+    return nn.functional.avg_pool2d(x, (1, p), 1, (0, p // 2), count_include_pad=False)
+
+
+def describe(images: Tensor) -> Tensor:
+    """[N, D] what :func:`patch_distance_maps` uses to find the bank images most like a query: the images
+    average-pooled to at most 16 x 16."""
+    h, w = images.shape[-2:]
+    return nn.functional.adaptive_avg_pool2d(images.float(), (min(h, 16), min(w, 16))).flatten(1)
+
+
+def patch_distance_maps(query: Tensor, bank: Tensor, k: int, chunk_elements: int = 2**24) -> Tensor:
+    """[N, H, W] float32: for each pixel of each query image, the mean squared difference between its p x p
+    patch and the nearest p x p patch centred up to r pixels away in any of the ``k`` bank images most like
+    the query (Euclidean distance of :func:`describe`), ``(p, r, e) = patch_geometry(min(H, W))``. Pixels
+    within e pixels of the query's background (pixels 0 in every channel: outside a skull-stripped brain,
+    a dermoscope's dark corners) are 0: a foreground's outline differs between normal images more than most
+    lesions change it.
+
+    Args:
+        query (Tensor[N, C, H, W]), bank (Tensor[M, C, H, W]): images, float in [0, 1], on one device.
+        k: bank images searched per query, 1 .. M.
+        chunk_elements: most floats of one chunk's working tensor (queries x k x H x W).
+    """
+    if query.dim() != 4 or bank.dim() != 4 or query.shape[1:] != bank.shape[1:]:
+        raise ValueError(f"the patches bank holds images of {tuple(bank.shape[1:])} (C, H, W); expected images of that "
+                         f"shape, got {tuple(query.shape[1:])}: resize them to the size the model was trained at")
+    n, _, h, w = query.shape
+    p, r, e = patch_geometry(min(h, w))
+    k = min(k, len(bank))
+    out = query.new_zeros((n, h, w), dtype=torch.float32)
+    if n == 0:
+        return out
+    near = torch.cdist(describe(query), describe(bank)).topk(k, dim=1, largest=False).indices
+    padded = nn.functional.pad(bank.float(), (r,) * 4)
+    step = max(1, chunk_elements // (k * h * w))
+    for i in range(0, n, step):
+        q = query[i:i + step].float()[:, None]  # [b, 1, C, H, W]
+        cand = padded[near[i:i + step]]  # [b, k, C, H + 2r, W + 2r]
+        best = None
+        for dy in range(2 * r + 1):
+            for dx in range(2 * r + 1):
+                d = (cand[..., dy:dy + h, dx:dx + w] - q).pow_(2).sum(2)  # [b, k, H, W]
+                d = _box(d.flatten(0, 1)[:, None], p).view(d.shape).amin(1)
+                best = d if best is None else torch.minimum(best, d)
+        out[i:i + step] = best
+    background = (query <= 0.5 / 255).all(1, keepdim=True).float()
+    inside = 1 - nn.functional.max_pool2d(background, 2 * e + 1, 1, e)[:, 0]
+    return out * inside
+
+
+def patch_distances(query: Tensor, bank: Tensor, k: int) -> Tensor:
+    """[N] float32: the largest value of each query's :func:`patch_distance_maps` after a 3 x 3 mean."""
+    maps = patch_distance_maps(query, bank, k)
+    return nn.functional.avg_pool2d(maps[:, None], 3, 1, 1).flatten(1).amax(1) if len(maps) else maps.new_zeros(0)
 
 
 def combine(scores: Tensor, distances: Tensor, scales: tuple[float, float, float, float]) -> Tensor:

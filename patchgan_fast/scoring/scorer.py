@@ -38,7 +38,7 @@ from ..ops import Plan
 from ..ops.checks import check_keys, check_model_output, raise_if_not_finite
 from .config import ScoreConfig, default_forward_batch
 from .errors import patch_scores
-from .neighbours import Embedding, check_bank, combine, mean_distances
+from .neighbours import Embedding, check_bank, combine, distances
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("auto", "none", "compile", "cudagraphs")
@@ -215,7 +215,7 @@ class Scorer:
     def _distances(self, x: Tensor) -> Tensor:
         """[n] mean distances of the images' features to their nearest in the model's feature bank."""
         embed, bank, k = self._neighbours
-        return mean_distances(embed(ops.normalize(x, self.config.mean, self.config.std)), bank, k)
+        return distances(embed(ops.normalize(x, self.config.mean, self.config.std)), bank, k)
 
 
 class BatchQueue:
