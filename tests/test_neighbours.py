@@ -256,3 +256,22 @@ def test_a_patches_model_maps_both_parts_of_its_score():
         model.patch_distance_maps(TEST[:, :, :16, :16])
     with pytest.raises(RuntimeError, match="this model has no bank of patches \\(its feature bank: bottleneck\\)"):
         PatchGAN.fit(TRAIN, CONFIG).patch_distance_maps(TEST)
+
+
+def test_the_train_command_gives_a_bank_of_patches_that_the_report_explains(tmp_path):
+    (tmp_path / "normal").mkdir()
+    for i, im in enumerate(blobs(24)):
+        Image.fromarray(im[0].numpy()).save(tmp_path / "normal" / f"{i}.png")
+    out = tmp_path / "m.pgf"
+    assert main(["train", str(tmp_path / "normal"), "--out", str(out), "--size", "32", "--steps", "2", "--width", "8",
+                 "--depth", "2", "--batch-size", "8", "--workers", "0", "--neighbours", "patches"]) == 0
+    model = PatchGAN.load(out)
+    # the 22 training images (2 validate) are the bank; k, 40 by default, is capped at them
+    assert tuple(model.feature_bank.shape) == (22, 1, 32, 32)
+    assert model.config.neighbours == "patches" and model.config.neighbour_k == 22
+    screened = tmp_path / "screened"
+    assert main(["screen", str(out), str(tmp_path / "normal"), "--out", str(screened), "--workers", "0",
+                 "--compile", "none"]) == 0
+    report = (screened / "report.html").read_text()
+    assert "nearest patch near the same place in its 22 most similar normal training images" in report
+    assert "each patch's distance to the nearest normal patch" in report

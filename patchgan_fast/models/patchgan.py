@@ -109,8 +109,8 @@ class PatchGAN(nn.Module):
                 training images, or a share of them.
             held_out (Tensor[M, C, H, W]): other normal images (the validation images), for the units.
             features: one of ``neighbours.FEATURE_SPACES``.
-            k: neighbours per image, 1 .. N; None: ``neighbours.default_k(features)`` (5; 40 for ``patches``),
-                at most N.
+            k: neighbours per image, 1 .. N; None: ``neighbours.default_k(features)`` (5; 40 for ``patches``).
+                In ``patches`` a larger k means the whole bank (``config.neighbour_k`` becomes N).
             batch: images per network call.
 
         Raises:
@@ -118,7 +118,9 @@ class PatchGAN(nn.Module):
                 scores without spread.
         """
         check_space(features)
-        k = min(default_k(features), len(images)) if k is None else k
+        k = default_k(features) if k is None else k
+        if features == "patches" and isinstance(k, int) and not isinstance(k, bool) and k > len(images) > 0:
+            k = len(images)  # the most similar k of a smaller bank: all of it
         for name, x in (("images", images), ("held_out", held_out)):
             if not isinstance(x, Tensor) or x.dim() != 4:
                 raise TypeError(f"expected {name} as a Tensor [N, C, H, W], got "

@@ -263,9 +263,11 @@ def _input_statistics(src: Source, train_idx: Tensor) -> tuple[tuple[float, ...]
 
 
 def _check_neighbour_data(config: TrainConfig, n: int, n_val: int, n_train: int) -> None:
-    if config.neighbours is not None and (n_val < 2 or n_train < config.neighbour_k):
-        raise ValueError(f"neighbours={config.neighbours!r} needs at least 2 held-out images and neighbour_k = "
-                         f"{config.neighbour_k} training images, got {n_val} and {n_train} of {n} (val_fraction "
+    need = 1 if config.neighbours == "patches" else config.neighbour_k  # patches: k is capped at the bank
+    if config.neighbours is not None and (n_val < 2 or n_train < need):
+        raise ValueError(f"neighbours={config.neighbours!r} needs at least 2 held-out images and "
+                         + ("1 training image" if need == 1 else f"neighbour_k = {need} training images")
+                         + f", got {n_val} and {n_train} of {n} (val_fraction "
                          f"{config.val_fraction}): give more images, or change val_fraction or neighbour_k")
 
 
