@@ -2,6 +2,7 @@
 each in units of the validation images' scores (TrainConfig.neighbours, PatchGAN.add_neighbours), on every
 scoring path (score_batch, Scorer, the model file, the CLI)."""
 
+import copy
 import csv
 import dataclasses
 
@@ -241,6 +242,17 @@ def test_a_patches_bank_holds_the_images_and_every_path_scores_with_it(tmp_path)
     # the abnormal test images (a bright square) are farther from the bank than the normal ones (blobs lie anywhere,
     # unlike registered images, so a normal image's blob can also be far from every bank blob within 1 pixel)
     assert result.neighbour_distances[6:].mean() > 2 * result.neighbour_distances[:6].mean()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_gpu_scorer_adds_the_same_patch_distances():
+    model = PatchGAN.fit(TRAIN, dataclasses.replace(CONFIG, neighbours="patches", neighbour_k=None))
+    expected = score_batch(model, TEST)
+    gpu = copy.deepcopy(model).cuda()
+    torch.testing.assert_close(gpu.neighbour_distances(TEST.cuda()).cpu(), expected.neighbour_distances,
+                               atol=1e-5, rtol=1e-4)
+    got = Scorer(model, device="cuda", precision="bf16", compile="none")(TEST)[0].cpu()
+    torch.testing.assert_close(got, expected.scores, atol=5e-2 * float(expected.scores.abs().max()), rtol=0)
 
 
 def test_a_patches_model_maps_both_parts_of_its_score():
