@@ -228,6 +228,8 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
         assert torch.allclose(a, b, atol=1e-6), k
     with pytest.raises(ValueError, match="the config differs in lr"):
         SAGAN.fit(normal, dataclasses.replace(cfg, lr=1e-3), unlabelled=pool, resume=True)
+    with pytest.raises(ValueError, match="its run held out other validation images"):  # other subjects validate
+        SAGAN.fit(normal, cfg, unlabelled=pool, groups=torch.arange(12) // 2, resume=True)
 
 
 # ----------------------------------------------------------------------------- files, scorer, CLI

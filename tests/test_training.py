@@ -404,3 +404,15 @@ def test_more_local_ranks_than_gpus_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     with pytest.raises(RuntimeError, match=r"LOCAL_RANK is 1 but this machine has 1 GPU\(s\): start at most 1"):
         local_cuda_device()
+
+
+def test_resume_refuses_other_held_out_images(tmp_path):
+    """A run validated on other subjects (other groups) cannot continue another run's checkpoint: its validation
+    error, model selection and score statistics would mix two held-out sets."""
+    cfg = TrainConfig(steps=4, checkpoint_every=2, checkpoint_dir=str(tmp_path), val_fraction=0.25, **SMALL)
+    images, subjects = blobs(32), torch.arange(32) // 4
+    PatchGAN.fit(images, cfg, groups=subjects)
+    with pytest.raises(ValueError, match=r"cannot resume from .*checkpoint.pt': its run held out other validation "
+                                         r"images \(8\) than this one does \(8\); the data or the groups"):
+        PatchGAN.fit(images, cfg, groups=(torch.arange(32) + 2) // 4, resume=True)
+    assert PatchGAN.fit(images, cfg, groups=subjects, resume=True).history  # the same groups resume

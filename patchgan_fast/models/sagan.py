@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..runtime import __version__, atomic_save, progress_bar
 from ..scoring import score_statistics
-from .schedule import Order, Source, validation_split
+from .schedule import Order, Source, check_held_out, validation_split
 
 FORMAT_VERSION = 1
 KIND = "patchgan_fast.SAGAN"
@@ -534,6 +534,7 @@ def fit(cls, normal, config: SAGANConfig, *, unlabelled=None, groups=None, resum
     model = cls(config, src.channels).to(device)
     model.trained_on = {"normal": src.n, "unlabelled": 0 if pool is None else pool.n}
     run = _Run(model, config, device, src, train_idx, pool, src.batch(val_idx) if len(val_idx) else None)
+    run.held_out = val_idx.tolist()  # a resumed run must hold out the same images
     if resume:
         run.resume()
     run.train()
@@ -560,7 +561,7 @@ class _Run:
         self.pool_order = Order(pool_train if pool is not None else train_idx, config.seed + 1)
         self.opt_g = torch.optim.Adam(model.generator.parameters(), config.lr, betas=config.betas)
         self.opt_d = torch.optim.Adam(model.critic.parameters(), config.lr, betas=config.betas)
-        self.step, self.best, self.history = 0, None, []
+        self.step, self.best, self.history, self.held_out = 0, None, [], []
         self.ckpt = Path(config.checkpoint_dir) / CHECKPOINT if config.checkpoint_dir else None
         usable = pool is not None and val_images is not None and len(probe_idx) > 0
         self.probe = pool.batch(probe_idx[:512]) if usable else None
@@ -647,7 +648,7 @@ class _Run:
         atomic_save({"format": _CKPT_FORMAT, "step": self.step, "schedule": self.config.schedule_fields(),
                      "model": self.model.state(), "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
                      "best": None if self.best is None else {"value": self.best[0], "generator": self.best[1]},
-                     "history": self.history}, self.ckpt)
+                     "history": self.history, "held_out": self.held_out}, self.ckpt)
 
     def resume(self) -> None:
         if self.ckpt is None or not self.ckpt.is_file():
@@ -662,6 +663,7 @@ class _Run:
         diff = sorted(k for k in set(theirs) | set(ours) if _plain(theirs.get(k)) != _plain(ours.get(k)))
         if diff:
             raise ValueError(f"cannot resume from {str(self.ckpt)!r}: the config differs in {', '.join(diff)}")
+        check_held_out(self.ckpt, ckpt, self.held_out)
         self.model.generator.load_state_dict(ckpt["model"]["generator"])
         self.model.critic.load_state_dict(ckpt["model"]["critic"])
         self.opt_g.load_state_dict(ckpt["opt_g"])

@@ -5,6 +5,7 @@ resumed run, or rank r of a DDP run, reads exactly the batches it would have."""
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -149,3 +150,13 @@ def bank_choice(n: int, config: TrainConfig) -> Tensor:
     """Which of ``n`` training images (positions in fit's training split) go into the feature bank: a
     seeded random ``config.neighbour_bank`` of them (all when there are fewer)."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))[:config.neighbour_bank]
+
+
+def check_held_out(path: Path, ckpt: dict, held_out: list[int]) -> None:
+    """Raises ValueError when the checkpoint's run held out other validation images than this one (other
+    ``groups``, other data); checkpoints written before they were recorded are not checked."""
+    theirs = ckpt.get("held_out")
+    if theirs is not None and list(theirs) != held_out:
+        raise ValueError(f"cannot resume from {str(path)!r}: its run held out other validation images ({len(theirs)}) "
+                         f"than this one does ({len(held_out)}); the data or the groups (e.g. --group-by) differ. "
+                         "Give the same, or start over in another checkpoint folder")

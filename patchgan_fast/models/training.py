@@ -27,7 +27,7 @@ from .. import ops
 from ..runtime import atomic_save, distributed, local_cuda_device, progress_bar
 from ..scoring import combine_errors, patch_scores, score_batch, score_statistics
 from .config import TrainConfig
-from .schedule import Order, Source, positions, bank_choice, batches, validation_split
+from .schedule import Order, Source, positions, bank_choice, batches, check_held_out, validation_split
 
 if TYPE_CHECKING:  # the class is given to fit; importing it at run time would be a cycle
     from .patchgan import PatchGAN
@@ -194,11 +194,13 @@ def _checkpoint_path(config: TrainConfig) -> Optional[Path]:
     return Path(config.checkpoint_dir) / CHECKPOINT if config.checkpoint_dir else None
 
 
-def _write_checkpoint(path: Path, step: int, model: "PatchGAN", opt_r, opt_d, best, history) -> None:
+def _write_checkpoint(path: Path, step: int, model: "PatchGAN", opt_r, opt_d, best, history,
+                      held_out: list[int]) -> None:
     atomic_save({
         "format": _CKPT_FORMAT, "step": step, "schedule": model.config.schedule_fields(), "model": model.state(),
         "opt_r": opt_r.state_dict(), "opt_d": opt_d.state_dict(),
         "best": None if best is None else {"val": best[0], "reconstructor": best[1]}, "history": history,
+        "held_out": held_out,  # the validation images' indices: a resumed run must hold out the same ones
     }, path)
 
 
@@ -271,9 +273,11 @@ def _check_neighbour_data(config: TrainConfig, n: int, n_val: int, n_train: int)
                          f"{config.val_fraction}): give more images, or change val_fraction or neighbour_k")
 
 
-def _resume(path: Path, model: "PatchGAN", opt_r, opt_d, config: TrainConfig) -> tuple[int, Optional[tuple], list]:
+def _resume(path: Path, model: "PatchGAN", opt_r, opt_d, config: TrainConfig,
+            held_out: list[int]) -> tuple[int, Optional[tuple], list]:
     """Loads a checkpoint into the model and optimizers: (step, best, history)."""
     ckpt = _read_checkpoint(path, config)
+    check_held_out(path, ckpt, held_out)
     state = ckpt["model"]
     model.reconstructor.load_state_dict(state["reconstructor"])
     model.discriminator.load_state_dict(state["discriminator"])
@@ -300,8 +304,9 @@ class _Run:
     history, and what :func:`fit` does after each step (log, validate, checkpoint)."""
 
     def __init__(self, model: "PatchGAN", config: TrainConfig, device: torch.device, rank: int, val_images,
-                 pool: bool = False):
+                 pool: bool = False, held_out: Optional[list[int]] = None):
         self.model, self.config, self.device, self.rank, self.val_images = model, config, device, rank, val_images
+        self.held_out = held_out or []
         self.pool = pool
         params = dict(lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
         self.opt_r = torch.optim.AdamW(model.reconstructor.parameters(), **params)
@@ -312,13 +317,15 @@ class _Run:
     def resume(self) -> None:
         if self.ckpt_path is None or not self.ckpt_path.is_file():
             return
-        self.step, self.best, self.history = _resume(self.ckpt_path, self.model, self.opt_r, self.opt_d, self.config)
+        self.step, self.best, self.history = _resume(self.ckpt_path, self.model, self.opt_r, self.opt_d, self.config,
+                                                     self.held_out)
         if self.rank == 0 and self.config.progress:
             print(f"resuming from {self.ckpt_path} at step {self.step}/{self.config.steps}", file=sys.stderr)
 
     def save_checkpoint(self) -> None:
         if self.rank == 0 and self.ckpt_path is not None:
-            _write_checkpoint(self.ckpt_path, self.step, self.model, self.opt_r, self.opt_d, self.best, self.history)
+            _write_checkpoint(self.ckpt_path, self.step, self.model, self.opt_r, self.opt_d, self.best, self.history,
+                              self.held_out)
 
     def after_step(self, losses: Tensor, first: bool, stopping: bool, bar) -> None:
         """Reads the losses back on logged steps (one synchronization), validates and checkpoints on schedule."""
@@ -384,7 +391,7 @@ def fit(cls, data, config: TrainConfig, *, unlabelled=None, groups=None, resume:
     model = cls(config, src.channels, mean, std).to(device)
     model.trained_on = {"normal": src.n, "unlabelled": 0 if pool is None else pool.n}
     val_images = src.batch(val_idx) if len(val_idx) else None
-    run = _Run(model, config, device, rank, val_images, pool is not None)
+    run = _Run(model, config, device, rank, val_images, pool is not None, val_idx.tolist())
     if resume:
         run.resume()
     _train(run, src, Order(train_idx, config.seed), world, pool)
