@@ -94,7 +94,8 @@ def _default_variant(config: TrainConfig) -> str:
     return f"patchgan ({config.error} error, loss {config.loss}, ranking {config.ranking}, position weights{bank})"
 
 
-#: Table 2's row of a model with a feature bank scored without it; the rows after it are eq. 5 alone too.
+#: Table 2's row of a model with a feature bank scored without it (the ranking, position-weight, error-measure and
+#: multi-scale rows are eq. 5 alone too: ``PatchGANMethod.score`` drops the bank's term with any override).
 _EQ5_ALONE = "patchgan, eq. 5 alone (no nearest-neighbour term)"
 
 #: Table 2 variants trained besides the default Patch-GAN (full runs only): config overrides, or a
