@@ -28,24 +28,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from brain_subjects_levers import report, smoothed_max as smax  # this folder's: run as a script
+
 from patchgan_fast import PatchGAN, TrainConfig, score_batch
 from patchgan_fast.data.datasets.brain_subjects import QUICK, load_brain_subjects
-from patchgan_fast.evaluation.tables import brain_figures
 from patchgan_fast.models.schedule import validation_split
-from patchgan_fast.scoring.neighbours import describe, patch_distance_maps
-
-KINDS = ("tumour", "infarct", "ms", "small")
-
-
-def report(name, scores, maps, test):
-    r = brain_figures(scores, maps, test)
-    kinds = " ".join(f"{k} {r[f'image_auroc_{k}']:.3f}" for k in KINDS)
-    print(f"| {name} | {r['image_auroc']:.3f} | {kinds} | {r['pixel_auroc_brain']:.3f} |", flush=True)
-
-
-def box(x, p):
-    x = F.avg_pool2d(x, (p, 1), 1, (p // 2, 0), count_include_pad=False)
-    return F.avg_pool2d(x, (1, p), 1, (0, p // 2), count_include_pad=False)
+from patchgan_fast.scoring.neighbours import box_mean, describe, patch_distance_maps
 
 
 def nearest(q, bank, p, r):
@@ -56,7 +44,7 @@ def nearest(q, bank, p, r):
     for dy in range(2 * r + 1):
         for dx in range(2 * r + 1):
             d = (padded[:, :, dy:dy + h, dx:dx + w] - q).pow(2).sum(1, keepdim=True)
-            best = torch.minimum(best, (box(d, p) if p > 1 else d)[:, 0].amin(0))
+            best = torch.minimum(best, box_mean(d, p)[:, 0].amin(0))
     return best
 
 
@@ -69,10 +57,6 @@ def inner(m, images, e):
     """``m`` inside the brain (pixels > 0), less its outline of e pixels."""
     fg = (images[:, 0] > 0).float()
     return m * fg if e == 0 else m * (1 - F.max_pool2d(1 - fg[:, None], 2 * e + 1, 1, e)[:, 0])
-
-
-def smax(m):
-    return F.avg_pool2d(m[:, None], 3, 1, 1).flatten(1).amax(1)
 
 
 def units(test_scores, val_scores):

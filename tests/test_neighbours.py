@@ -131,10 +131,15 @@ def test_bad_settings_are_refused_with_what_was_given(model):
         plain.neighbour_distances(TEST)
 
 
-def test_the_train_command_gives_the_model_a_bank_that_screening_uses(tmp_path):
+def _normal_folder(tmp_path):
+    """tmp_path/normal holding blobs(24) as 0.png ... 23.png."""
     (tmp_path / "normal").mkdir()
     for i, im in enumerate(blobs(24)):
         Image.fromarray(im[0].numpy()).save(tmp_path / "normal" / f"{i}.png")
+
+
+def test_the_train_command_gives_the_model_a_bank_that_screening_uses(tmp_path):
+    _normal_folder(tmp_path)
     out = tmp_path / "m.pgf"
     assert main(["train", str(tmp_path / "normal"), "--out", str(out), "--size", "32", "--steps", "2", "--width", "8",
                  "--depth", "2", "--batch-size", "8", "--workers", "0", "--neighbours", "discriminator",
@@ -271,9 +276,7 @@ def test_a_patches_model_maps_both_parts_of_its_score():
 
 
 def test_the_train_command_gives_a_bank_of_patches_that_the_report_explains(tmp_path):
-    (tmp_path / "normal").mkdir()
-    for i, im in enumerate(blobs(24)):
-        Image.fromarray(im[0].numpy()).save(tmp_path / "normal" / f"{i}.png")
+    _normal_folder(tmp_path)
     out = tmp_path / "m.pgf"
     assert main(["train", str(tmp_path / "normal"), "--out", str(out), "--size", "32", "--steps", "2", "--width", "8",
                  "--depth", "2", "--batch-size", "8", "--workers", "0", "--neighbours", "patches"]) == 0

@@ -32,7 +32,7 @@ from ..models import TrainConfig
 from ..ops import backend_info
 from ..runtime import __version__
 from ..scoring import ERRORS
-from ..scoring.neighbours import FEATURE_SPACES, default_k
+from ..scoring.neighbours import FEATURE_SPACES, box_mean, default_k
 from .methods import REGISTRY, get_method, uses_pool
 from .metrics import image_metrics, pixel_metrics, plot_distribution_panels, plot_roc
 
@@ -560,17 +560,13 @@ def _nearest_patch(train, test, z_mm: float = 4.0) -> tuple[torch.Tensor, torch.
     size = train.images.shape[-1]
     p, r = size // 16 + 1, max(1, size // 32)  # 64x64: 5-pixel patches, 2 pixels of search; 128x128: 9 and 4
 
-    def box(x):  # the mean over each pixel's p x p patch, separably
-        x = F.avg_pool2d(x, (p, 1), 1, (p // 2, 0), count_include_pad=False)
-        return F.avg_pool2d(x, (1, p), 1, (0, p // 2), count_include_pad=False)
-
     maps = []
     for x, z in zip(test.images, test.slices.tolist()):
         bank = F.pad(train.images[(train.slices - z).abs() <= z_mm], (r,) * 4)
         best = torch.full((size, size), float("inf"))
         for dy in range(2 * r + 1):
             for dx in range(2 * r + 1):
-                d = box((bank[:, :, dy:dy + size, dx:dx + size] - x).pow_(2))[:, 0].amin(0)
+                d = box_mean((bank[:, :, dy:dy + size, dx:dx + size] - x).pow_(2), p)[:, 0].amin(0)
                 best = torch.minimum(best, d)
         maps.append(best)
     maps = torch.stack(maps) * test.brain[:, 0]

@@ -533,8 +533,8 @@ def fit(cls, normal, config: SAGANConfig, *, unlabelled=None, groups=None, resum
     torch.manual_seed(config.seed)
     model = cls(config, src.channels).to(device)
     model.trained_on = {"normal": src.n, "unlabelled": 0 if pool is None else pool.n}
-    run = _Run(model, config, device, src, train_idx, pool, src.batch(val_idx) if len(val_idx) else None)
-    run.held_out = val_idx.tolist()  # a resumed run must hold out the same images
+    run = _Run(model, config, device, src, train_idx, pool, src.batch(val_idx) if len(val_idx) else None,
+               val_idx.tolist())
     if resume:
         run.resume()
     run.train()
@@ -549,9 +549,10 @@ def fit(cls, normal, config: SAGANConfig, *, unlabelled=None, groups=None, resum
 
 class _Run:
     def __init__(self, model: SAGAN, config: SAGANConfig, device, src: Source, train_idx: Tensor,
-                 pool: Optional[Source], val_images: Optional[Tensor]):
+                 pool: Optional[Source], val_images: Optional[Tensor], held_out: list[int]):
         self.model, self.config, self.device, self.src, self.pool = model, config, device, src, pool
         self.train_idx, self.val_images = train_idx, val_images
+        self.held_out = held_out  # the validation images' indices: a resumed run must hold out the same ones
         self.order = Order(train_idx, config.seed)
         # a held-out share of the pool (as of the normals) for choosing the weights: images it never trained on
         probe_idx, pool_train = validation_split(pool.n, config) if pool is not None else (None, None)
@@ -561,7 +562,7 @@ class _Run:
         self.pool_order = Order(pool_train if pool is not None else train_idx, config.seed + 1)
         self.opt_g = torch.optim.Adam(model.generator.parameters(), config.lr, betas=config.betas)
         self.opt_d = torch.optim.Adam(model.critic.parameters(), config.lr, betas=config.betas)
-        self.step, self.best, self.history, self.held_out = 0, None, [], []
+        self.step, self.best, self.history = 0, None, []
         self.ckpt = Path(config.checkpoint_dir) / CHECKPOINT if config.checkpoint_dir else None
         usable = pool is not None and val_images is not None and len(probe_idx) > 0
         self.probe = pool.batch(probe_idx[:512]) if usable else None

@@ -97,8 +97,8 @@ def patch_geometry(size: int) -> tuple[int, int, int]:
     return 2 * (size // 64) + 1, max(1, size // 32), max(1, size // 64)
 
 
-def _box(x: Tensor, p: int) -> Tensor:
-    """The mean of each pixel's p x p patch of ``x`` [N, 1, H, W] (p odd), inside the image."""
+def box_mean(x: Tensor, p: int) -> Tensor:
+    """The mean of each pixel's p x p patch of ``x`` [N, 1, H, W] (p odd), inside the image (separably)."""
     if p == 1:
         return x
     x = nn.functional.avg_pool2d(x, (p, 1), 1, (p // 2, 0), count_include_pad=False)
@@ -144,7 +144,7 @@ def patch_distance_maps(query: Tensor, bank: Tensor, k: int, chunk_elements: int
         for dy in range(2 * r + 1):
             for dx in range(2 * r + 1):
                 d = (cand[..., dy:dy + h, dx:dx + w] - q).pow_(2).sum(2)  # [b, k, H, W]
-                d = _box(d.flatten(0, 1)[:, None], p).view(d.shape).amin(1)
+                d = box_mean(d.flatten(0, 1)[:, None], p).view(d.shape).amin(1)
                 best = d if best is None else torch.minimum(best, d)
         out[i:i + step] = best
     background = (query <= 0.5 / 255).all(1, keepdim=True).float()
