@@ -14,8 +14,9 @@ nothing below was chosen by them for the package except as the results file says
 
     python experiments/brain_subjects_patches.py [--model /tmp/brain-subjects-levers/patch8-300.pgf]
         # the demo's model (brain_subjects_levers.py trains and caches it); about 15 minutes on 2 CPU cores
-    python experiments/brain_subjects_patches.py --outline
-        # normal validation slices only: where their maps peak (within 1 or 2 pixels of the brain's outline?)
+    python experiments/brain_subjects_patches.py --outline [--at-128]
+        # normal validation slices only: where their maps peak (within 1 or 2 pixels of the brain's outline?;
+        # at 128x128 with the package's patch and radius there, within 1, 2 or 3)
     python experiments/brain_subjects_patches.py --at-128
         # the package's patch distance alone on the 128x128 slices of the same subjects; about 4 minutes
 
@@ -33,7 +34,7 @@ from brain_subjects_levers import report, smoothed_max as smax  # this folder's:
 from patchgan_fast import PatchGAN, TrainConfig, score_batch
 from patchgan_fast.data.datasets.brain_subjects import QUICK, load_brain_subjects
 from patchgan_fast.models.schedule import validation_split
-from patchgan_fast.scoring.neighbours import box_mean, describe, patch_distance_maps
+from patchgan_fast.scoring.neighbours import box_mean, describe, patch_distance_maps, patch_geometry
 
 
 def nearest(q, bank, p, r):
@@ -70,23 +71,25 @@ def main():
     ap.add_argument("--outline", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    size = 128 if args.at_128 else 64
     if args.outline:  # no labels: the validation subjects' slices are all normal
-        train, _ = load_brain_subjects(**QUICK)
-        val, trn = validation_split(len(train.images), TrainConfig(image_size=64), train.subjects)
+        train, _ = load_brain_subjects(size, 0, QUICK["train_subjects"], QUICK["test_subjects"])
+        val, trn = validation_split(len(train.images), TrainConfig(image_size=size), train.subjects)
         held = train.images[val].float()
-        peak = F.avg_pool2d(maps_for(held, train.images[trn].float(), 40, 3, 2)[:, None], 3, 1, 1).flatten(1).argmax(1)
+        p, r, _ = patch_geometry(size)
+        peak = F.avg_pool2d(maps_for(held, train.images[trn].float(), 40, p, r)[:, None], 3, 1, 1).flatten(1).argmax(1)
         fg = (held[:, 0] > 0).float()
-        for e in (1, 2):
+        for e in (1, 2, 3) if args.at_128 else (1, 2):
             rim = (F.max_pool2d(1 - fg[:, None], 2 * e + 1, 1, e)[:, 0] * fg).flatten(1)
             print(f"outline of {e} pixel(s): {int(rim[torch.arange(len(peak)), peak].sum())} of {len(peak)} normal "
                   f"validation maxima lie on it; it is {100 * float((rim.sum(1) / fg.flatten(1).sum(1)).mean()):.1f} % "
                   f"of the brain's pixels")
         return
     if args.at_128:
-        train, test = load_brain_subjects(128, 0, QUICK["train_subjects"], QUICK["test_subjects"])
+        train, test = load_brain_subjects(size, 0, QUICK["train_subjects"], QUICK["test_subjects"])
         val, trn = validation_split(len(train.images), TrainConfig(image_size=128), train.subjects)
         maps = patch_distance_maps(test.images.float(), train.images[trn].float(), 40)
-        report("128x128, the package's patch distance (p 5, r 4, outline 2, 40 slices)", smax(maps), maps, test)
+        report(f"128x128, the package's patch distance (p, r, outline = {patch_geometry(size)}, 40 slices)", smax(maps), maps, test)
         return
     train, test = load_brain_subjects(**QUICK)
     model = PatchGAN.load(Path(args.model))

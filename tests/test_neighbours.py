@@ -14,7 +14,8 @@ from PIL import Image
 from patchgan_fast import PatchGAN, Scorer, ScoreConfig, TrainConfig, error_maps, score_batch
 from patchgan_fast.ops.reference import normalize_reference
 from patchgan_fast.cli import main
-from patchgan_fast.scoring.neighbours import Embedding, patch_distance_maps, patch_distances, patch_geometry
+from patchgan_fast.scoring.neighbours import (Embedding, bank_images, patch_distance_maps, patch_distances, patch_geometry,
+                                             unit_images)
 from patchgan_fast.models.schedule import bank_choice, validation_split
 
 CONFIG = TrainConfig(**SMALL, steps=10, val_fraction=0.25, neighbours="bottleneck", neighbour_k=3, neighbour_bank=20)
@@ -210,6 +211,11 @@ def test_patch_distance_maps_equal_a_direct_search():
     got = patch_distance_maps(query, bank, k=3, chunk_elements=3 * 64 * 64 * 2)  # two queries per chunk
     torch.testing.assert_close(got, _direct_patch_maps(query, bank, 3), atol=1e-5, rtol=1e-5)
     assert (got[:2] == 0).any() and (got[2] > 0).all()
+    # a bank stored as uint8 (bank_images) differs by the rounding alone: at most 1/510 per pixel
+    stored = bank_images(bank)
+    assert stored.dtype == torch.uint8 and (unit_images(stored) - bank).abs().max() <= 0.5 / 255 + 1e-7
+    torch.testing.assert_close(patch_distance_maps(query, stored, k=3), _direct_patch_maps(query, unit_images(stored), 3),
+                               atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(patch_distances(query, bank, 3),
                                torch.nn.functional.avg_pool2d(got[:, None], 3, 1, 1).flatten(1).amax(1))
 
@@ -231,7 +237,7 @@ def test_a_patches_bank_holds_the_images_and_every_path_scores_with_it(tmp_path)
     model = PatchGAN.fit(TRAIN, config)
     val, train = validation_split(len(TRAIN), config)
     bank = TRAIN[train[bank_choice(len(train), config)]]
-    torch.testing.assert_close(model.feature_bank, bank.float() / 255, atol=1e-6, rtol=0)
+    assert torch.equal(model.feature_bank, bank)  # the training images as uint8, as read
     result = score_batch(model, TEST)
     torch.testing.assert_close(result.neighbour_distances, patch_distances(TEST.float() / 255, bank.float() / 255, 20),
                                atol=1e-5, rtol=1e-5)
@@ -244,6 +250,9 @@ def test_a_patches_bank_holds_the_images_and_every_path_scores_with_it(tmp_path)
     loaded = PatchGAN.load(tmp_path / "m.pgf")
     assert loaded.config == model.config and torch.equal(loaded.feature_bank, model.feature_bank)
     assert torch.equal(score_batch(loaded, TEST).scores, result.scores)
+    state = model.state()  # a file written while the bank was stored as float32 still loads, and scores the same
+    state["feature_bank"] = bank.float() / 255
+    torch.testing.assert_close(score_batch(PatchGAN.from_state(state), TEST).scores, result.scores, atol=1e-5, rtol=1e-5)
     # the abnormal test images (a bright square) are farther from the bank than the normal ones (blobs lie anywhere,
     # unlike registered images, so a normal image's blob can also be far from every bank blob within 1 pixel)
     assert result.neighbour_distances[6:].mean() > 2 * result.neighbour_distances[:6].mean()

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..runtime import __version__, atomic_save
 from ..scoring import RANKING_PRESETS, ScoreConfig, score_batch, score_statistics
-from ..scoring.neighbours import Embedding, check_space, combine, default_k, distances, patch_distance_maps
+from ..scoring.neighbours import Embedding, bank_images, check_space, combine, default_k, distances, patch_distance_maps
 from . import training
 from .config import TrainConfig
 from .networks import PatchDiscriminator, Reconstructor
@@ -41,7 +41,7 @@ class PatchGAN(nn.Module):
             under each error measure (unweighted patch errors, the config's ranking), the divisors of
             ``error='mse+msgms'``; None without validation images.
         feature_bank: Tensor[N, D] float32, the unit-length features (``config.neighbours``'s space) of N
-            normal training images (in the ``patches`` space the images themselves, [N, C, H, W] in [0, 1]),
+            normal training images (in the ``patches`` space the images themselves, [N, C, H, W] uint8),
             or None (see :meth:`add_neighbours`); a buffer, so it moves with the model.
         neighbour_scales: (mean, std) of the validation images' eq. 5 scores, then of their mean distances
             to the bank: the units in which the two scores are summed; None without a bank.
@@ -135,6 +135,8 @@ class PatchGAN(nn.Module):
         plain = torch.cat([score_batch(self, held_out[i:i + batch].to(device)).scores.cpu()
                            for i in range(0, len(held_out), batch)])
         bank = self._embed(images, features, batch)
+        if features == "patches":
+            bank = bank_images(bank)
         near = distances(self._embed(held_out, features, batch), bank, k).cpu()
         scales = (float(plain.mean()), float(plain.std()), float(near.mean()), float(near.std()))
         if not all(math.isfinite(v) for v in scales) or scales[1] <= 0 or scales[3] <= 0:
@@ -241,7 +243,8 @@ class PatchGAN(nn.Module):
             scales = state.get("error_scales")  # absent in files written before 'mse+msgms'
             model.error_scales = None if scales is None else tuple(float(v) for v in scales)
             if state.get("feature_bank") is not None:  # format 2
-                model.feature_bank = state["feature_bank"].float()
+                bank = state["feature_bank"]  # a patches bank is uint8 (float32 in older files)
+                model.feature_bank = bank if bank.dtype == torch.uint8 else bank.float()
                 model.neighbour_scales = tuple(float(v) for v in state["neighbour_scales"])
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -105,11 +105,22 @@ def box_mean(x: Tensor, p: int) -> Tensor:
     return nn.functional.avg_pool2d(x, (1, p), 1, (0, p // 2), count_include_pad=False)
 
 
+def unit_images(images: Tensor) -> Tensor:
+    """Images as float32 in [0, 1]: uint8 ones (a stored ``patches`` bank) divided by 255, others as they are."""
+    return images.float() / 255 if images.dtype == torch.uint8 else images.float()
+
+
+def bank_images(images: Tensor) -> Tensor:
+    """A ``patches`` bank as stored: images in [0, 1] as uint8 (a quarter of float32's size; a difference of at
+    most 1/510 per pixel, as in the image files the bank usually comes from)."""
+    return (images.float().clamp(0, 1) * 255).round_().to(torch.uint8)
+
+
 def describe(images: Tensor) -> Tensor:
     """[N, D] what :func:`patch_distance_maps` uses to find the bank images most like a query: the images
-    average-pooled to at most 16 x 16."""
+    (float in [0, 1], or uint8) average-pooled to at most 16 x 16."""
     h, w = images.shape[-2:]
-    return nn.functional.adaptive_avg_pool2d(images.float(), (min(h, 16), min(w, 16))).flatten(1)
+    return nn.functional.adaptive_avg_pool2d(unit_images(images), (min(h, 16), min(w, 16))).flatten(1)
 
 
 def patch_distance_maps(query: Tensor, bank: Tensor, k: int, chunk_elements: int = 2**24) -> Tensor:
@@ -121,7 +132,7 @@ def patch_distance_maps(query: Tensor, bank: Tensor, k: int, chunk_elements: int
     lesions change it.
 
     Args:
-        query (Tensor[N, C, H, W]), bank (Tensor[M, C, H, W]): images, float in [0, 1], on one device.
+        query (Tensor[N, C, H, W]), bank (Tensor[M, C, H, W]): images, float in [0, 1] or uint8, on one device.
         k: bank images searched per query, 1 .. M.
         chunk_elements: most floats of one chunk's working tensor (queries x k x H x W).
     """
@@ -135,11 +146,11 @@ def patch_distance_maps(query: Tensor, bank: Tensor, k: int, chunk_elements: int
     if n == 0:
         return out
     near = torch.cdist(describe(query), describe(bank)).topk(k, dim=1, largest=False).indices
-    padded = nn.functional.pad(bank.float(), (r,) * 4)
+    padded = nn.functional.pad(bank, (r,) * 4)  # as stored (uint8): each chunk's candidates become float
     step = max(1, chunk_elements // (k * h * w))
     for i in range(0, n, step):
-        q = query[i:i + step].float()[:, None]  # [b, 1, C, H, W]
-        cand = padded[near[i:i + step]]  # [b, k, C, H + 2r, W + 2r]
+        q = unit_images(query[i:i + step])[:, None]  # [b, 1, C, H, W]
+        cand = unit_images(padded[near[i:i + step]])  # [b, k, C, H + 2r, W + 2r]
         best = None
         for dy in range(2 * r + 1):
             for dx in range(2 * r + 1):
@@ -147,7 +158,7 @@ def patch_distance_maps(query: Tensor, bank: Tensor, k: int, chunk_elements: int
                 d = box_mean(d.flatten(0, 1)[:, None], p).view(d.shape).amin(1)
                 best = d if best is None else torch.minimum(best, d)
         out[i:i + step] = best
-    background = (query <= 0.5 / 255).all(1, keepdim=True).float()
+    background = (unit_images(query) <= 0.5 / 255).all(1, keepdim=True).float()
     inside = 1 - nn.functional.max_pool2d(background, 2 * e + 1, 1, e)[:, 0]
     return out * inside
 
