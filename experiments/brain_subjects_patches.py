@@ -15,8 +15,8 @@ nothing below was chosen by them for the package except as the results file says
     python experiments/brain_subjects_patches.py [--model /tmp/brain-subjects-levers/patch8-300.pgf]
         # the demo's model (brain_subjects_levers.py trains and caches it); about 15 minutes on 2 CPU cores
     python experiments/brain_subjects_patches.py --outline [--at-128]
-        # normal validation slices only: where their maps peak (within 1 or 2 pixels of the brain's outline?;
-        # at 128x128 with the package's patch and radius there, within 1, 2 or 3)
+        # normal validation slices only (draws 0 and 1): how many of their maxima lie on each ring of the brain's
+        # outline against the ring's share of the pixels, and the outline the package chooses from that
     python experiments/brain_subjects_patches.py --at-128
         # the package's patch distance alone on the 128x128 slices of the same subjects; about 4 minutes
 
@@ -34,7 +34,8 @@ from brain_subjects_levers import report, smoothed_max as smax  # this folder's:
 from patchgan_fast import PatchGAN, TrainConfig, score_batch
 from patchgan_fast.data.datasets.brain_subjects import QUICK, load_brain_subjects
 from patchgan_fast.models.schedule import validation_split
-from patchgan_fast.scoring.neighbours import box_mean, describe, patch_distance_maps, patch_geometry
+from patchgan_fast.scoring.neighbours import (box_mean, choose_outline, describe, leave_outline, patch_distance_maps,
+                                             patch_geometry)
 
 
 def nearest(q, bank, p, r):
@@ -73,17 +74,21 @@ def main():
     torch.set_num_threads(2)
     size = 128 if args.at_128 else 64
     if args.outline:  # no labels: the validation subjects' slices are all normal
-        train, _ = load_brain_subjects(size, 0, QUICK["train_subjects"], QUICK["test_subjects"])
-        val, trn = validation_split(len(train.images), TrainConfig(image_size=size), train.subjects)
-        held = train.images[val].float()
-        p, r, _ = patch_geometry(size)
-        peak = F.avg_pool2d(maps_for(held, train.images[trn].float(), 40, p, r)[:, None], 3, 1, 1).flatten(1).argmax(1)
-        fg = (held[:, 0] > 0).float()
-        for e in (1, 2, 3) if args.at_128 else (1, 2):
-            rim = (F.max_pool2d(1 - fg[:, None], 2 * e + 1, 1, e)[:, 0] * fg).flatten(1)
-            print(f"outline of {e} pixel(s): {int(rim[torch.arange(len(peak)), peak].sum())} of {len(peak)} normal "
-                  f"validation maxima lie on it; it is {100 * float((rim.sum(1) / fg.flatten(1).sum(1)).mean()):.1f} % "
-                  f"of the brain's pixels")
+        for seed in (0, 1):
+            train, _ = load_brain_subjects(size, seed, QUICK["train_subjects"], QUICK["test_subjects"])
+            val, trn = validation_split(len(train.images), TrainConfig(image_size=size), train.subjects)
+            held = train.images[val].float()
+            maps = patch_distance_maps(held, train.images[trn].float(), 40, outline=0)
+            rows = torch.arange(len(held))
+            for e in range(3):
+                left = leave_outline(maps, held, e)
+                ring = (leave_outline(torch.ones_like(maps), held, e) - leave_outline(torch.ones_like(maps), held, e + 1))
+                place = F.avg_pool2d(left[:, None], 3, 1, 1).flatten(1).argmax(1)
+                share = (ring.flatten(1).sum(1) / leave_outline(torch.ones_like(maps), held, e).flatten(1).sum(1)).mean()
+                print(f"{size}x{size}, draw {seed}, outline {e}: the next ring holds {int(ring.flatten(1)[rows, place].sum())} "
+                      f"of {len(held)} normal validation maxima and {100 * float(share):.1f} % of the pixels left")
+            print(f"{size}x{size}, draw {seed}: choose_outline -> "
+                  f"{choose_outline(maps, held, most=patch_geometry(size)[1])}")
         return
     if args.at_128:
         train, test = load_brain_subjects(size, 0, QUICK["train_subjects"], QUICK["test_subjects"])

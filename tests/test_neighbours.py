@@ -14,8 +14,8 @@ from PIL import Image
 from patchgan_fast import PatchGAN, Scorer, ScoreConfig, TrainConfig, error_maps, score_batch
 from patchgan_fast.ops.reference import normalize_reference
 from patchgan_fast.cli import main
-from patchgan_fast.scoring.neighbours import (Embedding, bank_images, patch_distance_maps, patch_distances, patch_geometry,
-                                             unit_images)
+from patchgan_fast.scoring.neighbours import (Embedding, bank_images, choose_outline, leave_outline, patch_distance_maps,
+                                             patch_distances, patch_geometry, peaks, unit_images)
 from patchgan_fast.models.schedule import bank_choice, validation_split
 
 CONFIG = TrainConfig(**SMALL, steps=10, val_fraction=0.25, neighbours="bottleneck", neighbour_k=3, neighbour_bank=20)
@@ -230,6 +230,22 @@ def test_a_patch_unlike_any_nearby_is_where_the_map_is_high():
     assert maps.amax() > 0.1 and 27 <= ys.min() and ys.max() <= 36 and 17 <= xs.min() and xs.max() <= 26
 
 
+def test_the_outline_is_left_out_where_normal_maxima_crowd_it():
+    # 32x32 discs of varying radius: normal images differ most along the outline, so their maxima crowd it
+    bank, held = _brains(8, 32), _brains(6, 32, seed=1)
+    maps = patch_distance_maps(held, bank, 8, outline=0)
+    ring = leave_outline(torch.ones(6, 32, 32), held, 0) - leave_outline(torch.ones(6, 32, 32), held, 1)
+    place = torch.nn.functional.avg_pool2d(maps[:, None], 3, 1, 1).flatten(1).argmax(1)
+    assert ring.flatten(1)[torch.arange(6), place].mean() > ring.flatten(1).sum(1).mean() / 32**2
+    assert choose_outline(maps, held, most=3) == 1 and choose_outline(maps, held, most=0) == 0
+    torch.testing.assert_close(peaks(leave_outline(maps, held, 1)), patch_distances(held, bank, 8, outline=1))
+    # 64x64 discs with the same noise: the texture, not the outline, sets the maxima; nothing is left out
+    bank, held = _brains(8, 64), _brains(6, 64, seed=1)
+    assert choose_outline(patch_distance_maps(held, bank, 8, outline=0), held, most=3) == 0
+    full = held + 0.1  # no background, no outline
+    assert choose_outline(patch_distance_maps(full, bank + 0.1, 8, outline=0), full, most=3) == 0
+
+
 def test_a_patches_bank_holds_the_images_and_every_path_scores_with_it(tmp_path):
     config = dataclasses.replace(CONFIG, neighbours="patches", neighbour_k=None)
     assert config.neighbour_k == 20  # the default, 40, at most the bank
@@ -238,8 +254,12 @@ def test_a_patches_bank_holds_the_images_and_every_path_scores_with_it(tmp_path)
     val, train = validation_split(len(TRAIN), config)
     bank = TRAIN[train[bank_choice(len(train), config)]]
     assert torch.equal(model.feature_bank, bank)  # the training images as uint8, as read
+    held = TRAIN[val].float() / 255  # the outline: chosen on the validation images' maps against the bank
+    assert model.patch_outline == choose_outline(patch_distance_maps(held, model.feature_bank, 20, outline=0), held,
+                                                 most=patch_geometry(32)[1])
     result = score_batch(model, TEST)
-    torch.testing.assert_close(result.neighbour_distances, patch_distances(TEST.float() / 255, bank.float() / 255, 20),
+    torch.testing.assert_close(result.neighbour_distances,
+                               patch_distances(TEST.float() / 255, bank.float() / 255, 20, model.patch_outline),
                                atol=1e-5, rtol=1e-5)
     a, b, c, d = model.neighbour_scales
     plain = dataclasses.replace(model.score_config, neighbour_scales=None)
@@ -249,7 +269,13 @@ def test_a_patches_bank_holds_the_images_and_every_path_scores_with_it(tmp_path)
     model.save(tmp_path / "m.pgf")
     loaded = PatchGAN.load(tmp_path / "m.pgf")
     assert loaded.config == model.config and torch.equal(loaded.feature_bank, model.feature_bank)
+    assert loaded.patch_outline == model.patch_outline
     assert torch.equal(score_batch(loaded, TEST).scores, result.scores)
+    state = model.state()
+    del state["patch_outline"]  # a file written before the outline was chosen: patch_geometry's (1 at 32x32)
+    assert PatchGAN.from_state(state).patch_outline is None
+    torch.testing.assert_close(score_batch(PatchGAN.from_state(state), TEST).neighbour_distances,
+                               patch_distances(TEST.float() / 255, bank.float() / 255, 20, 1), atol=1e-5, rtol=1e-5)
     state = model.state()  # a file written while the bank was stored as float32 still loads, and scores the same
     state["feature_bank"] = bank.float() / 255
     torch.testing.assert_close(score_batch(PatchGAN.from_state(state), TEST).scores, result.scores, atol=1e-5, rtol=1e-5)
@@ -275,7 +301,7 @@ def test_a_patches_model_maps_both_parts_of_its_score():
     plain = dataclasses.replace(model.score_config, neighbour_scales=None)
     _, b, _, d = model.neighbour_scales
     near = model.patch_distance_maps(TEST)
-    torch.testing.assert_close(near, patch_distance_maps(TEST.float() / 255, model.feature_bank, 20))
+    torch.testing.assert_close(near, patch_distance_maps(TEST.float() / 255, model.feature_bank, 20, model.patch_outline))
     torch.testing.assert_close(error_maps(model, TEST), error_maps(model, TEST, plain) / b + near / d)
     with pytest.raises(ValueError, match=r"the patches bank holds images of \(1, 32, 32\) \(C, H, W\); expected images of "
                                          r"that shape, got \(1, 16, 16\)"):
@@ -297,5 +323,7 @@ def test_the_train_command_gives_a_bank_of_patches_that_the_report_explains(tmp_
     assert main(["screen", str(out), str(tmp_path / "normal"), "--out", str(screened), "--workers", "0",
                  "--compile", "none"]) == 0
     report = (screened / "report.html").read_text()
-    assert "nearest patch near the same place in its 22 most similar normal training images" in report
+    n = model.patch_outline
+    assert f"nearest patch near the same place in its 22 most similar normal training images (the foreground's " \
+           f"outermost {n} pixel{'' if n == 1 else 's'} left out" in report
     assert "each patch's distance to the nearest normal patch" in report

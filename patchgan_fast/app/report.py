@@ -177,10 +177,13 @@ def _report(out: Path, rows: list[dict], errors: list[dict], heat: list[str], mo
         ref += ("<p>Model: SAGAN; score: the mean of |x - G(x)| / 2, the change its generator makes to restore a "
                 "normal-looking image.</p>")
     elif model.feature_bank is not None and model.config.neighbours == "patches":
+        n = model.patch_outline
+        outline = ("the outline of the foreground left out" if n is None else
+                   f"the foreground's outermost {n} pixel{'' if n == 1 else 's'} left out, as many as the normal "
+                   "validation images' maxima crowd")
         ref += (f"<p>Score: the ranked patch score (eq. 5) plus the largest distance of a patch of the image to the "
                 f"nearest patch near the same place in its {model.config.neighbour_k} most similar normal training "
-                f"images (the outline of the foreground left out), each in units of the normal validation "
-                f"images'.</p>")
+                f"images ({outline}), each in units of the normal validation images'.</p>")
     elif model.feature_bank is not None:
         ref += (f"<p>Score: the ranked patch score (eq. 5) plus the mean distance of the image's "
                 f"{e(model.config.neighbours)} features to those of its {model.config.neighbour_k} nearest normal "

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from .. import ops
 from ..runtime import __version__, atomic_save
 from ..scoring import RANKING_PRESETS, ScoreConfig, score_batch, score_statistics
-from ..scoring.neighbours import Embedding, bank_images, check_space, combine, default_k, distances, patch_distance_maps
+from ..scoring.neighbours import (Embedding, bank_images, check_space, choose_outline, combine, default_k, distances,
+                                  leave_outline, patch_distance_maps, patch_geometry, peaks)
 from . import training
 from .config import TrainConfig
 from .networks import PatchDiscriminator, Reconstructor
@@ -45,6 +46,9 @@ class PatchGAN(nn.Module):
             or None (see :meth:`add_neighbours`); a buffer, so it moves with the model.
         neighbour_scales: (mean, std) of the validation images' eq. 5 scores, then of their mean distances
             to the bank: the units in which the two scores are summed; None without a bank.
+        patch_outline: with a ``patches`` bank, the pixels of the foreground's outline its maps leave out, chosen
+            on the validation images (:func:`~patchgan_fast.scoring.neighbours.choose_outline`); None otherwise
+            (and in files written before it was chosen: ``patch_geometry``'s).
         trained_on: how many images trained it, ``{"normal": n, "unlabelled": m}`` (m > 0: the semi-supervised
             setting); zeros before training.
     """
@@ -63,6 +67,7 @@ class PatchGAN(nn.Module):
         self.error_scales: Optional[tuple[float, float]] = None
         self.register_buffer("feature_bank", None, persistent=False)
         self.neighbour_scales: Optional[tuple[float, float, float, float]] = None
+        self.patch_outline: Optional[int] = None
         self.trained_on = {"normal": 0, "unlabelled": 0}
         # channels_last: faster convolutions on GPUs and on CPUs alike (oneDNN: scoring 1.6-2x faster on 2 cores)
         self.to(memory_format=torch.channels_last)
@@ -134,15 +139,20 @@ class PatchGAN(nn.Module):
         device = next(self.parameters()).device
         plain = torch.cat([score_batch(self, held_out[i:i + batch].to(device)).scores.cpu()
                            for i in range(0, len(held_out), batch)])
-        bank = self._embed(images, features, batch)
+        bank, held = self._embed(images, features, batch), self._embed(held_out, features, batch)
+        outline = None
         if features == "patches":
             bank = bank_images(bank)
-        near = distances(self._embed(held_out, features, batch), bank, k).cpu()
+            maps = patch_distance_maps(held, bank, k, outline=0)
+            outline = choose_outline(maps, held, most=patch_geometry(min(held.shape[-2:]))[1])
+            near = peaks(leave_outline(maps, held, outline)).cpu()
+        else:
+            near = distances(held, bank, k).cpu()
         scales = (float(plain.mean()), float(plain.std()), float(near.mean()), float(near.std()))
         if not all(math.isfinite(v) for v in scales) or scales[1] <= 0 or scales[3] <= 0:
             raise ValueError(f"the held-out images' scores and distances have no spread (mean, std of each: {scales}); "
                              "give more, or more varied, held-out images")
-        self.config, self.feature_bank, self.neighbour_scales = config, bank, scales
+        self.config, self.feature_bank, self.neighbour_scales, self.patch_outline = config, bank, scales, outline
         self.score_stats = score_statistics(combine(plain, near, scales))
         return self
 
@@ -156,7 +166,8 @@ class PatchGAN(nn.Module):
         if self.feature_bank is None:
             raise RuntimeError("this model has no feature bank; train it with TrainConfig(neighbours=...) "
                                "or call add_neighbours")
-        return distances(self._embed(images, self.config.neighbours, batch), self.feature_bank, self.config.neighbour_k)
+        return distances(self._embed(images, self.config.neighbours, batch), self.feature_bank, self.config.neighbour_k,
+                         self.patch_outline)
 
     def patch_distance_maps(self, images: Tensor, batch: int = 256) -> Tensor:
         """Tensor[B, H, W] float32 on the model's device: each pixel's patch distance to the model's ``patches``
@@ -170,7 +181,8 @@ class PatchGAN(nn.Module):
             raise RuntimeError(f"this model has no bank of patches (its feature bank: "
                                f"{self.config.neighbours if self.feature_bank is not None else 'none'}); train it with "
                                "TrainConfig(neighbours='patches') or call add_neighbours(..., 'patches')")
-        return patch_distance_maps(self._embed(images, "patches", batch), self.feature_bank, self.config.neighbour_k)
+        return patch_distance_maps(self._embed(images, "patches", batch), self.feature_bank, self.config.neighbour_k,
+                                   self.patch_outline)
 
     def _embed(self, images: Tensor, features: str, batch: int) -> Tensor:
         """[N, D] unit-length features of ``images`` (any device) on the model's device ([N, C, H, W] images
@@ -208,6 +220,7 @@ class PatchGAN(nn.Module):
             "error_scales": None if self.error_scales is None else list(self.error_scales),
             "feature_bank": None if self.feature_bank is None else self.feature_bank.detach().cpu(),
             "neighbour_scales": None if self.neighbour_scales is None else list(self.neighbour_scales),
+            "patch_outline": self.patch_outline,
             "reconstructor": {k: v.detach().cpu() for k, v in self.reconstructor.state_dict().items()},
             "discriminator": {k: v.detach().cpu() for k, v in self.discriminator.state_dict().items()},
         }
@@ -246,6 +259,8 @@ class PatchGAN(nn.Module):
                 bank = state["feature_bank"]  # a patches bank is uint8 (float32 in older files)
                 model.feature_bank = bank if bank.dtype == torch.uint8 else bank.float()
                 model.neighbour_scales = tuple(float(v) for v in state["neighbour_scales"])
+                outline = state.get("patch_outline")  # absent in files written before it was chosen
+                model.patch_outline = None if outline is None else int(outline)
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ValueError(f"{source} holds a damaged model ({type(exc).__name__}: {reason})") from exc

@@ -12,10 +12,13 @@ The ``patches`` space compares places instead of whole images: each pixel's smal
 patch near the same place in the bank images most like the query (:func:`patch_distance_maps`), as PatchCore
 does with pretrained features, here in the images' own pixels, which suits registered collections (brain MRI
 registered to an atlas); the image's distance is the largest of that map (3 x 3-smoothed) away from the
-outline of its foreground (experiments/results/cpu-experiment-brain-subjects.md).
+outline of its foreground, as wide as the normal validation images show it must be (:func:`choose_outline`;
+experiments/results/cpu-experiment-brain-subjects.md).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -77,10 +80,10 @@ class Embedding(nn.Module):
         return torch.cat(parts, 1) / len(parts) ** 0.5
 
 
-def distances(query: Tensor, bank: Tensor, k: int) -> Tensor:
+def distances(query: Tensor, bank: Tensor, k: int, outline: Optional[int] = None) -> Tensor:
     """The distance of each query to the bank: :func:`mean_distances` of feature vectors ``[N, D]``, or
-    :func:`patch_distances` of images ``[N, C, H, W]`` (the ``patches`` space)."""
-    return patch_distances(query, bank, k) if bank.dim() == 4 else mean_distances(query, bank, k)
+    :func:`patch_distances` of images ``[N, C, H, W]`` (the ``patches`` space, leaving ``outline`` out)."""
+    return patch_distances(query, bank, k, outline) if bank.dim() == 4 else mean_distances(query, bank, k)
 
 
 def mean_distances(query: Tensor, bank: Tensor, k: int, chunk: int = 1024) -> Tensor:
@@ -123,17 +126,20 @@ def describe(images: Tensor) -> Tensor:
     return nn.functional.adaptive_avg_pool2d(unit_images(images), (min(h, 16), min(w, 16))).flatten(1)
 
 
-def patch_distance_maps(query: Tensor, bank: Tensor, k: int, chunk_elements: int = 2**24) -> Tensor:
+def patch_distance_maps(query: Tensor, bank: Tensor, k: int, outline: Optional[int] = None,
+                        chunk_elements: int = 2**24) -> Tensor:
     """[N, H, W] float32: for each pixel of each query image, the mean squared difference between its p x p
     patch and the nearest p x p patch centred up to r pixels away in any of the ``k`` bank images most like
     the query (Euclidean distance of :func:`describe`), ``(p, r, e) = patch_geometry(min(H, W))``. Pixels
-    within e pixels of the query's background (pixels 0 in every channel: outside a skull-stripped brain,
-    a dermoscope's dark corners) are 0: a foreground's outline differs between normal images more than most
-    lesions change it.
+    within ``outline`` (None: e) pixels of the query's background (pixels 0 in every channel: outside a
+    skull-stripped brain, a dermoscope's dark corners) are 0 (:func:`leave_outline`): a foreground's outline
+    differs between normal images more than most lesions change it (a model chooses its outline on its
+    normal validation images, :func:`choose_outline`).
 
     Args:
         query (Tensor[N, C, H, W]), bank (Tensor[M, C, H, W]): images, float in [0, 1] or uint8, on one device.
         k: bank images searched per query, 1 .. M.
+        outline: pixels of the foreground's outline left out, >= 0 (0: the background alone); None: e.
         chunk_elements: most floats of one chunk's working tensor (queries x k x H x W).
     """
     if query.dim() != 4 or bank.dim() != 4 or query.shape[1:] != bank.shape[1:]:
@@ -141,6 +147,7 @@ def patch_distance_maps(query: Tensor, bank: Tensor, k: int, chunk_elements: int
                          f"shape, got {tuple(query.shape[1:])}: resize them to the size the model was trained at")
     n, _, h, w = query.shape
     p, r, e = patch_geometry(min(h, w))
+    e = e if outline is None else outline
     k = min(k, len(bank))
     out = query.new_zeros((n, h, w), dtype=torch.float32)
     if n == 0:
@@ -158,15 +165,50 @@ def patch_distance_maps(query: Tensor, bank: Tensor, k: int, chunk_elements: int
                 d = box_mean(d.flatten(0, 1)[:, None], p).view(d.shape).amin(1)
                 best = d if best is None else torch.minimum(best, d)
         out[i:i + step] = best
-    background = (unit_images(query) <= 0.5 / 255).all(1, keepdim=True).float()
-    inside = 1 - nn.functional.max_pool2d(background, 2 * e + 1, 1, e)[:, 0]
-    return out * inside
+    return leave_outline(out, query, e)
 
 
-def patch_distances(query: Tensor, bank: Tensor, k: int) -> Tensor:
-    """[N] float32: the largest value of each query's :func:`patch_distance_maps` after a 3 x 3 mean."""
-    maps = patch_distance_maps(query, bank, k)
+def near_background(images: Tensor, e: int) -> Tensor:
+    """[N, H, W] float32, 1 where a pixel of ``images`` [N, C, H, W] is within ``e`` pixels of the background
+    (pixels 0 in every channel), the background included; 0 elsewhere."""
+    background = (unit_images(images) <= 0.5 / 255).all(1, keepdim=True).float()
+    return nn.functional.max_pool2d(background, 2 * e + 1, 1, e)[:, 0]
+
+
+def leave_outline(maps: Tensor, images: Tensor, e: int) -> Tensor:
+    """``maps`` [N, H, W] of ``images`` with the background and the foreground's outermost ``e`` pixels set to 0."""
+    return maps * (1 - near_background(images, e))
+
+
+def peaks(maps: Tensor) -> Tensor:
+    """[N]: the largest value of each map [N, H, W] after a 3 x 3 mean (where it is largest)."""
     return nn.functional.avg_pool2d(maps[:, None], 3, 1, 1).flatten(1).amax(1) if len(maps) else maps.new_zeros(0)
+
+
+def patch_distances(query: Tensor, bank: Tensor, k: int, outline: Optional[int] = None) -> Tensor:
+    """[N] float32: :func:`peaks` of the queries' :func:`patch_distance_maps`."""
+    return peaks(patch_distance_maps(query, bank, k, outline))
+
+
+def choose_outline(maps: Tensor, images: Tensor, most: int) -> int:
+    """How many pixels of the foreground's outline a ``patches`` bank leaves out, chosen on normal images
+    alone: ``maps`` [N, H, W], their :func:`patch_distance_maps` with outline 0, of ``images`` [N, C, H, W].
+
+    From 0, the outline grows by one pixel while the next ring of the foreground (the pixels one farther from
+    the background) holds a larger share of the maps' maxima (:func:`peaks`' places) than its share of the
+    pixels left: where normal images peak more often than the size of the place explains, normal variation,
+    not a lesion, would set the score. At most ``most``; 0 for images without background.
+    """
+    e, rows = 0, torch.arange(len(maps), device=maps.device)
+    while e < most and len(maps):
+        near, nearer = near_background(images, e), near_background(images, e + 1)
+        left, ring = (1 - near).flatten(1), (nearer - near).flatten(1)
+        place = nn.functional.avg_pool2d((maps * (1 - near))[:, None], 3, 1, 1).flatten(1).argmax(1)
+        share = (ring.sum(1) / left.sum(1).clamp(min=1)).mean()
+        if ring[rows, place].mean() <= share:
+            break
+        e += 1
+    return e
 
 
 def combine(scores: Tensor, distances: Tensor, scales: tuple[float, float, float, float]) -> Tensor:

@@ -112,7 +112,8 @@ class Scorer:
         if config.neighbour_scales is not None:  # eq. 5 + nearest-neighbour distance: the feature net in fp32
             check_bank(model)
             embed = copy.deepcopy(Embedding(model, model.config.neighbours)).to(self.device).eval().requires_grad_(False)
-            self._neighbours = (embed, model.feature_bank.to(self.device), model.config.neighbour_k)
+            self._neighbours = (embed, model.feature_bank.to(self.device), model.config.neighbour_k,
+                                getattr(model, "patch_outline", None))
 
     def _compiled(self):
         mode = "reduce-overhead" if self.compile_mode == "cudagraphs" else None
@@ -214,8 +215,8 @@ class Scorer:
 
     def _distances(self, x: Tensor) -> Tensor:
         """[n] mean distances of the images' features to their nearest in the model's feature bank."""
-        embed, bank, k = self._neighbours
-        return distances(embed(ops.normalize(x, self.config.mean, self.config.std)), bank, k)
+        embed, bank, k, outline = self._neighbours
+        return distances(embed(ops.normalize(x, self.config.mean, self.config.std)), bank, k, outline)
 
 
 class BatchQueue:
