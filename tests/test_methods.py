@@ -7,7 +7,7 @@ import torch
 from helpers import blobs
 from sklearn.metrics import roc_auc_score
 
-from patchgan_fast import TrainConfig
+from patchgan_fast import TrainConfig, error_maps, score_batch
 from patchgan_fast.evaluation.methods import REGISTRY, get_method
 
 CONFIG = TrainConfig(image_size=32, patch_size=8, width=8, depth=2, disc_width=8, disc_layers=2, batch_size=16,
@@ -74,6 +74,20 @@ def test_nearest_neighbour_scoring_adds_normalized_feature_distances(space):
     one = method.score_neighbours(train, 1, space) - model.normalize(method.score(train, maps=False)[0])
     assert torch.allclose(one, one[0].expand_as(one), atol=1e-2) and one[0] < 0
     assert model.feature_bank is None and model.score_config.neighbour_scales is None  # the method's model is untouched
+
+
+def test_a_patches_model_scores_and_maps_as_the_package_does_computing_its_distances_once(monkeypatch):
+    method = get_method("patchgan", dataclasses.replace(CONFIG, steps=4, neighbours="patches")).fit(blobs(64))
+    model = method.model
+    images = torch.cat([blobs(6, seed=5), blobs(6, seed=6, abnormal=True)])
+    expected = (score_batch(model, images).scores, error_maps(model, images))
+    calls = []
+    original = type(model).patch_distance_maps
+    monkeypatch.setattr(type(model), "patch_distance_maps", lambda self, x, *a: calls.append(len(x)) or original(self, x, *a))
+    scores, maps = method.score(images)
+    assert calls == [len(images)]  # one search for the distances and the maps
+    torch.testing.assert_close(scores, expected[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(maps, expected[1])
 
 
 def test_nearest_neighbour_scoring_refuses_bad_arguments():

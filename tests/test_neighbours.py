@@ -303,6 +303,11 @@ def test_a_patches_model_maps_both_parts_of_its_score():
     near = model.patch_distance_maps(TEST)
     torch.testing.assert_close(near, patch_distance_maps(TEST.float() / 255, model.feature_bank, 20, model.patch_outline))
     torch.testing.assert_close(error_maps(model, TEST), error_maps(model, TEST, plain) / b + near / d)
+    torch.testing.assert_close(error_maps(model, TEST, patch_maps=near, batch=5), error_maps(model, TEST))  # given maps
+    with pytest.raises(ValueError, match=r"one \[H, W\] map per image: expected \(12, 32, 32\), got \(11, 32, 32\)"):
+        error_maps(model, TEST, patch_maps=near[:11])
+    with pytest.raises(ValueError, match="for a score without the patches term"):
+        error_maps(model, TEST, plain, patch_maps=near)
     with pytest.raises(ValueError, match=r"the patches bank holds images of \(1, 32, 32\) \(C, H, W\); expected images of "
                                          r"that shape, got \(1, 16, 16\)"):
         model.patch_distance_maps(TEST[:, :, :16, :16])
@@ -323,7 +328,7 @@ def test_the_train_command_gives_a_bank_of_patches_that_the_report_explains(tmp_
     assert main(["screen", str(out), str(tmp_path / "normal"), "--out", str(screened), "--workers", "0",
                  "--compile", "none"]) == 0
     report = (screened / "report.html").read_text()
-    n = model.patch_outline
-    assert f"nearest patch near the same place in its 22 most similar normal training images (the foreground's " \
-           f"outermost {n} pixel{'' if n == 1 else 's'} left out" in report
+    n = model.patch_outline  # chosen on the 2 validation images: here 0
+    outline = "nothing of the foreground's outline left out" if n == 0 else f"the foreground's outermost {n} pixel"
+    assert f"nearest patch near the same place in its 22 most similar normal training images ({outline}" in report
     assert "each patch's distance to the nearest normal patch" in report

@@ -179,8 +179,9 @@ def _report(out: Path, rows: list[dict], errors: list[dict], heat: list[str], mo
     elif model.feature_bank is not None and model.config.neighbours == "patches":
         n = model.patch_outline
         outline = ("the outline of the foreground left out" if n is None else
-                   f"the foreground's outermost {n} pixel{'' if n == 1 else 's'} left out, as many as the normal "
-                   "validation images' maxima crowd")
+                   "nothing of the foreground's outline left out: the normal validation images' maxima do not crowd it"
+                   if n == 0 else f"the foreground's outermost {n} pixel{'' if n == 1 else 's'} left out, where the "
+                   "normal validation images' maxima crowd")
         ref += (f"<p>Score: the ranked patch score (eq. 5) plus the largest distance of a patch of the image to the "
                 f"nearest patch near the same place in its {model.config.neighbour_k} most similar normal training "
                 f"images ({outline}), each in units of the normal validation images'.</p>")

@@ -24,6 +24,7 @@ from ..models.schedule import bank_choice, validation_split
 from ..models.training import validation_statistics
 from ..ops import to_unit
 from ..scoring import Scorer, error_maps, score_batch
+from ..scoring.neighbours import combine, peaks
 from .baselines import AnoGANMethod, FAnoGANMethod, PerceptualAEMethod
 
 
@@ -74,11 +75,17 @@ class PatchGANMethod:
             cfg = dataclasses.replace(cfg, error=error)
         if not neighbours or (ranking, position_weights, error) != (None, True, None):
             cfg = dataclasses.replace(cfg, neighbour_scales=None)
-        scorer = Scorer(self.model, cfg, compile="none")
+        # a patches bank's maps give both its distances and its part of the error maps: computed once
+        once = maps and cfg.neighbour_scales is not None and self.model.config.neighbours == "patches"
+        scorer = Scorer(self.model, dataclasses.replace(cfg, neighbour_scales=None) if once else cfg, compile="none")
         dev = self._device()
 
         def one(x):
             x = x.to(dev)
+            if once:
+                near = self.model.patch_distance_maps(x)
+                s = combine(scorer(x)[0], peaks(near), cfg.neighbour_scales)
+                return s.cpu(), error_maps(self.model, x, cfg, patch_maps=near).cpu()
             return scorer(x)[0].cpu(), error_maps(self.model, x, cfg).cpu() if maps else None
 
         return _batched(one, images)

@@ -172,8 +172,12 @@ def _train_and_score(job: tuple) -> tuple:
                 extra[f"patchgan, multi-scale scoring (patches {'+'.join(map(str, sizes))})"] = m.score_multiscale(
                     test_x, sizes)
             for space in FEATURE_SPACES:
-                extra[f"patchgan + nearest-neighbour {space} features (k = {default_k(space)})"] = m.score_neighbours(
-                    test_x, None, space)
+                k, own = default_k(space), m.model.config
+                if space == "patches" and m.model.feature_bank is not None:
+                    k = min(k, len(m.model.feature_bank))  # as add_neighbours caps it
+                same = m.model.feature_bank is not None and (own.neighbours, own.neighbour_k) == (space, k)
+                extra[f"patchgan + nearest-neighbour {space} features (k = {default_k(space)})"] = (
+                    scores if same else m.score_neighbours(test_x, None, space))  # the model's own: its scores
     if hasattr(m, "score_variants"):  # a method's other ways to score (SAGAN's test-time dropout)
         extra.update(m.score_variants(test_x))
     return scores, maps, extra, (time.perf_counter() - t0, per_image)

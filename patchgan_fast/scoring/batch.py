@@ -86,7 +86,7 @@ def default_smoothing(patch_size: int) -> int:
 
 def error_maps(
     model: nn.Module, images: Tensor, config: Optional[ScoreConfig] = None, *, keys: Optional[Tensor] = None,
-    smoothing: Optional[int] = None, batch: int = 64,
+    smoothing: Optional[int] = None, batch: int = 64, patch_maps: Optional[Tensor] = None,
 ) -> Tensor:
     """Localization maps: :func:`pixel_errors` averaged over a ``smoothing`` x ``smoothing`` window
     (default :func:`default_smoothing` of the patch size; 1: no smoothing). ``[B, H, W]`` float32 on
@@ -99,7 +99,8 @@ def error_maps(
     A model whose score adds the ``patches`` nearest-neighbour term (``config.neighbour_scales`` set and
     ``model.config.neighbours == 'patches'``) maps both parts of its score, each in its units: the errors
     divided by the spread of the validation images' eq. 5 scores, plus its patch distance map
-    (:meth:`~patchgan_fast.PatchGAN.patch_distance_maps`) divided by the spread of their distances.
+    (:meth:`~patchgan_fast.PatchGAN.patch_distance_maps`) divided by the spread of their distances;
+    ``patch_maps`` [B, H, W]: those maps when the caller has them already (they are not computed again).
     """
     if config is None:
         config = getattr(model, "score_config", None) or ScoreConfig()
@@ -113,6 +114,10 @@ def error_maps(
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"expected batch a positive int, got {batch!r}")
     ops.check_images(images)
+    if patch_maps is not None and (not patches or tuple(patch_maps.shape) != (len(images), *images.shape[-2:])):
+        raise ValueError(f"patch_maps are for a model with a patches bank scored with its units, one [H, W] map per "
+                         f"image: expected {(len(images), *images.shape[-2:])}, got {tuple(patch_maps.shape)}"
+                         + ("" if patches else " for a score without the patches term"))
     device = _model_dtype_device(model)[1] or images.device
     out = []
     for i in range(0, len(images), batch):
@@ -124,6 +129,7 @@ def error_maps(
         if k > 1:
             e = nn.functional.avg_pool2d(e[:, None], k, 1, k // 2, count_include_pad=False)[:, 0]
         if patches:
-            e = e / scales[1] + model.patch_distance_maps(x).to(e.device) / scales[3]
+            near = model.patch_distance_maps(x) if patch_maps is None else patch_maps[i:i + batch]
+            e = e / scales[1] + near.to(e.device) / scales[3]
         out.append(e.to(images.device))
     return torch.cat(out)
