@@ -95,7 +95,8 @@ def mean_distances(query: Tensor, bank: Tensor, k: int, chunk: int = 1024) -> Te
 
 def patch_geometry(size: int) -> tuple[int, int, int]:
     """``(p, r, e)`` for images whose shorter side is ``size`` pixels: patches of p x p pixels, searched up to r
-    pixels away, and e pixels of a foreground's outline left out. 1, 1, 1 at 32; 3, 2, 1 at 64 (brain-mri
+    pixels away, and e pixels of a foreground's outline left out where no outline was chosen (a model chooses
+    its own, :func:`choose_outline`; on the brain data it chooses e). 1, 1, 1 at 32; 3, 2, 1 at 64 (brain-mri
     --quick, about 10 mm patches and 6 mm of search at 3.25 mm pixels); 5, 4, 2 at 128."""
     return 2 * (size // 64) + 1, max(1, size // 32), max(1, size // 64)
 
