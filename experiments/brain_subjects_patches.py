@@ -34,8 +34,8 @@ from brain_subjects_levers import report, smoothed_max as smax  # this folder's:
 from patchgan_fast import PatchGAN, TrainConfig, score_batch
 from patchgan_fast.data.datasets.brain_subjects import QUICK, load_brain_subjects
 from patchgan_fast.models.schedule import validation_split
-from patchgan_fast.scoring.neighbours import (box_mean, choose_outline, describe, leave_outline, patch_distance_maps,
-                                             patch_geometry)
+from patchgan_fast.scoring.neighbours import (box_mean, choose_outline, describe, leave_outline, near_background,
+                                             patch_distance_maps, patch_geometry)
 
 
 def nearest(q, bank, p, r):
@@ -81,10 +81,10 @@ def main():
             maps = patch_distance_maps(held, train.images[trn].float(), 40, outline=0)
             rows = torch.arange(len(held))
             for e in range(3):
-                left = leave_outline(maps, held, e)
-                ring = (leave_outline(torch.ones_like(maps), held, e) - leave_outline(torch.ones_like(maps), held, e + 1))
-                place = F.avg_pool2d(left[:, None], 3, 1, 1).flatten(1).argmax(1)
-                share = (ring.flatten(1).sum(1) / leave_outline(torch.ones_like(maps), held, e).flatten(1).sum(1)).mean()
+                near = near_background(held, e)
+                ring = near_background(held, e + 1) - near
+                place = F.avg_pool2d(leave_outline(maps, held, e)[:, None], 3, 1, 1).flatten(1).argmax(1)
+                share = (ring.flatten(1).sum(1) / (1 - near).flatten(1).sum(1)).mean()
                 print(f"{size}x{size}, draw {seed}, outline {e}: the next ring holds {int(ring.flatten(1)[rows, place].sum())} "
                       f"of {len(held)} normal validation maxima and {100 * float(share):.1f} % of the pixels left")
             print(f"{size}x{size}, draw {seed}: choose_outline -> "

@@ -32,7 +32,7 @@ from ..models import TrainConfig
 from ..ops import backend_info
 from ..runtime import __version__
 from ..scoring import ERRORS
-from ..scoring.neighbours import FEATURE_SPACES, box_mean, default_k
+from ..scoring.neighbours import FEATURE_SPACES, bank_k, box_mean, default_k
 from .methods import REGISTRY, get_method, uses_pool
 from .metrics import image_metrics, pixel_metrics, plot_distribution_panels, plot_roc
 
@@ -172,10 +172,8 @@ def _train_and_score(job: tuple) -> tuple:
                 extra[f"patchgan, multi-scale scoring (patches {'+'.join(map(str, sizes))})"] = m.score_multiscale(
                     test_x, sizes)
             for space in FEATURE_SPACES:
-                k, own = default_k(space), m.model.config
-                if space == "patches" and m.model.feature_bank is not None:
-                    k = min(k, len(m.model.feature_bank))  # as add_neighbours caps it
-                same = m.model.feature_bank is not None and (own.neighbours, own.neighbour_k) == (space, k)
+                bank, own = m.model.feature_bank, m.model.config
+                same = bank is not None and (own.neighbours, own.neighbour_k) == (space, bank_k(space, None, len(bank)))
                 extra[f"patchgan + nearest-neighbour {space} features (k = {default_k(space)})"] = (
                     scores if same else m.score_neighbours(test_x, None, space))  # the model's own: its scores
     if hasattr(m, "score_variants"):  # a method's other ways to score (SAGAN's test-time dropout)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..runtime import __version__, atomic_save
 from ..scoring import RANKING_PRESETS, ScoreConfig, score_batch, score_statistics
-from ..scoring.neighbours import (Embedding, bank_images, check_space, choose_outline, combine, default_k, distances,
+from ..scoring.neighbours import (Embedding, bank_images, bank_k, check_space, choose_outline, combine, distances,
                                   leave_outline, patch_distance_maps, patch_geometry, peaks)
 from . import training
 from .config import TrainConfig
@@ -123,9 +123,7 @@ class PatchGAN(nn.Module):
                 scores without spread.
         """
         check_space(features)
-        k = default_k(features) if k is None else k
-        if features == "patches" and isinstance(k, int) and not isinstance(k, bool) and k > len(images) > 0:
-            k = len(images)  # the most similar k of a smaller bank: all of it
+        k = bank_k(features, k, len(images))
         for name, x in (("images", images), ("held_out", held_out)):
             if not isinstance(x, Tensor) or x.dim() != 4:
                 raise TypeError(f"expected {name} as a Tensor [N, C, H, W], got "

@@ -55,6 +55,16 @@ def default_k(features: str) -> int:
     return DEFAULT_K.get(features, 5)
 
 
+def bank_k(features: str, k, n: int):
+    """The ``k`` a bank of ``n`` images uses when ``k`` is asked for: ``default_k`` for None; in ``patches`` at most
+    ``n`` (the most similar k of a smaller bank: all of it). Anything else is returned as it is, for the caller
+    to check."""
+    k = default_k(features) if k is None else k
+    if features == "patches" and isinstance(k, int) and not isinstance(k, bool) and k > n > 0:
+        return n
+    return k
+
+
 class Embedding(nn.Module):
     """Normalized images ``[N, C, H, W]`` -> unit-length feature vectors ``[N, D]`` float32 in one of
     ``FEATURE_SPACES`` of a :class:`~patchgan_fast.PatchGAN` (it shares the model's network); in ``patches``,
