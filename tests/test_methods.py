@@ -1,5 +1,6 @@
 """Every registered method trains and scores on a tiny dataset; unknown names list the valid ones."""
 
+import copy
 import dataclasses
 
 import pytest
@@ -9,6 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 from patchgan_fast import TrainConfig, error_maps, score_batch
 from patchgan_fast.evaluation.methods import REGISTRY, get_method
+from patchgan_fast.models.schedule import bank_choice
 
 CONFIG = TrainConfig(image_size=32, patch_size=8, width=8, depth=2, disc_width=8, disc_layers=2, batch_size=16,
                      lr=2e-3, steps=40, val_every=20, progress=False)
@@ -62,17 +64,20 @@ def test_nearest_neighbour_scoring_adds_normalized_feature_distances(space):
         return torch.nn.functional.normalize(f.flatten(1), dim=1)
 
     images = torch.cat([blobs(8, seed=5), blobs(8, seed=6, abnormal=True)])
-    own = model.normalize(method.score(images, maps=False)[0])
     near = torch.cdist(embed(images), embed(method.trained_on)).topk(3, dim=1, largest=False).values.mean(1)
-    # the kNN part is the distance in units of the held-out images' distances: an increasing affine map of it
-    part = method.score_neighbours(images, 3, space) - own
-    slope = (part[0] - part[1]) / (near[0] - near[1])
-    assert slope > 0
-    torch.testing.assert_close(part, part[0] + slope * (near - near[0]), atol=1e-3, rtol=1e-3)
+    bank = method.trained_on[bank_choice(len(method.trained_on), method.config)]
+    # what the model would score with that bank (add_neighbours on a copy): its distances are the kNN distances, in
+    # units of the held-out images' distances, weighed with eq. 5 as add_neighbours chose
+    probe = copy.deepcopy(model).add_neighbours(bank, method.held_out, space, 3)
+    torch.testing.assert_close(method.score_neighbours(images, 3, space), score_batch(probe, images).scores,
+                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(probe.neighbour_distances(images), near, atol=1e-5, rtol=1e-5)
+    held = torch.cdist(embed(method.held_out), embed(bank)).topk(3, dim=1, largest=False).values.mean(1)
+    torch.testing.assert_close(torch.tensor(probe.neighbour_scales[2:]), torch.stack([held.mean(), held.std()]),
+                               atol=1e-5, rtol=1e-4)
     # a training image is its own nearest neighbour: k = 1 gives its minimum distance, 0
-    train = method.trained_on[:4]
-    one = method.score_neighbours(train, 1, space) - model.normalize(method.score(train, maps=False)[0])
-    assert torch.allclose(one, one[0].expand_as(one), atol=1e-2) and one[0] < 0
+    one = copy.deepcopy(model).add_neighbours(bank, method.held_out, space, 1)
+    torch.testing.assert_close(one.neighbour_distances(bank[:4]), torch.zeros(4), atol=1e-3, rtol=0)
     assert model.feature_bank is None and model.score_config.neighbour_scales is None  # the method's model is untouched
 
 

@@ -10,11 +10,14 @@ import pytest
 import torch
 from helpers import SMALL, blobs
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 from patchgan_fast import PatchGAN, Scorer, ScoreConfig, TrainConfig, error_maps, score_batch
 from patchgan_fast.ops.reference import normalize_reference
 from patchgan_fast.cli import main
-from patchgan_fast.scoring.neighbours import (Embedding, bank_images, choose_outline, leave_outline, patch_distance_maps,
+from patchgan_fast.evaluation.tables import summed_evenly
+from patchgan_fast.scoring.neighbours import (EQ5_SHARES, Embedding, auroc, bank_images, choose_outline, choose_weights,
+                                             foreign_patches, leave_outline, patch_distance_maps,
                                              patch_distances, patch_geometry, peaks, unit_images)
 from patchgan_fast.models.schedule import bank_choice, validation_split
 
@@ -44,9 +47,10 @@ def test_the_score_is_eq5_plus_the_distance_each_in_validation_units(model):
     plain = dataclasses.replace(model.score_config, neighbour_scales=None)
     near = torch.cdist(_features(model, TEST), model.feature_bank).topk(3, dim=1, largest=False).values.mean(1)
     a, b, c, d = model.neighbour_scales
+    u, v = model.neighbour_weights
     result = score_batch(model, TEST)
     torch.testing.assert_close(result.neighbour_distances, near, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(result.scores, (score_batch(model, TEST, plain).scores - a) / b + (near - c) / d,
+    torch.testing.assert_close(result.scores, u * (score_batch(model, TEST, plain).scores - a) / b + v * (near - c) / d,
                                atol=1e-4, rtol=1e-4)
     # the units: the validation images' eq. 5 scores and distances; score_stats are of the summed score
     held_out = TRAIN[val]
@@ -54,6 +58,11 @@ def test_the_score_is_eq5_plus_the_distance_each_in_validation_units(model):
     dist = torch.cdist(_features(model, held_out), model.feature_bank).topk(3, dim=1, largest=False).values.mean(1)
     torch.testing.assert_close(torch.tensor([a, b, c, d]), torch.stack([eq5.mean(), eq5.std(), dist.mean(), dist.std()]),
                                atol=1e-4, rtol=1e-4)
+    # the weights: the share of eq. 5 that best tells foreign patches made of the held-out images from them
+    foreign = foreign_patches(held_out, 128, seed=CONFIG.seed)
+    near_foreign = torch.cdist(_features(model, foreign * 255), model.feature_bank).topk(3, dim=1, largest=False)
+    assert model.neighbour_weights == choose_weights(eq5, dist, score_batch(model, foreign, plain).scores,
+                                                     near_foreign.values.mean(1))
     assert abs(model.score_stats["mean"]) < 1e-4 and model.score_stats["count"] == len(val)
     torch.testing.assert_close(model.normalize(score_batch(model, held_out).scores).mean(), torch.tensor(0.0), atol=1e-4, rtol=0)
     # patch errors, the localization map, are eq. 2's as without the bank
@@ -90,7 +99,9 @@ def test_a_bank_can_be_added_to_a_trained_model_and_replaced():
     assert len(plain.feature_bank) == len(train)
     after = score_batch(plain, TEST)
     a, b, c, d = plain.neighbour_scales
-    torch.testing.assert_close(after.scores, (before - a) / b + (after.neighbour_distances - c) / d, atol=1e-4, rtol=1e-4)
+    u, v = plain.neighbour_weights
+    torch.testing.assert_close(after.scores, u * (before - a) / b + v * (after.neighbour_distances - c) / d, atol=1e-4,
+                               rtol=1e-4)
     plain.add_neighbours(TRAIN[train[:5]], TRAIN[val], "bottleneck", k=1)  # replaces the bank and the units
     assert len(plain.feature_bank) == 5 and plain.config.neighbours == "bottleneck"
     assert torch.allclose(score_batch(plain, TRAIN[train[:5]]).neighbour_distances, torch.zeros(5), atol=1e-3)
@@ -122,6 +133,10 @@ def test_bad_settings_are_refused_with_what_was_given(model):
         model.add_neighbours(TRAIN[train], TRAIN[val[:1]])
     with pytest.raises(ValueError, match=r"neighbour_scales must be four finite floats .* got \(0.0, 0.0, 1.0, 1.0\)"):
         ScoreConfig(neighbour_scales=(0.0, 0.0, 1.0, 1.0))
+    for weights in ((0.0, 0.0), (-1.0, 1.0), (1.0,), 0.5, (float("nan"), 1.0)):
+        with pytest.raises(ValueError, match=r"neighbour_weights must be two finite floats >= 0, not both 0 \(eq. 5, "
+                                             rf"distance\), got {__import__('re').escape(repr(weights))}"):
+            ScoreConfig(neighbour_weights=weights)
     plain = PatchGAN(dataclasses.replace(CONFIG, neighbours=None), 1, (0.5,), (0.2,))
     config = dataclasses.replace(plain.score_config, neighbour_scales=(0.0, 1.0, 0.0, 1.0))
     with pytest.raises(ValueError, match=r"neighbour_scales is set but the model \(PatchGAN\) has no feature bank"):
@@ -204,6 +219,45 @@ def _brains(n, size=64, seed=0):
     return out
 
 
+def test_foreign_patches_paste_a_square_of_another_image_into_the_foreground():
+    images = _brains(6, 64)
+    foreign = foreign_patches(images, 15, seed=3)
+    assert foreign.shape == (15, 2, 64, 64) and foreign.dtype == torch.float32
+    assert torch.equal(foreign, foreign_patches(images, 15, seed=3))  # seeded
+    assert not torch.equal(foreign, foreign_patches(images, 15, seed=4))
+    assert torch.equal(foreign_patches((images * 255).round().to(torch.uint8), 3, seed=3),
+                       foreign_patches((images * 255).round() / 255, 3, seed=3))  # uint8 as read, or float
+    for i, x in enumerate(foreign):
+        source = images[i % 6]  # image i % M, changed in one square inside its foreground, nowhere else
+        changed = (x != source).any(0)
+        assert changed.any() and not changed[(source == 0).all(0)].any()
+        rows, cols = changed.any(1).nonzero()[:, 0], changed.any(0).nonzero()[:, 0]
+        assert rows.max() - rows.min() < 16 and cols.max() - cols.min() < 16  # sides 4-16 at 64x64
+    assert float(foreign.min()) >= 0 and float(foreign.max()) <= 1
+    full = torch.rand(3, 1, 32, 32) * 0.5 + 0.25  # no background: anywhere
+    assert ((foreign_patches(full, 3) != full).flatten(1).any(1)).all()
+    with pytest.raises(ValueError, match=r"expected at least 2 images \[M, C, H, W\] to make foreign patches of, "
+                                         r"got \(1, 2, 64, 64\)"):
+        foreign_patches(images[:1], 4)
+
+
+def test_the_weights_leave_out_a_term_that_cannot_tell_foreign_patches_from_normal_images():
+    g = torch.Generator().manual_seed(0)
+    normal, same, higher = (torch.randn(200, generator=g) for _ in range(3))
+    higher += 2  # foreign patches score higher
+    assert EQ5_SHARES[0] == 0 and EQ5_SHARES[-1] == 1
+    rounded = (higher * 2).round()  # ties between the two groups count half, as roc_auc_score counts them
+    expected = roc_auc_score([0] * 200 + [1] * 200, torch.cat([(normal * 2).round(), rounded]).numpy())
+    assert abs(auroc((normal * 2).round(), rounded) - expected) < 1e-12
+    assert choose_weights(normal, normal * 3 + 1, same, higher * 3 + 1) == (0.0, 1.0)  # eq. 5 blind: the distance alone
+    assert choose_weights(normal * 5, normal, higher * 5, same) == (1.0, 0.0)  # the distance blind: eq. 5 alone
+    # both terms the same evidence: every share ranks alike, and the tie goes to the even sum
+    assert choose_weights(normal, normal * 2, higher, higher * 2) == (0.5, 0.5)
+    # two independent, equally good terms: their sum tells best
+    other, other_higher = torch.randn(200, generator=g), torch.randn(200, generator=g) + 2
+    assert choose_weights(normal, other, higher, other_higher) == (0.5, 0.5)
+
+
 def test_patch_distance_maps_equal_a_direct_search():
     assert [patch_geometry(s) for s in (32, 64, 128)] == [(1, 1, 1), (3, 2, 1), (5, 4, 2)]
     bank, query = _brains(7), _brains(3, seed=1)
@@ -262,9 +316,10 @@ def test_a_patches_bank_holds_the_images_and_every_path_scores_with_it(tmp_path)
                                patch_distances(TEST.float() / 255, bank.float() / 255, 20, model.patch_outline),
                                atol=1e-5, rtol=1e-5)
     a, b, c, d = model.neighbour_scales
+    u, v = model.neighbour_weights
     plain = dataclasses.replace(model.score_config, neighbour_scales=None)
-    torch.testing.assert_close(result.scores, (score_batch(model, TEST, plain).scores - a) / b
-                               + (result.neighbour_distances - c) / d, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(result.scores, u * (score_batch(model, TEST, plain).scores - a) / b
+                               + v * (result.neighbour_distances - c) / d, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(Scorer(model, compile="none", forward_batch=8)(TEST)[0], result.scores, atol=1e-5, rtol=1e-5)
     model.save(tmp_path / "m.pgf")
     loaded = PatchGAN.load(tmp_path / "m.pgf")
@@ -276,6 +331,20 @@ def test_a_patches_bank_holds_the_images_and_every_path_scores_with_it(tmp_path)
     assert PatchGAN.from_state(state).patch_outline is None
     torch.testing.assert_close(score_batch(PatchGAN.from_state(state), TEST).neighbour_distances,
                                patch_distances(TEST.float() / 255, bank.float() / 255, 20, 1), atol=1e-5, rtol=1e-5)
+    assert loaded.neighbour_weights == model.neighbour_weights
+    assert model.neighbour_weights in [(w, 1 - w) for w in EQ5_SHARES]
+    state = model.state()
+    del state["neighbour_weights"]  # a file written before the weights were chosen: the plain sum, as then
+    old = PatchGAN.from_state(state)
+    assert old.neighbour_weights == (1.0, 1.0)
+    torch.testing.assert_close(score_batch(old, TEST).scores, (score_batch(model, TEST, plain).scores - a) / b
+                               + (result.neighbour_distances - c) / d, atol=1e-4, rtol=1e-4)
+    # Table 2's row of the even sum, from the weighted score and eq. 5 alone, is what scoring with (1, 1) gives
+    weights = (0.25, 0.75)
+    weighted = score_batch(model, TEST, dataclasses.replace(model.score_config, neighbour_weights=weights)).scores
+    even = score_batch(model, TEST, dataclasses.replace(model.score_config, neighbour_weights=(1.0, 1.0))).scores
+    torch.testing.assert_close(summed_evenly(weighted, score_batch(model, TEST, plain).scores, model.neighbour_scales,
+                                             weights), even, atol=1e-4, rtol=1e-4)
     state = model.state()  # a file written while the bank was stored as float32 still loads, and scores the same
     state["feature_bank"] = bank.float() / 255
     torch.testing.assert_close(score_batch(PatchGAN.from_state(state), TEST).scores, result.scores, atol=1e-5, rtol=1e-5)
@@ -300,9 +369,10 @@ def test_a_patches_model_maps_both_parts_of_its_score():
     model = PatchGAN.fit(TRAIN, config)
     plain = dataclasses.replace(model.score_config, neighbour_scales=None)
     _, b, _, d = model.neighbour_scales
+    u, v = model.neighbour_weights
     near = model.patch_distance_maps(TEST)
     torch.testing.assert_close(near, patch_distance_maps(TEST.float() / 255, model.feature_bank, 20, model.patch_outline))
-    torch.testing.assert_close(error_maps(model, TEST), error_maps(model, TEST, plain) / b + near / d)
+    torch.testing.assert_close(error_maps(model, TEST), u * error_maps(model, TEST, plain) / b + v * near / d)
     torch.testing.assert_close(error_maps(model, TEST, patch_maps=near, batch=5), error_maps(model, TEST))  # given maps
     with pytest.raises(ValueError, match=r"one \[H, W\] map per image: expected \(12, 32, 32\), got \(11, 32, 32\)"):
         error_maps(model, TEST, patch_maps=near[:11])
@@ -315,12 +385,14 @@ def test_a_patches_model_maps_both_parts_of_its_score():
         PatchGAN.fit(TRAIN, CONFIG).patch_distance_maps(TEST)
 
 
-def test_the_train_command_gives_a_bank_of_patches_that_the_report_explains(tmp_path):
+def test_the_train_command_gives_a_bank_of_patches_that_the_report_explains(tmp_path, capsys):
     _normal_folder(tmp_path)
     out = tmp_path / "m.pgf"
     assert main(["train", str(tmp_path / "normal"), "--out", str(out), "--size", "32", "--steps", "2", "--width", "8",
                  "--depth", "2", "--batch-size", "8", "--workers", "0", "--neighbours", "patches"]) == 0
     model = PatchGAN.load(out)
+    u, v = model.neighbour_weights
+    assert f"score: eq. 5 x {u:g} + nearest-neighbour patches distance x {v:g}, each in units" in capsys.readouterr().err
     # the 22 training images (2 validate) are the bank; k, 40 by default, is capped at them
     assert tuple(model.feature_bank.shape) == (22, 1, 32, 32)
     assert model.config.neighbours == "patches" and model.config.neighbour_k == 22
@@ -331,4 +403,5 @@ def test_the_train_command_gives_a_bank_of_patches_that_the_report_explains(tmp_
     n = model.patch_outline  # chosen on the 2 validation images: here 0
     outline = "nothing of the foreground's outline left out" if n == 0 else f"the foreground's outermost {n} pixel"
     assert f"nearest patch near the same place in its 22 most similar normal training images ({outline}" in report
+    assert f"weighted {u:g} and {v:g}: the weights that best tell foreign patches" in report
     assert "each patch's distance to the nearest normal patch" in report

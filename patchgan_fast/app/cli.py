@@ -67,9 +67,14 @@ def cmd_train(a) -> int:
         print(f"and an unlabelled pool of {len(pool)} images ({len(errors)} unreadable files skipped)", file=sys.stderr)
     groups = _groups(a.group_by, ids) if a.group_by is not None else None
     try:
-        train(images, config, a.out, unlabelled=pool, groups=groups, resume=a.resume)
+        model = train(images, config, a.out, unlabelled=pool, groups=groups, resume=a.resume)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    if getattr(model, "feature_bank", None) is not None:
+        u, v = model.neighbour_weights
+        print(f"score: eq. 5 x {u:g} + nearest-neighbour {model.config.neighbours} distance x {v:g}, each in units of "
+              "the validation images' scores (the weights that best tell foreign patches pasted into them from "
+              "them)", file=sys.stderr)
     print(f"model written to {printable(a.out)}")
     return 0
 

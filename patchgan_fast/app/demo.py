@@ -82,6 +82,9 @@ def run(args) -> int:
     model = PatchGAN.fit(train.images, config, groups=train.subjects)  # whole subjects validate: a calibrated flag
     model.save(out / "brain-mri.pgf")
     print(f"trained {args.steps} steps in {time.perf_counter() - t0:.0f} s -> {out / 'brain-mri.pgf'}")
+    u, v = model.neighbour_weights
+    print(f"score: eq. 5 x {u:g} + nearest patches x {v:g}, each in units of the normal validation subjects' scores "
+          "(the weights that best tell foreign patches pasted into those slices from the slices themselves)")
 
     from PIL import Image as PILImage
 

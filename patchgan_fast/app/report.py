@@ -24,6 +24,15 @@ REPORT = "report.html"
 HEATMAPS = "heatmaps"
 
 
+def _weighing(model) -> str:
+    """How a model with a feature bank sums its two scores, for the report."""
+    u, v = model.neighbour_weights
+    if (u, v) == (1.0, 1.0):  # a file written before the weights were chosen
+        return "each in units of the normal validation images', summed"
+    return (f"each in units of the normal validation images', weighted {u:g} and {v:g}: the weights that best tell "
+            "foreign patches pasted into the normal validation images from the images themselves")
+
+
 def write_report(model: PatchGAN | SAGAN, out: Path, rows: list[dict], errors: list[dict], top: int, resize: str,
                  dev: torch.device, manifest: Manifest, truth: Optional[Path] = None) -> None:
     """Panels of the ``top`` first of the ranked ``rows`` (input, reconstruction, error map and, where ``truth``
@@ -184,11 +193,11 @@ def _report(out: Path, rows: list[dict], errors: list[dict], heat: list[str], mo
                    "normal validation images' maxima crowd")
         ref += (f"<p>Score: the ranked patch score (eq. 5) plus the largest distance of a patch of the image to the "
                 f"nearest patch near the same place in its {model.config.neighbour_k} most similar normal training "
-                f"images ({outline}), each in units of the normal validation images'.</p>")
+                f"images ({outline}), {_weighing(model)}.</p>")
     elif model.feature_bank is not None:
         ref += (f"<p>Score: the ranked patch score (eq. 5) plus the mean distance of the image's "
                 f"{e(model.config.neighbours)} features to those of its {model.config.neighbour_k} nearest normal "
-                f"training images, each in units of the normal validation images'.</p>")
+                f"training images, {_weighing(model)}.</p>")
     what_map = "|x - G(x)|" if isinstance(model, SAGAN) else "the reconstruction error of the masked copies"
     if not isinstance(model, SAGAN) and model.feature_bank is not None and model.config.neighbours == "patches":
         what_map += " plus each patch's distance to the nearest normal patch, each in its score units"

@@ -84,7 +84,7 @@ class PatchGANMethod:
             x = x.to(dev)
             if once:
                 near = self.model.patch_distance_maps(x)
-                s = combine(scorer(x)[0], peaks(near), cfg.neighbour_scales)
+                s = combine(scorer(x)[0], peaks(near), cfg.neighbour_scales, cfg.neighbour_weights)
                 return s.cpu(), error_maps(self.model, x, cfg, patch_maps=near).cpu()
             return scorer(x)[0].cpu(), error_maps(self.model, x, cfg).cpu() if maps else None
 
@@ -115,7 +115,7 @@ class PatchGANMethod:
 
     def score_neighbours(self, images: Tensor, k: Optional[int] = None, features: str = "discriminator") -> Tensor:
         """The model's score plus a nearest-neighbour score of its features, each in units of the held-out
-        normal images' scores, summed: what the model would score had it been trained with
+        normal images' scores, weighted and summed: what the model would score had it been trained with
         ``TrainConfig(neighbours=features, neighbour_k=k)`` (the same bank of ``config.neighbour_bank``
         training images; :meth:`PatchGAN.add_neighbours` on a copy, the model itself is not changed).
 

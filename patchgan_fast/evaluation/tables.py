@@ -89,6 +89,15 @@ def _record(records, metric, value, unit, config, run):
 _RANKING_OFF = "patchgan, ranking off (sum)"
 
 
+def summed_evenly(scores: torch.Tensor, eq5: torch.Tensor, scales: tuple[float, float, float, float],
+                  weights: tuple[float, float]) -> torch.Tensor:
+    """The score of a model with a feature bank had it summed its two terms evenly (weights 1, 1), from its
+    ``scores`` (``u * z1 + v * z2``, ``weights = (u, v)``, v > 0) and its eq. 5 alone: ``z1 + z2``, with no second
+    search of the bank."""
+    (u, v), z1 = weights, (eq5 - scales[0]) / scales[1]
+    return z1 + (scores - u * z1) / v
+
+
 def _default_variant(config: TrainConfig) -> str:
     bank = f" + nearest-neighbour {config.neighbours} (k = {config.neighbour_k})" if config.neighbours else ""
     return f"patchgan ({config.error} error, loss {config.loss}, ranking {config.ranking}, position weights{bank})"
@@ -158,7 +167,11 @@ def _train_and_score(job: tuple) -> tuple:
     extra = {}
     if scoring_ablations:  # the same model scored other ways (eq. 5 alone when it has a feature bank)
         if m.model.feature_bank is not None:
-            extra[_EQ5_ALONE] = m.score(test_x, neighbours=False, maps=False)[0]
+            extra[_EQ5_ALONE] = eq5 = m.score(test_x, neighbours=False, maps=False)[0]
+            u, v = m.model.neighbour_weights
+            if (u, v) != (1.0, 1.0) and v > 0:
+                extra[f"patchgan, eq. 5 and the nearest-neighbour term summed evenly (the weights it chose: {u:g}, "
+                      f"{v:g})"] = summed_evenly(scores, eq5, m.model.neighbour_scales, (u, v))
         extra[_RANKING_OFF] = m.score(test_x, ranking="none", maps=False)[0]
         extra["patchgan, no position weights"] = m.score(test_x, position_weights=False, maps=False)[0]
         # the other error measures, unweighted (the model's position weights were made for its own measure)

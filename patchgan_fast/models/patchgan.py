@@ -14,14 +14,17 @@ from torch import Tensor, nn
 from .. import ops
 from ..runtime import __version__, atomic_save
 from ..scoring import RANKING_PRESETS, ScoreConfig, score_batch, score_statistics
-from ..scoring.neighbours import (Embedding, bank_images, bank_k, check_space, choose_outline, combine, distances,
-                                  leave_outline, patch_distance_maps, patch_geometry, peaks)
+from ..scoring.neighbours import (Embedding, bank_images, bank_k, check_space, choose_outline, choose_weights, combine,
+                                  distances, foreign_patches, leave_outline, patch_distance_maps, patch_distances,
+                                  patch_geometry, peaks)
 from . import training
 from .config import TrainConfig
 from .networks import PatchDiscriminator, Reconstructor
 
 FORMAT_VERSION = 2  # 2: feature bank and neighbour scales (files of format 1 have neither)
 KIND = "patchgan_fast.PatchGAN"
+#: At least this many foreign-patch anomalies weigh a bank's two terms (one per held-out image where there are more).
+FOREIGN_PATCHES = 128
 
 
 class PatchGAN(nn.Module):
@@ -46,6 +49,9 @@ class PatchGAN(nn.Module):
             or None (see :meth:`add_neighbours`); a buffer, so it moves with the model.
         neighbour_scales: (mean, std) of the validation images' eq. 5 scores, then of their mean distances
             to the bank: the units in which the two scores are summed; None without a bank.
+        neighbour_weights: what eq. 5 and the distance, each in those units, are multiplied by before they are
+            summed, chosen on the validation images (:func:`~patchgan_fast.scoring.neighbours.choose_weights`);
+            (1, 1) without a bank (and in files written before they were chosen).
         patch_outline: with a ``patches`` bank, the pixels of the foreground's outline its maps leave out, chosen
             on the validation images (:func:`~patchgan_fast.scoring.neighbours.choose_outline`); None otherwise
             (and in files written before it was chosen: ``patch_geometry``'s).
@@ -67,6 +73,7 @@ class PatchGAN(nn.Module):
         self.error_scales: Optional[tuple[float, float]] = None
         self.register_buffer("feature_bank", None, persistent=False)
         self.neighbour_scales: Optional[tuple[float, float, float, float]] = None
+        self.neighbour_weights: tuple[float, float] = (1.0, 1.0)
         self.patch_outline: Optional[int] = None
         self.trained_on = {"normal": 0, "unlabelled": 0}
         # channels_last: faster convolutions on GPUs and on CPUs alike (oneDNN: scoring 1.6-2x faster on 2 cores)
@@ -85,6 +92,7 @@ class PatchGAN(nn.Module):
             patch_weights=self.patch_weights if self.config.position_weights else None,
             channels_last=True,
             neighbour_scales=self.neighbour_scales if self.feature_bank is not None else None,
+            neighbour_weights=self.neighbour_weights,
         )
 
     def normalize(self, scores: Tensor) -> Tensor:
@@ -103,11 +111,13 @@ class PatchGAN(nn.Module):
         """Gives the model a feature bank, so that it scores with eq. 5 plus a nearest-neighbour score: the
         mean Euclidean distance from an image's features to those of its ``k`` nearest bank images (in the
         ``patches`` space: the largest distance of a patch of the image to the nearest patch near the same place
-        in its ``k`` most similar bank images), each
-        score in units of the held-out images' scores, summed (:mod:`patchgan_fast.scoring.neighbours`). Sets
-        ``feature_bank``, ``neighbour_scales``, ``config.neighbours``/``neighbour_k`` and ``score_stats``
-        (now those of the summed score); replaces an earlier bank. ``fit`` calls it when
-        ``TrainConfig.neighbours`` is set; a model trained without one can be given one afterwards.
+        in its ``k`` most similar bank images), each score in units of the held-out images' scores, weighted and
+        summed (:mod:`patchgan_fast.scoring.neighbours`). The weights are chosen on the held-out images alone: the
+        share of eq. 5 whose sum best tells them from foreign-patch anomalies made of them
+        (:func:`~patchgan_fast.scoring.neighbours.choose_weights`). Sets ``feature_bank``, ``neighbour_scales``,
+        ``neighbour_weights``, ``config.neighbours``/``neighbour_k`` and ``score_stats`` (now those of the summed
+        score); replaces an earlier bank. ``fit`` calls it when ``TrainConfig.neighbours`` is set; a model trained
+        without one can be given one afterwards.
 
         Args:
             images (Tensor[N, C, H, W]): normal images for the bank (uint8, or float in [0, 1]); the
@@ -135,23 +145,32 @@ class PatchGAN(nn.Module):
         self.feature_bank, self.neighbour_scales = None, None  # eq. 5 alone while the units are measured
         config = dataclasses.replace(self.config, neighbours=features, neighbour_k=k)
         device = next(self.parameters()).device
-        plain = torch.cat([score_batch(self, held_out[i:i + batch].to(device)).scores.cpu()
-                           for i in range(0, len(held_out), batch)])
+        foreign = foreign_patches(held_out, max(len(held_out), FOREIGN_PATCHES), seed=self.config.seed)
+
+        def eq5(x: Tensor) -> Tensor:
+            return torch.cat([score_batch(self, x[i:i + batch].to(device)).scores.cpu()
+                              for i in range(0, len(x), batch)])
+
+        plain, plain_foreign = eq5(held_out), eq5(foreign)
         bank, held = self._embed(images, features, batch), self._embed(held_out, features, batch)
+        held_foreign = self._embed(foreign, features, batch)
         outline = None
         if features == "patches":
             bank = bank_images(bank)
             maps = patch_distance_maps(held, bank, k, outline=0)
             outline = choose_outline(maps, held, most=patch_geometry(min(held.shape[-2:]))[1])
             near = peaks(leave_outline(maps, held, outline)).cpu()
+            near_foreign = patch_distances(held_foreign, bank, k, outline).cpu()
         else:
-            near = distances(held, bank, k).cpu()
+            near, near_foreign = distances(held, bank, k).cpu(), distances(held_foreign, bank, k).cpu()
         scales = (float(plain.mean()), float(plain.std()), float(near.mean()), float(near.std()))
         if not all(math.isfinite(v) for v in scales) or scales[1] <= 0 or scales[3] <= 0:
             raise ValueError(f"the held-out images' scores and distances have no spread (mean, std of each: {scales}); "
                              "give more, or more varied, held-out images")
+        weights = choose_weights(plain, near, plain_foreign, near_foreign)
         self.config, self.feature_bank, self.neighbour_scales, self.patch_outline = config, bank, scales, outline
-        self.score_stats = score_statistics(combine(plain, near, scales))
+        self.neighbour_weights = weights
+        self.score_stats = score_statistics(combine(plain, near, scales, weights))
         return self
 
     def neighbour_distances(self, images: Tensor, batch: int = 256) -> Tensor:
@@ -218,6 +237,7 @@ class PatchGAN(nn.Module):
             "error_scales": None if self.error_scales is None else list(self.error_scales),
             "feature_bank": None if self.feature_bank is None else self.feature_bank.detach().cpu(),
             "neighbour_scales": None if self.neighbour_scales is None else list(self.neighbour_scales),
+            "neighbour_weights": list(self.neighbour_weights),
             "patch_outline": self.patch_outline,
             "reconstructor": {k: v.detach().cpu() for k, v in self.reconstructor.state_dict().items()},
             "discriminator": {k: v.detach().cpu() for k, v in self.discriminator.state_dict().items()},
@@ -257,6 +277,8 @@ class PatchGAN(nn.Module):
                 bank = state["feature_bank"]  # a patches bank is uint8 (float32 in older files)
                 model.feature_bank = bank if bank.dtype == torch.uint8 else bank.float()
                 model.neighbour_scales = tuple(float(v) for v in state["neighbour_scales"])
+                # absent in files written before they were chosen: those summed both terms as they are
+                model.neighbour_weights = tuple(float(v) for v in state.get("neighbour_weights") or (1.0, 1.0))
                 outline = state.get("patch_outline")  # absent in files written before it was chosen
                 model.patch_outline = None if outline is None else int(outline)
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:

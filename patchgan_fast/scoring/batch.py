@@ -73,7 +73,7 @@ def score_batch(
     if config.neighbour_scales is not None:
         check_bank(model)
         distances = model.neighbour_distances(images)
-        scores = combine(scores, distances, config.neighbour_scales)
+        scores = combine(scores, distances, config.neighbour_scales, config.neighbour_weights)
     raise_if_not_finite(scores)
     return ScoreResult(scores=scores, patch_errors=errors, assignment=assignment, masked=masked, reconstructions=recon,
                        neighbour_distances=distances)
@@ -97,14 +97,16 @@ def error_maps(
     0.77 (patch errors, nearest-upsampled) to 0.87 (experiments/results/cpu-experiment-brain-levers.md).
 
     A model whose score adds the ``patches`` nearest-neighbour term (``config.neighbour_scales`` set and
-    ``model.config.neighbours == 'patches'``) maps both parts of its score, each in its units: the errors
-    divided by the spread of the validation images' eq. 5 scores, plus its patch distance map
-    (:meth:`~patchgan_fast.PatchGAN.patch_distance_maps`) divided by the spread of their distances;
+    ``model.config.neighbours == 'patches'``) maps both parts of its score, each in its units and with its weight
+    (``config.neighbour_weights``): the errors divided by the spread of the validation images' eq. 5 scores,
+    plus its patch distance map (:meth:`~patchgan_fast.PatchGAN.patch_distance_maps`) divided by the spread of
+    their distances;
     ``patch_maps`` [B, H, W]: those maps when the caller has them already (they are not computed again).
     """
     if config is None:
         config = getattr(model, "score_config", None) or ScoreConfig()
     scales = config.neighbour_scales if isinstance(config, ScoreConfig) else None
+    weights = config.neighbour_weights if isinstance(config, ScoreConfig) else None
     patches = scales is not None and getattr(getattr(model, "config", None), "neighbours", None) == "patches"
     if isinstance(config, ScoreConfig):  # the reconstructions' part needs the reconstructions only
         config = dataclasses.replace(config, neighbour_scales=None)
@@ -130,6 +132,6 @@ def error_maps(
             e = nn.functional.avg_pool2d(e[:, None], k, 1, k // 2, count_include_pad=False)[:, 0]
         if patches:
             near = model.patch_distance_maps(x) if patch_maps is None else patch_maps[i:i + batch]
-            e = e / scales[1] + near.to(e.device) / scales[3]
+            e = weights[0] * e / scales[1] + weights[1] * near.to(e.device) / scales[3]
         out.append(e.to(images.device))
     return torch.cat(out)

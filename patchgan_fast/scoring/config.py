@@ -67,6 +67,9 @@ class ScoreConfig:
             distances; when set, the image score is eq. 5 plus the model's nearest-neighbour distance
             (``model.neighbour_distances``), each in these units, summed (:mod:`patchgan_fast.scoring.neighbours`).
             A :class:`~patchgan_fast.PatchGAN` with a feature bank sets them; None: eq. 5 alone.
+        neighbour_weights: what eq. 5 and the distance, each in those units, are multiplied by before they are
+            summed; a :class:`~patchgan_fast.PatchGAN` with a feature bank chooses them on its normal validation
+            images (:func:`~patchgan_fast.scoring.neighbours.choose_weights`).
     """
 
     patch_size: int = 16
@@ -84,6 +87,7 @@ class ScoreConfig:
     dtype: Optional[torch.dtype] = None
     channels_last: bool = False
     neighbour_scales: Optional[tuple[float, float, float, float]] = None
+    neighbour_weights: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self):
         if self.error not in ERRORS:
@@ -100,6 +104,14 @@ class ScoreConfig:
                 raise ValueError(f"ScoreConfig.neighbour_scales must be four finite floats (score mean, score std > 0, "
                                  f"distance mean, distance std > 0), got {self.neighbour_scales!r}")
             object.__setattr__(self, "neighbour_scales", scales)
+        try:
+            weights = tuple(float(v) for v in self.neighbour_weights)
+        except (TypeError, ValueError):
+            weights = ()
+        if len(weights) != 2 or not all(0 <= v < float("inf") for v in weights) or not any(weights):
+            raise ValueError(f"ScoreConfig.neighbour_weights must be two finite floats >= 0, not both 0 (eq. 5, "
+                             f"distance), got {self.neighbour_weights!r}")
+        object.__setattr__(self, "neighbour_weights", weights)
         if self.layout not in ("none", "phases", "random"):
             raise ValueError(f"ScoreConfig.layout must be 'none', 'phases' or 'random', got {self.layout!r}")
         if self.layout == "none" and self.num_copies != 1:

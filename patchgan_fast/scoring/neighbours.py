@@ -222,9 +222,79 @@ def choose_outline(maps: Tensor, images: Tensor, most: int) -> int:
     return e
 
 
-def combine(scores: Tensor, distances: Tensor, scales: tuple[float, float, float, float]) -> Tensor:
-    """The image score of a model with a feature bank: ``(scores - a) / b + (distances - c) / d`` with
+def combine(scores: Tensor, distances: Tensor, scales: tuple[float, float, float, float],
+            weights: tuple[float, float] = (1.0, 1.0)) -> Tensor:
+    """The image score of a model with a feature bank: ``u * (scores - a) / b + v * (distances - c) / d`` with
     ``scales = (a, b, c, d)``, the mean and standard deviation of the normal validation images' eq. 5
-    scores and of their distances."""
+    scores and of their distances, and ``weights = (u, v)`` (:func:`choose_weights`)."""
     a, b, c, d = scales
-    return (scores - a) / b + (distances.to(scores.device) - c) / d
+    u, v = weights
+    return u * (scores - a) / b + v * (distances.to(scores.device) - c) / d
+
+
+#: The shares of eq. 5 in the image score that :func:`choose_weights` chooses from (the distance gets the rest).
+EQ5_SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def foreign_patches(images: Tensor, n: int, seed: int = 0) -> Tensor:
+    """``n`` synthetic anomalies made of normal ``images`` [M, C, H, W] (M >= 2; uint8, or float in [0, 1]):
+    image ``i % M`` with a square of another of them, taken at a random place of that one's foreground,
+    blended in (its share 0.3-1) at a random place of its own foreground (pixels not 0 in every channel; all
+    pixels where it has none), its side 1/16 to 1/4 of the shorter side (at least 2 pixels). Misplaced normal
+    tissue: no lesion model of any collection, so weights chosen on them (:func:`choose_weights`) are not
+    chosen for one kind of lesion (as foreign patch interpolation, Tan et al. 2020, and CutPaste, Li et al.
+    2021, make training anomalies; here they only weigh two scores). Float32 [n, C, H, W] in [0, 1], seeded."""
+    if images.dim() != 4 or len(images) < 2:
+        raise ValueError(f"expected at least 2 images [M, C, H, W] to make foreign patches of, got "
+                         f"{tuple(images.shape)}")
+    g = torch.Generator().manual_seed(seed)
+    x = unit_images(images.cpu())
+    m, _, h, w = x.shape
+    foreground = (x > 0.5 / 255).any(1)
+    foreground[~foreground.flatten(1).any(1)] = True
+    out = x[torch.arange(n) % m].clone()
+    lo, hi = max(2, min(h, w) // 16), max(2, min(h, w) // 4)
+
+    def draw(k: int, s: int) -> tuple[int, int]:  # the corner of an s x s square centred on a foreground pixel
+        places = torch.nonzero(foreground[k])
+        y, z = places[int(torch.randint(len(places), (1,), generator=g))].tolist()
+        return min(max(y - s // 2, 0), h - s), min(max(z - s // 2, 0), w - s)
+
+    for i in range(n):
+        t, s = i % m, int(torch.randint(lo, hi + 1, (1,), generator=g))
+        src = (t + 1 + int(torch.randint(m - 1, (1,), generator=g))) % m
+        (ty, tx), (sy, sx) = draw(t, s), draw(src, s)
+        share = 0.3 + 0.7 * float(torch.rand(1, generator=g))
+        region = out[i, :, ty:ty + s, tx:tx + s]
+        keep = foreground[t, ty:ty + s, tx:tx + s]
+        region[:, keep] = ((1 - share) * region + share * x[src, :, sy:sy + s, sx:sx + s])[:, keep]
+    return out
+
+
+def auroc(normal: Tensor, abnormal: Tensor) -> float:
+    """The probability that an ``abnormal`` score [n] exceeds a ``normal`` one [m] (ties count half), in
+    O((n + m) log m)."""
+    ordered = normal.double().cpu().sort().values
+    a = abnormal.double().cpu()
+    below = torch.searchsorted(ordered, a, right=False).double()
+    ties = torch.searchsorted(ordered, a, right=True).double() - below
+    return float((below + 0.5 * ties).mean() / len(ordered))
+
+
+def choose_weights(scores: Tensor, distances: Tensor, scores_foreign: Tensor, distances_foreign: Tensor
+                   ) -> tuple[float, float]:
+    """The weights ``(u, v)`` of :func:`combine`, chosen on normal data alone: ``scores``/``distances`` [M] of
+    normal validation images, ``scores_foreign``/``distances_foreign`` [n] of :func:`foreign_patches` made of
+    them. Of eq. 5's shares ``EQ5_SHARES`` (``(w, 1 - w)``), the one whose summed score (each term in the
+    normal images' units) best tells the foreign patches from the normal images (AUROC; ties to the even
+    share): a term that cannot tell them apart is left out instead of adding its noise (on the brain data
+    eq. 5 at 300 steps is near chance, and the plain sum costs 0.04 image AUROC; experiments/results/
+    cpu-experiment-brain-subjects.md)."""
+    def units(x: Tensor, normal: Tensor) -> Tensor:
+        return (x.double().cpu() - normal.double().mean().cpu()) / normal.double().std().cpu()
+
+    plain, near = units(scores, scores), units(distances, distances)
+    plain_f, near_f = units(scores_foreign, scores), units(distances_foreign, distances)
+    best = max(EQ5_SHARES, key=lambda w: (auroc(w * plain + (1 - w) * near, w * plain_f + (1 - w) * near_f),
+                                          -abs(w - 0.5)))
+    return best, 1.0 - best

@@ -186,7 +186,7 @@ class Scorer:
                 recon = self._reconstruct(ops.mask_with(plan, x, kx, assignment))
                 s, e = patch_scores(plan, cfg.error, cfg.error_scales, x, recon, assignment)
                 if self._neighbours is not None:
-                    s = combine(s, self._distances(x), cfg.neighbour_scales)
+                    s = combine(s, self._distances(x), cfg.neighbour_scales, cfg.neighbour_weights)
                 scores.append(s[: n - short])
                 errors.append(e[: n - short])
         scores, errors = torch.cat(scores), torch.cat(errors)
