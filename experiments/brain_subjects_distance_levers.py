@@ -1,0 +1,212 @@
+"""Experiment (issue 26): more levers on the ``patches`` distance, each from normal data alone, none shipped.
+
+Looking at the normal test slices whose maps peak highest (seed 0) shows one test subject's washed-out contrast
+(gamma and bias) in five of the top six, and the lesions missed most are large solid tumours about as dark as grey
+matter, whose 3x3 patches inside find grey-matter matches within the search window. So, on the quick setting
+(64x64; 10 bank subjects, 2 validation, 6 test; the package's distance: patch 3, radius 2, outline 1, 40 slices):
+
+- ``quantiles``: every slice's intensities mapped piecewise linearly (its foreground's 1st, 10th, ..., 90th, 99th
+  percentiles, as Nyul-Udupa standardization) onto the mean percentiles of its k most similar bank slices; the
+  query only, or the bank too (each bank slice onto its k most similar other bank slices).
+- ``noise``: the map over the query's noise variance (a robust estimate: the median absolute response of the
+  3x3 Laplacian-like kernel inside the brain, Immerkaer 1996), or less twice it; the images smoothed 1-2-1 first.
+- ``scales``: patch 5, patch 7, patch 3 at half resolution, and each combined with patch 3 (sum or max of the
+  scores in units of the validation slices').
+- ``align``: each of the 40 bank slices affinely registered onto the query (60 Adam steps on the squared
+  difference of 1-pixel-blurred images) before the search, with radius 1 and 2.
+- ``statistics``: the image's score from the same map: largest pixel, largest 5x5 mean, mean of the top 4/10/20
+  pixels, the square root of the map.
+- ``nearest``: each pixel's distance as the mean of its best patch in each of the m bank slices where it is
+  best (m = 2, 3, 5, 10; the package's m = 1), a k-nearest-neighbour rather than a nearest-neighbour distance.
+
+    python experiments/brain_subjects_distance_levers.py LEVER [--seeds 0,1,2,3]   # 20 s to 2 min per seed
+
+Results: experiments/results/cpu-experiment-brain-subjects.md
+"""
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from brain_subjects_levers import report, smoothed_max
+
+from patchgan_fast import TrainConfig
+from patchgan_fast.data.datasets.brain_subjects import QUICK, load_brain_subjects
+from patchgan_fast.models.schedule import validation_split
+from patchgan_fast.scoring import neighbours as nb
+
+LEVELS = torch.tensor([0.01] + [i / 10 for i in range(1, 10)] + [0.99])
+
+
+def quantiles(x):
+    return torch.stack([torch.quantile(im[im > 0], LEVELS) for im in x])
+
+
+def interp(x, xp, fp):
+    """Piecewise linear through (xp, fp), extended linearly past the ends."""
+    i = torch.searchsorted(xp.contiguous(), x.contiguous()).clamp(1, len(xp) - 1)
+    return fp[i - 1] + (x - xp[i - 1]) * (fp[i] - fp[i - 1]) / (xp[i] - xp[i - 1]).clamp(min=1e-6)
+
+
+def standardize(x, q, target):
+    out = x.clone()
+    for n in range(len(x)):
+        fg = x[n] > 0
+        out[n][fg] = interp(x[n][fg], q[n], target[n]).clamp(0, 1)
+    return out
+
+
+def noise_sd(x):
+    kernel = torch.tensor([[1., -2, 1], [-2, 4, -2], [1, -2, 1]])[None, None]
+    c = F.conv2d(x, kernel, padding=1)[:, 0].abs()
+    inner = nb.near_background(x, 2) == 0
+    return torch.stack([c[i][inner[i]].median() for i in range(len(x))]) / (0.6745 * 6)
+
+
+def smooth(x):
+    g = torch.tensor([0.25, 0.5, 0.25])
+    k, fg = (g[:, None] * g[None])[None, None], (x > 0).float()
+    return F.conv2d(x, k, padding=1) / F.conv2d(fg, k, padding=1).clamp(min=1e-6) * fg
+
+
+def maps_at(query, bank, p, r, pool=1):
+    """The package's maps with patch p and radius r (outline 1), at 1/pool resolution (scaled back up)."""
+    original = nb.patch_geometry
+    nb.patch_geometry = lambda size: (p, r, 1)
+    try:
+        if pool == 1:
+            return nb.patch_distance_maps(query, bank, 40, 1)
+        m = nb.patch_distance_maps(F.avg_pool2d(query, pool), F.avg_pool2d(bank, pool), 40, 1)
+        return nb.leave_outline(F.interpolate(m[:, None], scale_factor=pool, mode="nearest")[:, 0], query, 1)
+    finally:
+        nb.patch_geometry = original
+
+
+def blur(x, s=1.0):
+    t = torch.arange(-3, 4.0)
+    g = torch.exp(-t**2 / (2 * s * s))
+    g = g / g.sum()
+    return F.conv2d(F.conv2d(x, g.view(1, 1, -1, 1), padding=(3, 0)), g.view(1, 1, 1, -1), padding=(0, 3))
+
+
+def align(q, cand, steps=60, lr=0.01):
+    theta = torch.eye(2, 3).repeat(len(cand), 1, 1).requires_grad_(True)
+    opt = torch.optim.Adam([theta], lr=lr)
+    qb, cb = blur(q), blur(cand)
+    for _ in range(steps):
+        warped = F.grid_sample(cb, F.affine_grid(theta, cand.shape, align_corners=False), align_corners=False)
+        loss = (warped - qb).pow(2).mean() * len(cand)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return F.grid_sample(cand, F.affine_grid(theta, cand.shape, align_corners=False), align_corners=False)
+
+
+def aligned_maps(query, bank, r, registered):
+    near = torch.cdist(nb.describe(query), nb.describe(bank)).topk(40, 1, largest=False).indices
+    out = []
+    for i in range(len(query)):
+        q, cand = query[i:i + 1], bank[near[i]]
+        cand = F.pad(align(q, cand) if registered else cand, (r,) * 4)
+        best = None
+        for dy in range(2 * r + 1):
+            for dx in range(2 * r + 1):
+                d = (cand[..., dy:dy + q.shape[-2], dx:dx + q.shape[-1]] - q).pow(2).sum(1, keepdim=True)
+                d = nb.box_mean(d, 3).amin(0)[0]
+                best = d if best is None else torch.minimum(best, d)
+        out.append(best)
+    return nb.leave_outline(torch.stack(out), query, 1)
+
+
+def nearest_maps(query, bank, ms, chunk=8):
+    """{m: maps}: the mean of each pixel's m smallest per-bank-slice patch distances (patch 3, radius 2, 40 slices)."""
+    p, r, _ = nb.patch_geometry(query.shape[-1])
+    n, _, h, w = query.shape
+    near = torch.cdist(nb.describe(query), nb.describe(bank)).topk(40, 1, largest=False).indices
+    padded = F.pad(bank, (r,) * 4)
+    out = {m: torch.zeros(n, h, w) for m in ms}
+    for i in range(0, n, chunk):
+        q, cand, best = query[i:i + chunk][:, None], padded[near[i:i + chunk]], None
+        for dy in range(2 * r + 1):
+            for dx in range(2 * r + 1):
+                d = (cand[..., dy:dy + h, dx:dx + w] - q).pow(2).sum(2)
+                d = nb.box_mean(d.flatten(0, 1)[:, None], p).view(d.shape)  # [b, 40, H, W]
+                best = d if best is None else torch.minimum(best, d)
+        ordered = best.sort(1).values
+        for m in ms:
+            out[m][i:i + chunk] = ordered[:, :m].mean(1)
+    return {m: nb.leave_outline(v, query, 1) for m, v in out.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("lever", choices=("quantiles", "noise", "scales", "align", "statistics", "nearest"))
+    ap.add_argument("--seeds", default="0,1,2,3")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    print("| draw, scoring | image AUROC | per kind | pixel AUROC in the brain |\n|---|---|---|---|")
+    for seed in map(int, args.seeds.split(",")):
+        train, test = load_brain_subjects(64, seed, QUICK["train_subjects"], QUICK["test_subjects"])
+        val, trn = validation_split(len(train.images), TrainConfig(image_size=64), train.subjects)
+        bank, held, query = train.images[trn].float(), train.images[val].float(), test.images.float()
+        plain = nb.patch_distance_maps(query, bank, 40, 1)
+
+        def show(tag, scores, maps=plain):
+            report(f"seed {seed}: {tag}", scores, maps, test)
+
+        show("the package's distance", nb.peaks(plain))
+        if args.lever == "quantiles":
+            qb, db = quantiles(bank), nb.describe(bank)
+            self_d = torch.cdist(db, db).fill_diagonal_(float("inf"))
+            for k, both in ((40, False), (40, True), (10, True)):
+                near = torch.cdist(nb.describe(query), db).topk(k, 1, largest=False).indices
+                b = standardize(bank, qb, qb[self_d.topk(k, 1, largest=False).indices].mean(1)) if both else bank
+                m = nb.patch_distance_maps(standardize(query, quantiles(query), qb[near].mean(1)), b, 40, 1)
+                show(f"percentiles matched to the {k} most similar bank slices ({'bank too' if both else 'query'})",
+                     nb.peaks(m), m)
+        elif args.lever == "noise":
+            sd = noise_sd(query)
+            print(f"the queries' noise estimates: {float(sd.min()):.3f} to {float(sd.max()):.3f} "
+                  f"(median {float(sd.median()):.3f})")
+            var = sd[:, None, None] ** 2
+            show("map / the query's noise variance", nb.peaks(plain / var), plain / var)
+            show("map - twice the query's noise variance", nb.peaks(plain - 2 * var), plain - 2 * var)
+            m = nb.patch_distance_maps(smooth(query), smooth(bank), 40, 1)
+            show("images smoothed 1-2-1", nb.peaks(m), m)
+            show("images smoothed 1-2-1, map / noise variance", nb.peaks(m / var), m / var)
+        elif args.lever == "scales":
+            units, maps = {}, {}
+            for name, (p, r, pool) in {"patch 3": (3, 2, 1), "patch 5": (5, 2, 1), "patch 7": (7, 3, 1),
+                                       "patch 3 at half resolution": (3, 1, 2)}.items():
+                mt, mv = maps_at(query, bank, p, r, pool), maps_at(held, bank, p, r, pool)
+                st, sv = smoothed_max(mt), smoothed_max(mv)
+                units[name], maps[name] = (st - sv.mean()) / sv.std(), mt
+                if name != "patch 3":
+                    show(name, st, mt)
+            for other in ("patch 3 at half resolution", "patch 5", "patch 7"):
+                both = torch.stack([units["patch 3"], units[other]])
+                show(f"patch 3 + {other}, sum in validation units", both.sum(0))
+                show(f"patch 3 + {other}, max in validation units", both.amax(0))
+        elif args.lever == "align":
+            for registered in (False, True):
+                for r in (1, 2):
+                    t = time.perf_counter()
+                    m = aligned_maps(query, bank, r, registered)
+                    show(f"{'bank slices registered (affine)' if registered else 'as they are'}, radius {r} "
+                         f"({time.perf_counter() - t:.0f} s)", nb.peaks(m), m)
+        elif args.lever == "nearest":
+            for m, maps in nearest_maps(query, bank, (2, 3, 5, 10)).items():
+                show(f"the mean of the {m} bank slices' best patches", nb.peaks(maps), maps)
+        else:
+            flat = plain.flatten(1)
+            show("largest pixel", flat.amax(1))
+            show("largest 5x5 mean", smoothed_max(plain, 5))
+            for n in (4, 10, 20):
+                show(f"mean of the top {n} pixels", flat.topk(n, 1).values.mean(1))
+            show("the square root of the map, largest 3x3 mean", nb.peaks(plain.sqrt()))
+
+
+if __name__ == "__main__":
+    main()
