@@ -5,6 +5,7 @@ scoring path (score_batch, Scorer, the model file, the CLI)."""
 import copy
 import csv
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -135,7 +136,7 @@ def test_bad_settings_are_refused_with_what_was_given(model):
         ScoreConfig(neighbour_scales=(0.0, 0.0, 1.0, 1.0))
     for weights in ((0.0, 0.0), (-1.0, 1.0), (1.0,), 0.5, (float("nan"), 1.0)):
         with pytest.raises(ValueError, match=r"neighbour_weights must be two finite floats >= 0, not both 0 \(eq. 5, "
-                                             rf"distance\), got {__import__('re').escape(repr(weights))}"):
+                                             rf"distance\), got {re.escape(repr(weights))}"):
             ScoreConfig(neighbour_weights=weights)
     plain = PatchGAN(dataclasses.replace(CONFIG, neighbours=None), 1, (0.5,), (0.2,))
     config = dataclasses.replace(plain.score_config, neighbour_scales=(0.0, 1.0, 0.0, 1.0))
