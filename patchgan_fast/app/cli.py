@@ -71,10 +71,9 @@ def cmd_train(a) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     if getattr(model, "feature_bank", None) is not None:
-        u, v = model.neighbour_weights
-        print(f"score: eq. 5 x {u:g} + nearest-neighbour {model.config.neighbours} distance x {v:g}, each in units of "
-              "the validation images' scores (the weights that best tell foreign patches pasted into them from "
-              "them)", file=sys.stderr)
+        from .report import score_weights
+
+        print(f"score: {score_weights(model)}", file=sys.stderr)
     print(f"model written to {printable(a.out)}")
     return 0
 

@@ -29,6 +29,7 @@ from ..models import PatchGAN, TrainConfig
 from ..scoring import error_maps, score_batch
 from .errors import UsageError
 from .records import printable
+from .report import score_weights
 from .screening import screen
 
 
@@ -82,9 +83,7 @@ def run(args) -> int:
     model = PatchGAN.fit(train.images, config, groups=train.subjects)  # whole subjects validate: a calibrated flag
     model.save(out / "brain-mri.pgf")
     print(f"trained {args.steps} steps in {time.perf_counter() - t0:.0f} s -> {out / 'brain-mri.pgf'}")
-    u, v = model.neighbour_weights
-    print(f"score: eq. 5 x {u:g} + nearest patches x {v:g}, each in units of the normal validation subjects' scores "
-          "(the weights that best tell foreign patches pasted into those slices from the slices themselves)")
+    print(f"score: {score_weights(model)}")
 
     from PIL import Image as PILImage
 

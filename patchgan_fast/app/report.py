@@ -24,6 +24,13 @@ REPORT = "report.html"
 HEATMAPS = "heatmaps"
 
 
+def score_weights(model: PatchGAN) -> str:
+    """The weights of a model with a feature bank, for the ``train`` command and the demo to print."""
+    u, v = model.neighbour_weights
+    return (f"eq. 5 x {u:g} + nearest-neighbour {model.config.neighbours} distance x {v:g}, each in units of the "
+            "validation images' scores (the weights that best tell foreign patches pasted into them from them)")
+
+
 def _weighing(model) -> str:
     """How a model with a feature bank sums its two scores, for the report."""
     u, v = model.neighbour_weights

@@ -179,11 +179,16 @@ def patch_distance_maps(query: Tensor, bank: Tensor, k: int, outline: Optional[i
     return leave_outline(out, query, e)
 
 
+def background(images: Tensor) -> Tensor:
+    """[N, H, W] bool: the pixels of ``images`` [N, C, H, W] that are 0 in every channel (outside a skull-stripped
+    brain, a dermoscope's dark corners)."""
+    return (unit_images(images) <= 0.5 / 255).all(1)
+
+
 def near_background(images: Tensor, e: int) -> Tensor:
-    """[N, H, W] float32, 1 where a pixel of ``images`` [N, C, H, W] is within ``e`` pixels of the background
-    (pixels 0 in every channel), the background included; 0 elsewhere."""
-    background = (unit_images(images) <= 0.5 / 255).all(1, keepdim=True).float()
-    return nn.functional.max_pool2d(background, 2 * e + 1, 1, e)[:, 0]
+    """[N, H, W] float32, 1 where a pixel of ``images`` [N, C, H, W] is within ``e`` pixels of the
+    :func:`background`, the background included; 0 elsewhere."""
+    return nn.functional.max_pool2d(background(images)[:, None].float(), 2 * e + 1, 1, e)[:, 0]
 
 
 def leave_outline(maps: Tensor, images: Tensor, e: int) -> Tensor:
@@ -250,7 +255,7 @@ def foreign_patches(images: Tensor, n: int, seed: int = 0) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     x = unit_images(images.cpu())
     m, _, h, w = x.shape
-    foreground = (x > 0.5 / 255).any(1)
+    foreground = ~background(x)
     foreground[~foreground.flatten(1).any(1)] = True
     out = x[torch.arange(n) % m].clone()
     lo, hi = max(2, min(h, w) // 16), max(2, min(h, w) // 4)
@@ -290,11 +295,13 @@ def choose_weights(scores: Tensor, distances: Tensor, scores_foreign: Tensor, di
     share): a term that cannot tell them apart is left out instead of adding its noise (on the brain data
     eq. 5 at 300 steps is near chance, and the plain sum costs 0.04 image AUROC; experiments/results/
     cpu-experiment-brain-subjects.md)."""
-    def units(x: Tensor, normal: Tensor) -> Tensor:
-        return (x.double().cpu() - normal.double().mean().cpu()) / normal.double().std().cpu()
+    scores, distances = scores.double().cpu(), distances.double().cpu()
+    scales = (float(scores.mean()), float(scores.std()), float(distances.mean()), float(distances.std()))
 
-    plain, near = units(scores, scores), units(distances, distances)
-    plain_f, near_f = units(scores_foreign, scores), units(distances_foreign, distances)
-    best = max(EQ5_SHARES, key=lambda w: (auroc(w * plain + (1 - w) * near, w * plain_f + (1 - w) * near_f),
-                                          -abs(w - 0.5)))
+    def told(w: float) -> float:  # how well the score with eq. 5's share w tells the foreign patches
+        normal = combine(scores, distances, scales, (w, 1 - w))
+        foreign = combine(scores_foreign.double().cpu(), distances_foreign.double().cpu(), scales, (w, 1 - w))
+        return auroc(normal, foreign)
+
+    best = max(EQ5_SHARES, key=lambda w: (told(w), -abs(w - 0.5)))
     return best, 1.0 - best
