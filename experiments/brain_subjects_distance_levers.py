@@ -18,6 +18,14 @@ matter, whose 3x3 patches inside find grey-matter matches within the search wind
   pixels, the square root of the map.
 - ``nearest``: each pixel's distance as the mean of its best patch in each of the m bank slices where it is
   best (m = 2, 3, 5, 10; the package's m = 1), a k-nearest-neighbour rather than a nearest-neighbour distance.
+- ``normative``: each pixel of the map in units of what normal anatomy gives there: every bank slice's own map
+  against the bank without its subject (leave one subject out), and for a query the per-pixel mean (and spread)
+  of those maps of its k most similar bank slices; the map over that mean plus a floor, or as a z-score.
+- ``context``: each image given a second channel, w x the c x c mean of its foreground around each pixel, so that
+  a patch only matches where its surroundings are as bright (a large tumour's grey-matter-dark inside matches
+  cortex patches; it should not match cortex whose surroundings hold white matter).
+- ``stack``: intensity standardization (Q, percentiles to the 10 most similar bank slices, bank too), the
+  context channel (C, 9 x 9, weight 1) and the leave-one-subject-out units (N, z-score, 40 slices) together.
 
     python experiments/brain_subjects_distance_levers.py LEVER [--seeds 0,1,2,3]   # 20 s to 2 min per seed
 
@@ -140,9 +148,34 @@ def nearest_maps(query, bank, ms, chunk=8):
     return {m: nb.leave_outline(v, query, 1) for m, v in out.items()}
 
 
+def loso_maps(bank, subjects):
+    """Each bank slice's map against the bank slices of the other subjects."""
+    out = torch.zeros(len(bank), *bank.shape[-2:])
+    for s in subjects.unique():
+        own = subjects == s
+        out[own] = nb.patch_distance_maps(bank[own], bank[~own], 40, 1)
+    return out
+
+
+def normative(query, maps, bank, own, k):
+    """(mean, sd) [N, H, W] of the leave-one-subject-out maps of each query's k most similar bank slices."""
+    near = torch.cdist(nb.describe(query), nb.describe(bank)).topk(k, 1, largest=False).indices
+    m = own[near]  # [N, k, H, W]
+    return m.mean(1), m.std(1)
+
+
+def with_context(x, c, w):
+    """``x`` [N, 1, H, W] with a second channel: w x the c x c mean of its foreground around each pixel (0 outside),
+    so that a patch matches only where its surroundings' brightness matches too."""
+    fg = (x > 0).float()
+    mean = nb.box_mean(x, c) / nb.box_mean(fg, c).clamp(min=1e-6) * fg
+    return torch.cat([x, w * mean], 1)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("lever", choices=("quantiles", "noise", "scales", "align", "statistics", "nearest"))
+    ap.add_argument("lever", choices=("quantiles", "noise", "scales", "align", "statistics", "nearest",
+                                           "normative", "context", "stack"))
     ap.add_argument("--seeds", default="0,1,2,3")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -199,6 +232,48 @@ def main():
         elif args.lever == "nearest":
             for m, maps in nearest_maps(query, bank, (2, 3, 5, 10)).items():
                 show(f"the mean of the {m} bank slices' best patches", nb.peaks(maps), maps)
+        elif args.lever == "normative":
+            t = time.perf_counter()
+            own = loso_maps(bank, train.subjects[trn])
+            print(f"leave-one-subject-out maps of {len(bank)} bank slices: {time.perf_counter() - t:.0f} s")
+            floor = own[own > 0].median()
+            for k in (10, 40):
+                mean, sd = normative(query, own, bank, own, k)
+                mean, sd = F.avg_pool2d(mean[:, None], 3, 1, 1)[:, 0], F.avg_pool2d(sd[:, None], 3, 1, 1)[:, 0]
+                for tag, m in ((f"map / (mean of {k} + median)", plain / (mean + floor)),
+                               (f"map / (mean of {k} + median / 4)", plain / (mean + floor / 4)),
+                               (f"map - mean of {k}", plain - mean),
+                               (f"(map - mean of {k}) / (sd + median)", (plain - mean) / (sd + floor))):
+                    m = nb.leave_outline(m, query, 1)
+                    show(tag, nb.peaks(m), m)
+        elif args.lever == "context":
+            for c in (5, 9):
+                for w in (1.0, 2.0, 3.0):
+                    m = nb.patch_distance_maps(with_context(query, c, w), with_context(bank, c, w), 40, 1)
+                    show(f"patch with its {c}x{c} mean, weight {w:g}", nb.peaks(m), m)
+        elif args.lever == "stack":
+            qb, db = quantiles(bank), nb.describe(bank)
+            self_d = torch.cdist(db, db).fill_diagonal_(float("inf"))
+            near = torch.cdist(nb.describe(query), db).topk(10, 1, largest=False).indices
+            qbank = standardize(bank, qb, qb[self_d.topk(10, 1, largest=False).indices].mean(1))
+            qquery = standardize(query, quantiles(query), qb[near].mean(1))
+            subjects = train.subjects[trn]
+            for tag, b, q in (("Q", qbank, qquery), ("C", with_context(bank, 9, 1.0), with_context(query, 9, 1.0)),
+                              ("Q+C", with_context(qbank, 9, 1.0), with_context(qquery, 9, 1.0))):
+                m = nb.patch_distance_maps(q, b, 40, 1)
+                show(tag, nb.peaks(m), m)
+                own = loso_maps(b, subjects)
+                floor = own[own > 0].median()
+                mean, sd = normative(query, own, bank, own, 40)
+                mean, sd = F.avg_pool2d(mean[:, None], 3, 1, 1)[:, 0], F.avg_pool2d(sd[:, None], 3, 1, 1)[:, 0]
+                z = nb.leave_outline((m - mean) / (sd + floor), query, 1)
+                show(tag + "+N", nb.peaks(z), z)
+            own = loso_maps(bank, subjects)
+            floor = own[own > 0].median()
+            mean, sd = normative(query, own, bank, own, 40)
+            mean, sd = F.avg_pool2d(mean[:, None], 3, 1, 1)[:, 0], F.avg_pool2d(sd[:, None], 3, 1, 1)[:, 0]
+            z = nb.leave_outline((plain - mean) / (sd + floor), query, 1)
+            show("N", nb.peaks(z), z)
         else:
             flat = plain.flatten(1)
             show("largest pixel", flat.amax(1))
