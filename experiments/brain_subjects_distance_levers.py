@@ -24,6 +24,8 @@ matter, whose 3x3 patches inside find grey-matter matches within the search wind
 - ``context``: each image given a second channel, w x the c x c mean of its foreground around each pixel, so that
   a patch only matches where its surroundings are as bright (a large tumour's grey-matter-dark inside matches
   cortex patches; it should not match cortex whose surroundings hold white matter).
+- ``coherent``: each pixel's best patch per bank slice averaged over a c x c window of that slice before the best
+  slice is taken: a neighbourhood must be matched by one slice, not pieced together from many (offsets stay free).
 - ``stack``: intensity standardization (Q, percentiles to the 10 most similar bank slices, bank too), the
   context channel (C, 9 x 9, weight 1) and the leave-one-subject-out units (N, z-score, 40 slices) together.
 
@@ -164,6 +166,27 @@ def normative(query, maps, bank, own, k):
     return m.mean(1), m.std(1)
 
 
+def coherent_maps(query, bank, windows, chunk=8):
+    """{c: maps}: each pixel's best patch (patch 3, radius 2) per bank slice, averaged over a c x c window in that
+    slice before the best slice is taken, so that a neighbourhood must be matched by one slice (its offsets still
+    free per pixel) rather than pieced together from many; c = 1 is the package's distance."""
+    p, r, _ = nb.patch_geometry(query.shape[-1])
+    n, _, h, w = query.shape
+    near = torch.cdist(nb.describe(query), nb.describe(bank)).topk(40, 1, largest=False).indices
+    padded = F.pad(bank, (r,) * 4)
+    out = {c: torch.zeros(n, h, w) for c in windows}
+    for i in range(0, n, chunk):
+        q, cand, best = query[i:i + chunk][:, None], padded[near[i:i + chunk]], None
+        for dy in range(2 * r + 1):
+            for dx in range(2 * r + 1):
+                d = (cand[..., dy:dy + h, dx:dx + w] - q).pow(2).sum(2)
+                d = nb.box_mean(d.flatten(0, 1)[:, None], p).view(d.shape)  # [b, 40, H, W]
+                best = d if best is None else torch.minimum(best, d)
+        for c in windows:
+            out[c][i:i + chunk] = nb.box_mean(best.flatten(0, 1)[:, None], c).view(best.shape).amin(1)
+    return {c: nb.leave_outline(v, query, 1) for c, v in out.items()}
+
+
 def with_context(x, c, w):
     """``x`` [N, 1, H, W] with a second channel: w x the c x c mean of its foreground around each pixel (0 outside),
     so that a patch matches only where its surroundings' brightness matches too."""
@@ -175,7 +198,7 @@ def with_context(x, c, w):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("lever", choices=("quantiles", "noise", "scales", "align", "statistics", "nearest",
-                                           "normative", "context", "stack"))
+                                           "normative", "context", "stack", "coherent"))
     ap.add_argument("--seeds", default="0,1,2,3")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -274,6 +297,9 @@ def main():
             mean, sd = F.avg_pool2d(mean[:, None], 3, 1, 1)[:, 0], F.avg_pool2d(sd[:, None], 3, 1, 1)[:, 0]
             z = nb.leave_outline((plain - mean) / (sd + floor), query, 1)
             show("N", nb.peaks(z), z)
+        elif args.lever == "coherent":
+            for c, maps in coherent_maps(query, bank, (3, 5, 7, 9)).items():
+                show(f"one slice per {c}x{c} neighbourhood", nb.peaks(maps), maps)
         else:
             flat = plain.flatten(1)
             show("largest pixel", flat.amax(1))
