@@ -26,6 +26,8 @@ matter, whose 3x3 patches inside find grey-matter matches within the search wind
   cortex patches; it should not match cortex whose surroundings hold white matter).
 - ``coherent``: each pixel's best patch per bank slice averaged over a c x c window of that slice before the best
   slice is taken: a neighbourhood must be matched by one slice, not pieced together from many (offsets stay free).
+- ``augment``: the bank with copies of itself at other contrasts (gamma) and bias fields, the normal variation that
+  makes the highest normal maxima (the washed-out subject).
 - ``stack``: intensity standardization (Q, percentiles to the 10 most similar bank slices, bank too), the
   context channel (C, 9 x 9, weight 1) and the leave-one-subject-out units (N, z-score, 40 slices) together.
 
@@ -187,6 +189,13 @@ def coherent_maps(query, bank, windows, chunk=8):
     return {c: nb.leave_outline(v, query, 1) for c, v in out.items()}
 
 
+def bias_fields(n, h, w, amount, seed):
+    """[n, 1, h, w] smooth multiplicative fields, 1 +- about ``amount`` (bilinear from a 3 x 3 grid)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = 1 + amount * (2 * torch.rand(n, 1, 3, 3, generator=g) - 1)
+    return F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=True)
+
+
 def with_context(x, c, w):
     """``x`` [N, 1, H, W] with a second channel: w x the c x c mean of its foreground around each pixel (0 outside),
     so that a patch matches only where its surroundings' brightness matches too."""
@@ -198,7 +207,8 @@ def with_context(x, c, w):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("lever", choices=("quantiles", "noise", "scales", "align", "statistics", "nearest",
-                                           "normative", "context", "stack", "coherent"))
+                                           "normative", "context", "stack", "coherent",
+                                           "augment"))
     ap.add_argument("--seeds", default="0,1,2,3")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -300,6 +310,18 @@ def main():
         elif args.lever == "coherent":
             for c, maps in coherent_maps(query, bank, (3, 5, 7, 9)).items():
                 show(f"one slice per {c}x{c} neighbourhood", nb.peaks(maps), maps)
+        elif args.lever == "augment":
+            h, w = bank.shape[-2:]
+            variants = {
+                "gamma 0.9 and 1.1": [bank ** 0.9, bank ** 1.1],
+                "gamma 0.85 and 1.15": [bank ** 0.85, bank ** 1.15],
+                "two bias fields of +-10 %": [(bank * bias_fields(len(bank), h, w, 0.1, s)).clamp(0, 1) for s in (1, 2)],
+                "gamma 0.9 and 1.1, each with a bias field of +-10 %": [
+                    (bank ** g * bias_fields(len(bank), h, w, 0.1, s)).clamp(0, 1) for s, g in ((1, 0.9), (2, 1.1))],
+            }
+            for tag, extra in variants.items():
+                m = nb.patch_distance_maps(query, torch.cat([bank, *extra]), 40, 1)
+                show(f"the bank and its copies at {tag}", nb.peaks(m), m)
         else:
             flat = plain.flatten(1)
             show("largest pixel", flat.amax(1))
