@@ -145,6 +145,19 @@ def _toy(n, g, abnormal=False):
     return x.clamp(0, 1)[:, None]
 
 
+def test_equal_pool_separations_keep_the_later_weights(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    normal, pool = _toy(16, g), torch.cat([_toy(4, g), _toy(4, g, abnormal=True)])
+    cfg = tiny(steps=6, val_every=2)
+    rising = iter(range(100))
+    monkeypatch.setattr(S, "pool_separation", lambda a, b: float(next(rising)))  # each check better: the last kept
+    last = SAGAN.fit(normal, cfg, unlabelled=pool).generator.state_dict()
+    monkeypatch.setattr(S, "pool_separation", lambda a, b: 0.5)  # every check equal
+    tied = SAGAN.fit(normal, cfg, unlabelled=pool)
+    assert [h["pool_separation"] for h in tied.history] == [0.5, 0.5, 0.5]
+    assert all(torch.equal(v, last[k]) for k, v in tied.generator.state_dict().items())
+
+
 def test_a_trained_tiny_model_finds_a_toy_anomaly():
     g = torch.Generator().manual_seed(0)
     normal = _toy(64, g)
@@ -171,7 +184,7 @@ def test_the_weights_kept_are_the_best_pool_separation(monkeypatch):
 
     monkeypatch.setattr(S._Run, "_validate", spy)
     model = SAGAN.fit(blobs(12), tiny(steps=6), unlabelled=blobs(6, seed=1, abnormal=True))
-    best = max(range(len(seen)), key=lambda i: (seen[i][0], -i))  # the first of the best
+    best = max(range(len(seen)), key=lambda i: (seen[i][0], i))  # the last of the best
     assert all(torch.equal(v, seen[best][1][k]) for k, v in model.generator.state_dict().items())
 
 

@@ -516,9 +516,10 @@ def fit(cls, normal, config: SAGANConfig, *, unlabelled=None, groups=None, resum
     Returns:
         The model in eval mode. A ``val_fraction`` share of the normals and of the pool is held out (never
         trained on); with both, the generator weights kept are those with the best :func:`pool_separation` of the
-        held-out pool images (at most 512) from the held-out normals, checked every ``val_every`` steps (pool
-        images the generator trained on would not do: it learns to change those, normal or not); otherwise the
-        last ones.
+        held-out pool images (at most 512) from the held-out normals, checked every ``val_every`` steps, the later
+        of equal ones (a few held-out images give few distinct values, and the more trained weights are the better
+        guess; pool images the generator trained on would not do: it learns to change those, normal or not);
+        otherwise the last ones.
 
     Raises:
         ValueError: fewer than 2 normal images, images of another size, an empty pool or one of another shape.
@@ -612,7 +613,7 @@ class _Run:
         self.model.eval()
         sep = pool_separation(self.model.score(self.val_images)[0], self.model.score(self.probe)[0])
         self.model.train()
-        if self.best is None or sep > self.best[0]:
+        if self.best is None or sep >= self.best[0]:
             self.best = (sep, {k: v.detach().cpu().clone() for k, v in self.model.generator.state_dict().items()})
         return sep
 
