@@ -161,11 +161,18 @@ def loso_maps(bank, subjects):
     return out
 
 
-def normative(query, maps, bank, own, k):
+def normative(query, bank, own, k):
     """(mean, sd) [N, H, W] of the leave-one-subject-out maps of each query's k most similar bank slices."""
     near = torch.cdist(nb.describe(query), nb.describe(bank)).topk(k, 1, largest=False).indices
     m = own[near]  # [N, k, H, W]
     return m.mean(1), m.std(1)
+
+
+def z_by_normal(maps, query, bank, own, k=40):
+    """``maps`` as z-scores by :func:`normative` (3x3-smoothed; the spread plus the median map value), outline left
+    out."""
+    mean, sd = (F.avg_pool2d(v[:, None], 3, 1, 1)[:, 0] for v in normative(query, bank, own, k))
+    return nb.leave_outline((maps - mean) / (sd + own[own > 0].median()), query, 1)
 
 
 def coherent_maps(query, bank, windows, chunk=8):
@@ -271,7 +278,7 @@ def main():
             print(f"leave-one-subject-out maps of {len(bank)} bank slices: {time.perf_counter() - t:.0f} s")
             floor = own[own > 0].median()
             for k in (10, 40):
-                mean, sd = normative(query, own, bank, own, k)
+                mean, sd = normative(query, bank, own, k)
                 mean, sd = F.avg_pool2d(mean[:, None], 3, 1, 1)[:, 0], F.avg_pool2d(sd[:, None], 3, 1, 1)[:, 0]
                 for tag, m in ((f"map / (mean of {k} + median)", plain / (mean + floor)),
                                (f"map / (mean of {k} + median / 4)", plain / (mean + floor / 4)),
@@ -295,17 +302,9 @@ def main():
                               ("Q+C", with_context(qbank, 9, 1.0), with_context(qquery, 9, 1.0))):
                 m = nb.patch_distance_maps(q, b, 40, 1)
                 show(tag, nb.peaks(m), m)
-                own = loso_maps(b, subjects)
-                floor = own[own > 0].median()
-                mean, sd = normative(query, own, bank, own, 40)
-                mean, sd = F.avg_pool2d(mean[:, None], 3, 1, 1)[:, 0], F.avg_pool2d(sd[:, None], 3, 1, 1)[:, 0]
-                z = nb.leave_outline((m - mean) / (sd + floor), query, 1)
+                z = z_by_normal(m, query, bank, loso_maps(b, subjects))
                 show(tag + "+N", nb.peaks(z), z)
-            own = loso_maps(bank, subjects)
-            floor = own[own > 0].median()
-            mean, sd = normative(query, own, bank, own, 40)
-            mean, sd = F.avg_pool2d(mean[:, None], 3, 1, 1)[:, 0], F.avg_pool2d(sd[:, None], 3, 1, 1)[:, 0]
-            z = nb.leave_outline((plain - mean) / (sd + floor), query, 1)
+            z = z_by_normal(plain, query, bank, loso_maps(bank, subjects))
             show("N", nb.peaks(z), z)
         elif args.lever == "coherent":
             for c, maps in coherent_maps(query, bank, (3, 5, 7, 9)).items():
