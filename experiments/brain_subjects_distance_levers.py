@@ -28,6 +28,10 @@ matter, whose 3x3 patches inside find grey-matter matches within the search wind
   slice is taken: a neighbourhood must be matched by one slice, not pieced together from many (offsets stay free).
 - ``augment``: the bank with copies of itself at other contrasts (gamma) and bias fields, the normal variation that
   makes the highest normal maxima (the washed-out subject).
+- ``describe``: the 40 bank slices searched chosen by a description blind to contrast: the pooled ranks of the
+  pixels (any increasing intensity change gives the same; the package's since this lever, ``neighbours.ranks``),
+  against the pixels as they are (the package's before), the ranks pooled to 8 x 8, or the foreground's shape alone.
+  Every other lever's "package's distance" finds its slices by ranks since then (by pixels when it was recorded).
 - ``stack``: intensity standardization (Q, percentiles to the 10 most similar bank slices, bank too), the
   context channel (C, 9 x 9, weight 1) and the leave-one-subject-out units (N, z-score, 40 slices) together.
 
@@ -215,16 +219,21 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("lever", choices=("quantiles", "noise", "scales", "align", "statistics", "nearest",
                                            "normative", "context", "stack", "coherent",
-                                           "augment"))
+                                           "augment", "describe"))
     ap.add_argument("--seeds", default="0,1,2,3")
+    ap.add_argument("--size", type=int, default=64, help="128: the describe lever only (outline 2, as chosen there; "
+                    "the pixels row alone)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     print("| draw, scoring | image AUROC | per kind | pixel AUROC in the brain |\n|---|---|---|---|")
     for seed in map(int, args.seeds.split(",")):
-        train, test = load_brain_subjects(64, seed, QUICK["train_subjects"], QUICK["test_subjects"])
-        val, trn = validation_split(len(train.images), TrainConfig(image_size=64), train.subjects)
+        if args.size != 64 and args.lever != "describe":
+            ap.error("--size other than 64 is for the describe lever")
+        e = 1 if args.size == 64 else 2
+        train, test = load_brain_subjects(args.size, seed, QUICK["train_subjects"], QUICK["test_subjects"])
+        val, trn = validation_split(len(train.images), TrainConfig(image_size=args.size), train.subjects)
         bank, held, query = train.images[trn].float(), train.images[val].float(), test.images.float()
-        plain = nb.patch_distance_maps(query, bank, 40, 1)
+        plain = nb.patch_distance_maps(query, bank, 40, e)
 
         def show(tag, scores, maps=plain):
             report(f"seed {seed}: {tag}", scores, maps, test)
@@ -321,6 +330,21 @@ def main():
             for tag, extra in variants.items():
                 m = nb.patch_distance_maps(query, torch.cat([bank, *extra]), 40, 1)
                 show(f"the bank and its copies at {tag}", nb.peaks(m), m)
+        elif args.lever == "describe":
+            m = nb.patch_distance_maps(query, bank, 40, e, description="pixels")
+            show("the 40 most similar bank slices by their pixels (the package's before ranks)", nb.peaks(m), m)
+            if args.size != 64:
+                continue
+            original = nb.describe
+            for tag, fn in (("the foreground alone", lambda x, d: F.adaptive_avg_pool2d(
+                                (nb.unit_images(x) > 0).float(), 16).flatten(1)),
+                            ("ranks at 8x8", lambda x, d: F.adaptive_avg_pool2d(nb.ranks(x), 8).flatten(1))):
+                nb.describe = fn
+                try:
+                    m = nb.patch_distance_maps(query, bank, 40, e)
+                finally:
+                    nb.describe = original
+                show(f"the 40 most similar bank slices by {tag}", nb.peaks(m), m)
         else:
             flat = plain.flatten(1)
             show("largest pixel", flat.amax(1))

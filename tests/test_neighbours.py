@@ -18,8 +18,8 @@ from patchgan_fast.ops.reference import normalize_reference
 from patchgan_fast.cli import main
 from patchgan_fast.evaluation.tables import summed_evenly
 from patchgan_fast.scoring.neighbours import (EQ5_SHARES, Embedding, auroc, bank_images, choose_outline, choose_weights,
-                                             foreign_patches, leave_outline, patch_distance_maps,
-                                             patch_distances, patch_geometry, peaks, unit_images)
+                                             describe, foreign_patches, leave_outline, patch_distance_maps,
+                                             patch_distances, patch_geometry, peaks, ranks, unit_images)
 from patchgan_fast.models.schedule import bank_choice, validation_split
 
 CONFIG = TrainConfig(**SMALL, steps=10, val_fraction=0.25, neighbours="bottleneck", neighbour_k=3, neighbour_bank=20)
@@ -177,14 +177,29 @@ def test_the_train_command_gives_the_model_a_bank_that_screening_uses(tmp_path):
 # --------------------------------------------------------------------------- the 'patches' space
 
 
-def _direct_patch_maps(query, bank, k):
+def _direct_ranks(images):
+    """ranks computed another way: for each foreground pixel, the foreground pixels of its channel at or below it,
+    counted by comparing every pair, over the foreground's size."""
+    x = unit_images(images).double()
+    out = torch.zeros_like(x)
+    for i in range(len(x)):
+        fg = (x[i] != 0).any(0)
+        for c in range(x.shape[1]):
+            v = x[i, c][fg]
+            out[i, c][fg] = (v[None, :] <= v[:, None]).sum(1).double() / len(v)
+    return out.float()
+
+
+def _direct_patch_maps(query, bank, k, description="ranks"):
     """patch_distance_maps computed another way: each bank image shifted by every offset (zeros where it leaves
     the frame), channel-summed squared differences, their p x p window sums over the pixels inside the image
     divided by the window's size inside the image (a convolution with ones), the minimum over the k most similar
-    bank images (pooled 16 x 16) and the offsets; 0 within e pixels of a background pixel."""
+    bank images (their ranks, or pixels, pooled 16 x 16) and the offsets; 0 within e pixels of a background
+    pixel."""
     n, c, h, w = query.shape
     p, r, e = patch_geometry(min(h, w))
-    pool = lambda x: torch.nn.functional.adaptive_avg_pool2d(x, 16).flatten(1)  # noqa: E731
+    seen = _direct_ranks if description == "ranks" else unit_images
+    pool = lambda x: torch.nn.functional.adaptive_avg_pool2d(seen(x), 16).flatten(1)  # noqa: E731
     order = ((pool(query)[:, None] - pool(bank)[None]) ** 2).sum(2).argsort(1)[:, :k]
     ones = torch.ones(1, 1, p, p, dtype=torch.float64)
     count = torch.nn.functional.conv2d(torch.ones(1, 1, h, w, dtype=torch.float64), ones, padding=p // 2)
@@ -265,6 +280,8 @@ def test_patch_distance_maps_equal_a_direct_search():
     query[2] = torch.rand(2, 64, 64) * 0.9 + 0.05  # no background: nothing left out
     got = patch_distance_maps(query, bank, k=3, chunk_elements=3 * 64 * 64 * 2)  # two queries per chunk
     torch.testing.assert_close(got, _direct_patch_maps(query, bank, 3), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(patch_distance_maps(query, bank, k=3, description="pixels"),
+                               _direct_patch_maps(query, bank, 3, "pixels"), atol=1e-5, rtol=1e-5)
     assert (got[:2] == 0).any() and (got[2] > 0).all()
     # a bank stored as uint8 (bank_images) differs by the rounding alone: at most 1/510 per pixel
     stored = bank_images(bank)
@@ -273,6 +290,30 @@ def test_patch_distance_maps_equal_a_direct_search():
                                atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(patch_distances(query, bank, 3),
                                torch.nn.functional.avg_pool2d(got[:, None], 3, 1, 1).flatten(1).amax(1))
+
+
+def test_ranks_see_the_anatomy_whatever_the_contrast():
+    images = _brains(3)
+    images[2, :, :5] = torch.rand(2, 5, 64) * 0.9 + 0.05  # a foreground pixel may be 0 in one channel only
+    images[2, 0, 0, 0] = 0.0
+    got = ranks(images)
+    torch.testing.assert_close(got, _direct_ranks(images))  # ties (the flat parts) share the highest rank
+    fg = (images != 0).any(1, keepdim=True)
+    assert (got[~fg.expand_as(got)] == 0).all() and (got[fg.expand_as(got)] > 0).all() and got.max() == 1
+    torch.testing.assert_close(ranks(images * 0.5), got)  # a gain changes nothing, nor does a gamma change (but
+    torch.testing.assert_close(ranks(images ** 0.6), got, atol=1e-3, rtol=0)  # where rounding makes two values equal)
+    stored = bank_images(images)
+    torch.testing.assert_close(ranks(stored), ranks(unit_images(stored)))
+    assert ranks(torch.zeros(1, 1, 8, 8)).eq(0).all()  # no foreground: nothing to rank
+    # the bank image most like a query of another contrast: its own anatomy by ranks, a plain other by pixels
+    bank = torch.full((2, 1, 32, 32), 0.75)
+    bank[0, :, :, 16:] = 0.2  # dark on the right
+    query = bank[:1].clone()
+    query[0, :, :, :16], query[0, :, :, 16:] = 0.9, 0.6  # the same image, brighter and with less contrast
+    nearest = {d: int(torch.cdist(describe(query, d), describe(bank, d)).argmin()) for d in ("ranks", "pixels")}
+    assert nearest == {"ranks": 0, "pixels": 1}
+    with pytest.raises(ValueError, match="expected description one of ranks, pixels, got 'edges'"):
+        describe(bank, "edges")
 
 
 def test_a_patch_unlike_any_nearby_is_where_the_map_is_high():
@@ -326,12 +367,22 @@ def test_a_patches_bank_holds_the_images_and_every_path_scores_with_it(tmp_path)
     loaded = PatchGAN.load(tmp_path / "m.pgf")
     assert loaded.config == model.config and torch.equal(loaded.feature_bank, model.feature_bank)
     assert loaded.patch_outline == model.patch_outline
+    assert model.patch_description == loaded.patch_description == "ranks"
     assert torch.equal(score_batch(loaded, TEST).scores, result.scores)
     state = model.state()
     del state["patch_outline"]  # a file written before the outline was chosen: patch_geometry's (1 at 32x32)
     assert PatchGAN.from_state(state).patch_outline is None
     torch.testing.assert_close(score_batch(PatchGAN.from_state(state), TEST).neighbour_distances,
                                patch_distances(TEST.float() / 255, bank.float() / 255, 20, 1), atol=1e-5, rtol=1e-5)
+    state = model.state()
+    del state["patch_description"]  # a file written before ranks: its bank slices were found by their pixels
+    assert PatchGAN.from_state(state).patch_description == "pixels"
+    torch.testing.assert_close(score_batch(PatchGAN.from_state(state), TEST).neighbour_distances,
+                               patch_distances(TEST.float() / 255, bank.float() / 255, 20, model.patch_outline,
+                                               "pixels"), atol=1e-5, rtol=1e-5)
+    state["patch_description"] = "edges"
+    with pytest.raises(ValueError, match="damaged model.*'edges'"):
+        PatchGAN.from_state(state)
     assert loaded.neighbour_weights == model.neighbour_weights
     assert model.neighbour_weights in [(w, 1 - w) for w in EQ5_SHARES]
     state = model.state()

@@ -14,9 +14,9 @@ from torch import Tensor, nn
 from .. import ops
 from ..runtime import __version__, atomic_save
 from ..scoring import RANKING_PRESETS, ScoreConfig, score_batch, score_statistics
-from ..scoring.neighbours import (Embedding, bank_images, bank_k, check_space, choose_outline, choose_weights, combine,
-                                  distances, foreign_patches, leave_outline, patch_distance_maps, patch_distances,
-                                  patch_geometry, peaks)
+from ..scoring.neighbours import (DESCRIPTIONS, Embedding, bank_images, bank_k, check_space, choose_outline,
+                                  choose_weights, combine, distances, foreign_patches, leave_outline,
+                                  patch_distance_maps, patch_distances, patch_geometry, peaks)
 from . import training
 from .config import TrainConfig
 from .networks import PatchDiscriminator, Reconstructor
@@ -55,6 +55,9 @@ class PatchGAN(nn.Module):
         patch_outline: with a ``patches`` bank, the pixels of the foreground's outline its maps leave out, chosen
             on the validation images (:func:`~patchgan_fast.scoring.neighbours.choose_outline`); None otherwise
             (and in files written before it was chosen: ``patch_geometry``'s).
+        patch_description: with a ``patches`` bank, how the bank images searched for a query are found
+            (:data:`~patchgan_fast.scoring.neighbours.DESCRIPTIONS`): ``'ranks'`` (``'pixels'`` in files written
+            before ranks); None otherwise.
         trained_on: how many images trained it, ``{"normal": n, "unlabelled": m}`` (m > 0: the semi-supervised
             setting); zeros before training.
     """
@@ -75,6 +78,7 @@ class PatchGAN(nn.Module):
         self.neighbour_scales: Optional[tuple[float, float, float, float]] = None
         self.neighbour_weights: tuple[float, float] = (1.0, 1.0)
         self.patch_outline: Optional[int] = None
+        self.patch_description: Optional[str] = None
         self.trained_on = {"normal": 0, "unlabelled": 0}
         # channels_last: faster convolutions on GPUs and on CPUs alike (oneDNN: scoring 1.6-2x faster on 2 cores)
         self.to(memory_format=torch.channels_last)
@@ -154,13 +158,13 @@ class PatchGAN(nn.Module):
         plain, plain_foreign = eq5(held_out), eq5(foreign)
         bank, held = self._embed(images, features, batch), self._embed(held_out, features, batch)
         held_foreign = self._embed(foreign, features, batch)
-        outline = None
+        outline = description = None
         if features == "patches":
-            bank = bank_images(bank)
-            maps = patch_distance_maps(held, bank, k, outline=0)
+            bank, description = bank_images(bank), DESCRIPTIONS[0]
+            maps = patch_distance_maps(held, bank, k, outline=0, description=description)
             outline = choose_outline(maps, held, most=patch_geometry(min(held.shape[-2:]))[1])
             near = peaks(leave_outline(maps, held, outline)).cpu()
-            near_foreign = patch_distances(held_foreign, bank, k, outline).cpu()
+            near_foreign = patch_distances(held_foreign, bank, k, outline, description).cpu()
         else:
             near, near_foreign = distances(held, bank, k).cpu(), distances(held_foreign, bank, k).cpu()
         scales = (float(plain.mean()), float(plain.std()), float(near.mean()), float(near.std()))
@@ -169,7 +173,7 @@ class PatchGAN(nn.Module):
                              "give more, or more varied, held-out images")
         weights = choose_weights(plain, near, plain_foreign, near_foreign)
         self.config, self.feature_bank, self.neighbour_scales, self.patch_outline = config, bank, scales, outline
-        self.neighbour_weights = weights
+        self.neighbour_weights, self.patch_description = weights, description
         self.score_stats = score_statistics(combine(plain, near, scales, weights))
         return self
 
@@ -184,7 +188,7 @@ class PatchGAN(nn.Module):
             raise RuntimeError("this model has no feature bank; train it with TrainConfig(neighbours=...) "
                                "or call add_neighbours")
         return distances(self._embed(images, self.config.neighbours, batch), self.feature_bank, self.config.neighbour_k,
-                         self.patch_outline)
+                         self.patch_outline, self.patch_description or DESCRIPTIONS[0])
 
     def patch_distance_maps(self, images: Tensor, batch: int = 256) -> Tensor:
         """Tensor[B, H, W] float32 on the model's device: each pixel's patch distance to the model's ``patches``
@@ -199,7 +203,7 @@ class PatchGAN(nn.Module):
                                f"{self.config.neighbours if self.feature_bank is not None else 'none'}); train it with "
                                "TrainConfig(neighbours='patches') or call add_neighbours(..., 'patches')")
         return patch_distance_maps(self._embed(images, "patches", batch), self.feature_bank, self.config.neighbour_k,
-                                   self.patch_outline)
+                                   self.patch_outline, description=self.patch_description or DESCRIPTIONS[0])
 
     def _embed(self, images: Tensor, features: str, batch: int) -> Tensor:
         """[N, D] unit-length features of ``images`` (any device) on the model's device ([N, C, H, W] images
@@ -239,6 +243,7 @@ class PatchGAN(nn.Module):
             "neighbour_scales": None if self.neighbour_scales is None else list(self.neighbour_scales),
             "neighbour_weights": list(self.neighbour_weights),
             "patch_outline": self.patch_outline,
+            "patch_description": self.patch_description,
             "reconstructor": {k: v.detach().cpu() for k, v in self.reconstructor.state_dict().items()},
             "discriminator": {k: v.detach().cpu() for k, v in self.discriminator.state_dict().items()},
         }
@@ -281,6 +286,10 @@ class PatchGAN(nn.Module):
                 model.neighbour_weights = tuple(float(v) for v in state.get("neighbour_weights") or (1.0, 1.0))
                 outline = state.get("patch_outline")  # absent in files written before it was chosen
                 model.patch_outline = None if outline is None else int(outline)
+                if model.config.neighbours == "patches":  # absent in files written before ranks: pixels
+                    model.patch_description = state.get("patch_description") or "pixels"
+                    if model.patch_description not in DESCRIPTIONS:
+                        raise ValueError(f"patch_description {model.patch_description!r} is not one of {DESCRIPTIONS}")
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ValueError(f"{source} holds a damaged model ({type(exc).__name__}: {reason})") from exc
