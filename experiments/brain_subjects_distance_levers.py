@@ -136,23 +136,30 @@ def aligned_maps(query, bank, r, registered):
     return nb.leave_outline(torch.stack(out), query, 1)
 
 
-def nearest_maps(query, bank, ms, chunk=8):
-    """{m: maps}: the mean of each pixel's m smallest per-bank-slice patch distances (patch 3, radius 2, 40 slices)."""
+def per_slice_maps(query, bank, chunk=8):
+    """Yields (i, best [b, 40, H, W]): for queries i .. i + b, each pixel's best patch (the package's p and r) in
+    each of its 40 most similar bank slices, before the best slice is taken."""
     p, r, _ = nb.patch_geometry(query.shape[-1])
-    n, _, h, w = query.shape
+    h, w = query.shape[-2:]
     near = torch.cdist(nb.describe(query), nb.describe(bank)).topk(40, 1, largest=False).indices
     padded = F.pad(bank, (r,) * 4)
-    out = {m: torch.zeros(n, h, w) for m in ms}
-    for i in range(0, n, chunk):
+    for i in range(0, len(query), chunk):
         q, cand, best = query[i:i + chunk][:, None], padded[near[i:i + chunk]], None
         for dy in range(2 * r + 1):
             for dx in range(2 * r + 1):
                 d = (cand[..., dy:dy + h, dx:dx + w] - q).pow(2).sum(2)
                 d = nb.box_mean(d.flatten(0, 1)[:, None], p).view(d.shape)  # [b, 40, H, W]
                 best = d if best is None else torch.minimum(best, d)
+        yield i, best
+
+
+def nearest_maps(query, bank, ms):
+    """{m: maps}: the mean of each pixel's m smallest per-bank-slice patch distances (patch 3, radius 2, 40 slices)."""
+    out = {m: torch.zeros(len(query), *query.shape[-2:]) for m in ms}
+    for i, best in per_slice_maps(query, bank):
         ordered = best.sort(1).values
         for m in ms:
-            out[m][i:i + chunk] = ordered[:, :m].mean(1)
+            out[m][i:i + len(best)] = ordered[:, :m].mean(1)
     return {m: nb.leave_outline(v, query, 1) for m, v in out.items()}
 
 
@@ -179,24 +186,14 @@ def z_by_normal(maps, query, bank, own, k=40):
     return nb.leave_outline((maps - mean) / (sd + own[own > 0].median()), query, 1)
 
 
-def coherent_maps(query, bank, windows, chunk=8):
+def coherent_maps(query, bank, windows):
     """{c: maps}: each pixel's best patch (patch 3, radius 2) per bank slice, averaged over a c x c window in that
     slice before the best slice is taken, so that a neighbourhood must be matched by one slice (its offsets still
     free per pixel) rather than pieced together from many; c = 1 is the package's distance."""
-    p, r, _ = nb.patch_geometry(query.shape[-1])
-    n, _, h, w = query.shape
-    near = torch.cdist(nb.describe(query), nb.describe(bank)).topk(40, 1, largest=False).indices
-    padded = F.pad(bank, (r,) * 4)
-    out = {c: torch.zeros(n, h, w) for c in windows}
-    for i in range(0, n, chunk):
-        q, cand, best = query[i:i + chunk][:, None], padded[near[i:i + chunk]], None
-        for dy in range(2 * r + 1):
-            for dx in range(2 * r + 1):
-                d = (cand[..., dy:dy + h, dx:dx + w] - q).pow(2).sum(2)
-                d = nb.box_mean(d.flatten(0, 1)[:, None], p).view(d.shape)  # [b, 40, H, W]
-                best = d if best is None else torch.minimum(best, d)
+    out = {c: torch.zeros(len(query), *query.shape[-2:]) for c in windows}
+    for i, best in per_slice_maps(query, bank):
         for c in windows:
-            out[c][i:i + chunk] = nb.box_mean(best.flatten(0, 1)[:, None], c).view(best.shape).amin(1)
+            out[c][i:i + len(best)] = nb.box_mean(best.flatten(0, 1)[:, None], c).view(best.shape).amin(1)
     return {c: nb.leave_outline(v, query, 1) for c, v in out.items()}
 
 
