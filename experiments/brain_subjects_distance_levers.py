@@ -15,7 +15,8 @@ matter, whose 3x3 patches inside find grey-matter matches within the search wind
 - ``align``: each of the 40 bank slices affinely registered onto the query (60 Adam steps on the squared
   difference of 1-pixel-blurred images) before the search, with radius 1 and 2.
 - ``statistics``: the image's score from the same map: largest pixel, largest 5x5 mean, mean of the top 4/10/20
-  pixels, the square root of the map.
+  pixels, the square root of the map, the peak over a quantile of the image's own map (self-normalized: a subject
+  whose contrast matches the bank badly raises its whole map).
 - ``nearest``: each pixel's distance as the mean of its best patch in each of the m bank slices where it is
   best (m = 2, 3, 5, 10; the package's m = 1), a k-nearest-neighbour rather than a nearest-neighbour distance.
 - ``normative``: each pixel of the map in units of what normal anatomy gives there: every bank slice's own map
@@ -32,6 +33,11 @@ matter, whose 3x3 patches inside find grey-matter matches within the search wind
   pixels (any increasing intensity change gives the same; the package's since this lever, ``neighbours.ranks``),
   against the pixels as they are (the package's before), the ranks pooled to 8 x 8, or the foreground's shape alone.
   Every other lever's "package's distance" finds its slices by ranks since then (by pixels when it was recorded).
+- ``deform``: each query's k most similar bank slices deformably registered onto it (an affine map and a smooth
+  displacement on a coarse lattice, bicubic, fitted by Adam on blurred images; squared or robust Charbonnier loss),
+  then the 3x3 squared difference to each (searched within radius 0 or 1): the per-pixel minimum, mean of the two
+  smallest or median over the k. A smooth field cannot piece a lesion together from normal patches the way a free
+  per-pixel search can.
 - ``stack``: intensity standardization (Q, percentiles to the 10 most similar bank slices, bank too), the
   context channel (C, 9 x 9, weight 1) and the leave-one-subject-out units (N, z-score, 40 slices) together.
 
@@ -197,6 +203,60 @@ def coherent_maps(query, bank, windows):
     return {c: nb.leave_outline(v, query, 1) for c, v in out.items()}
 
 
+def deform(q, cand, grid, steps=100, lr=0.05, smooth_w=0.0, robust=0.0):
+    """``cand`` [B, K, 1, H, W] warped onto ``q`` [B, 1, H, W] by an affine map and a smooth displacement on a
+    ``grid`` x ``grid`` lattice of control points (bicubic to every pixel), fitted by Adam on the squared difference
+    of 1-pixel-blurred images (Charbonnier with scale ``robust`` if given, so that a lesion does not drive the fit)."""
+    b, k, _, h, w = cand.shape
+    flat, qb = cand.flatten(0, 1), blur(q).repeat_interleave(k, 0)
+    cb = blur(flat)
+    theta = torch.eye(2, 3).repeat(b * k, 1, 1).requires_grad_(True)
+    field = torch.zeros(b * k, 2, grid, grid, requires_grad=True)
+    opt = torch.optim.Adam([{"params": [theta], "lr": lr * 0.2}, {"params": [field], "lr": lr * 0.2}])
+
+    def warp(x):
+        base = F.affine_grid(theta, x.shape, align_corners=False)
+        d = F.interpolate(field, size=(h, w), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+        return F.grid_sample(x, base + d, align_corners=False, padding_mode="zeros")
+
+    for _ in range(steps):
+        r = (warp(cb) - qb).pow(2)
+        if robust:
+            r = (r + robust ** 2).sqrt() - robust
+        loss = r.mean() * b * k
+        if smooth_w:
+            loss = loss + smooth_w * b * k * ((field[..., 1:, :] - field[..., :-1, :]).pow(2).mean()
+                                              + (field[..., 1:] - field[..., :-1]).pow(2).mean())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return warp(flat).view(b, k, 1, h, w)
+
+
+def deformed_maps(query, bank, k, grid, robust, radius, chunk=16, steps=100):
+    """{name: maps}: each query's ``k`` most similar bank slices (by ranks) deformably registered onto it, then the
+    3x3 squared difference to each (searched within ``radius``), the per-pixel min / mean of the two smallest /
+    median over the k."""
+    h, w = query.shape[-2:]
+    near = torch.cdist(nb.describe(query), nb.describe(bank)).topk(k, 1, largest=False).indices
+    out = {n: torch.zeros(len(query), h, w) for n in ("min", "mean of 2", "median")}
+    for i in range(0, len(query), chunk):
+        q, cand = query[i:i + chunk], bank[near[i:i + chunk]]
+        warped = F.pad(deform(q, cand, grid, steps=steps, robust=robust), (radius,) * 4)
+        best = None
+        for dy in range(2 * radius + 1):
+            for dx in range(2 * radius + 1):
+                d = (warped[..., dy:dy + h, dx:dx + w] - q[:, None]).pow(2).sum(2)
+                d = nb.box_mean(d.flatten(0, 1)[:, None], 3).view(d.shape)
+                best = d if best is None else torch.minimum(best, d)
+        ordered = best.sort(1).values
+        out["min"][i:i + chunk] = ordered[:, 0]
+        out["mean of 2"][i:i + chunk] = ordered[:, :2].mean(1)
+        out["median"][i:i + chunk] = ordered.median(1).values
+    return {n: nb.leave_outline(v, query, 1) for n, v in out.items()}
+
+
 def bias_fields(n, h, w, amount, seed):
     """[n, 1, h, w] smooth multiplicative fields, 1 +- about ``amount`` (bilinear from a 3 x 3 grid)."""
     g = torch.Generator().manual_seed(seed)
@@ -216,7 +276,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("lever", choices=("quantiles", "noise", "scales", "align", "statistics", "nearest",
                                            "normative", "context", "stack", "coherent",
-                                           "augment", "describe"))
+                                           "augment", "describe", "deform"))
     ap.add_argument("--seeds", default="0,1,2,3")
     ap.add_argument("--size", type=int, default=64, help="128: the describe lever only (outline 2, as chosen there; "
                     "the pixels row alone)")
@@ -327,6 +387,12 @@ def main():
             for tag, extra in variants.items():
                 m = nb.patch_distance_maps(query, torch.cat([bank, *extra]), 40, 1)
                 show(f"the bank and its copies at {tag}", nb.peaks(m), m)
+        elif args.lever == "deform":
+            for k, grid, robust, radius in ((10, 6, 0.0, 0), (10, 6, 0.05, 0), (10, 6, 0.05, 1), (20, 8, 0.05, 1)):
+                t = time.perf_counter()
+                for name, m in deformed_maps(query, bank, k, grid, robust, radius).items():
+                    show(f"{k} slices deformed ({grid}x{grid} grid, robust {robust:g}), radius {radius}, {name} "
+                         f"({time.perf_counter() - t:.0f} s)", nb.peaks(m), m)
         elif args.lever == "describe":
             m = nb.patch_distance_maps(query, bank, 40, e, description="pixels")
             show("the 40 most similar bank slices by their pixels (the package's before ranks)", nb.peaks(m), m)
@@ -349,6 +415,12 @@ def main():
             for n in (4, 10, 20):
                 show(f"mean of the top {n} pixels", flat.topk(n, 1).values.mean(1))
             show("the square root of the map, largest 3x3 mean", nb.peaks(plain.sqrt()))
+            inner = nb.near_background(query, 1) == 0
+            for q in (0.5, 0.9):
+                level = torch.stack([torch.quantile(plain[i][inner[i]], q) for i in range(len(plain))])
+                for floor in (0.0, 1.0):
+                    show(f"peak / (the map's {q:g} quantile in the brain + {floor:g} x its median over the queries)",
+                         nb.peaks(plain) / (level + floor * level.median()))
 
 
 if __name__ == "__main__":
