@@ -5,6 +5,7 @@ scoring path (score_batch, Scorer, the model file, the CLI)."""
 import copy
 import csv
 import dataclasses
+import importlib
 import re
 
 import pytest
@@ -21,6 +22,10 @@ from patchgan_fast.scoring.neighbours import (EQ5_SHARES, Embedding, auroc, bank
                                              describe, foreign_patches, leave_outline, patch_distance_maps,
                                              patch_distances, patch_geometry, peaks, ranks, unit_images)
 from patchgan_fast.models.schedule import bank_choice, validation_split
+
+patchgan_module = importlib.import_module("patchgan_fast.models.patchgan")
+scorer_module = importlib.import_module("patchgan_fast.scoring.scorer")
+neighbours_module = importlib.import_module("patchgan_fast.scoring.neighbours")
 
 CONFIG = TrainConfig(**SMALL, steps=10, val_fraction=0.25, neighbours="bottleneck", neighbour_k=3, neighbour_bank=20)
 TRAIN = blobs(48)
@@ -290,6 +295,11 @@ def test_patch_distance_maps_equal_a_direct_search():
                                atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(patch_distances(query, bank, 3),
                                torch.nn.functional.avg_pool2d(got[:, None], 3, 1, 1).flatten(1).amax(1))
+    # a caller that keeps its bank's description passes it, with the same maps
+    assert torch.equal(patch_distance_maps(query, bank, k=3, bank_description=describe(bank)),
+                       patch_distance_maps(query, bank, k=3))
+    with pytest.raises(ValueError, match="expected bank_description of the 7 bank images, got 6 rows"):
+        patch_distance_maps(query, bank, k=3, bank_description=describe(bank[:6]))
 
 
 def test_ranks_see_the_anatomy_whatever_the_contrast():
@@ -416,9 +426,19 @@ def test_the_gpu_scorer_adds_the_same_patch_distances():
     torch.testing.assert_close(got, expected.scores, atol=5e-2 * float(expected.scores.abs().max()), rtol=0)
 
 
-def test_a_patches_model_maps_both_parts_of_its_score():
+def test_a_patches_model_maps_both_parts_of_its_score(monkeypatch):
     config = dataclasses.replace(CONFIG, neighbours="patches", neighbour_k=None)
     model = PatchGAN.fit(TRAIN, config)
+    described = []  # the bank is described once, not at every call (the model) or chunk (the scorer)
+    for module in (patchgan_module, scorer_module, neighbours_module):
+        monkeypatch.setattr(module, "describe", lambda x, d="ranks", _f=describe: described.append(len(x)) or _f(x, d))
+    first = model.patch_distance_maps(TEST)
+    assert torch.equal(model.patch_distance_maps(TEST), first) and len(model.neighbour_distances(TEST)) == len(TEST)
+    Scorer(model, compile="none", forward_batch=model.config.num_copies)(TEST)  # one image per chunk
+    m = len(model.feature_bank)
+    assert described.count(m) == 2 and described.count(len(TEST)) == 3 and described.count(1) == len(TEST)
+    model.feature_bank = model.feature_bank.flip(0)  # a new bank (the same images, reordered): described anew
+    assert torch.equal(model.patch_distance_maps(TEST), first) and described.count(m) == 3
     plain = dataclasses.replace(model.score_config, neighbour_scales=None)
     _, b, _, d = model.neighbour_scales
     u, v = model.neighbour_weights

@@ -15,7 +15,7 @@ from .. import ops
 from ..runtime import __version__, atomic_save
 from ..scoring import RANKING_PRESETS, ScoreConfig, score_batch, score_statistics
 from ..scoring.neighbours import (DESCRIPTIONS, Embedding, bank_images, bank_k, check_space, choose_outline,
-                                  choose_weights, combine, distances, foreign_patches, leave_outline,
+                                  choose_weights, combine, describe, distances, foreign_patches, leave_outline,
                                   patch_distance_maps, patch_distances, patch_geometry, peaks)
 from . import training
 from .config import TrainConfig
@@ -161,10 +161,11 @@ class PatchGAN(nn.Module):
         outline = description = None
         if features == "patches":
             bank, description = bank_images(bank), DESCRIPTIONS[0]
-            maps = patch_distance_maps(held, bank, k, outline=0, description=description)
+            described = describe(bank, description)
+            maps = patch_distance_maps(held, bank, k, outline=0, description=description, bank_description=described)
             outline = choose_outline(maps, held, most=patch_geometry(min(held.shape[-2:]))[1])
             near = peaks(leave_outline(maps, held, outline)).cpu()
-            near_foreign = patch_distances(held_foreign, bank, k, outline, description).cpu()
+            near_foreign = patch_distances(held_foreign, bank, k, outline, description, described).cpu()
         else:
             near, near_foreign = distances(held, bank, k).cpu(), distances(held_foreign, bank, k).cpu()
         scales = (float(plain.mean()), float(plain.std()), float(near.mean()), float(near.std()))
@@ -187,8 +188,10 @@ class PatchGAN(nn.Module):
         if self.feature_bank is None:
             raise RuntimeError("this model has no feature bank; train it with TrainConfig(neighbours=...) "
                                "or call add_neighbours")
+        patches = self.config.neighbours == "patches"
         return distances(self._embed(images, self.config.neighbours, batch), self.feature_bank, self.config.neighbour_k,
-                         self.patch_outline, self.patch_description or DESCRIPTIONS[0])
+                         self.patch_outline, self.patch_description or DESCRIPTIONS[0],
+                         self.bank_description() if patches else None)
 
     def patch_distance_maps(self, images: Tensor, batch: int = 256) -> Tensor:
         """Tensor[B, H, W] float32 on the model's device: each pixel's patch distance to the model's ``patches``
@@ -203,7 +206,19 @@ class PatchGAN(nn.Module):
                                f"{self.config.neighbours if self.feature_bank is not None else 'none'}); train it with "
                                "TrainConfig(neighbours='patches') or call add_neighbours(..., 'patches')")
         return patch_distance_maps(self._embed(images, "patches", batch), self.feature_bank, self.config.neighbour_k,
-                                   self.patch_outline, description=self.patch_description or DESCRIPTIONS[0])
+                                   self.patch_outline, description=self.patch_description or DESCRIPTIONS[0],
+                                   bank_description=self.bank_description())
+
+    def bank_description(self) -> Tensor:
+        """Tensor[M, D]: :func:`~patchgan_fast.scoring.neighbours.describe` of the ``patches`` bank, by which the
+        bank images searched for each query are found; described once per bank (again when the bank is replaced
+        or moves to another device)."""
+        description = self.patch_description or DESCRIPTIONS[0]
+        kept = self.__dict__.get("_bank_described")  # (the bank described, how, its description)
+        if kept is None or kept[0] is not self.feature_bank or kept[1] != description:
+            kept = (self.feature_bank, description, describe(self.feature_bank, description))
+            self.__dict__["_bank_described"] = kept
+        return kept[2]
 
     def _embed(self, images: Tensor, features: str, batch: int) -> Tensor:
         """[N, D] unit-length features of ``images`` (any device) on the model's device ([N, C, H, W] images

@@ -90,13 +90,13 @@ class Embedding(nn.Module):
         return torch.cat(parts, 1) / len(parts) ** 0.5
 
 
-def distances(query: Tensor, bank: Tensor, k: int, outline: Optional[int] = None, description: str = "ranks"
-              ) -> Tensor:
+def distances(query: Tensor, bank: Tensor, k: int, outline: Optional[int] = None, description: str = "ranks",
+              bank_description: Optional[Tensor] = None) -> Tensor:
     """The distance of each query to the bank: :func:`mean_distances` of feature vectors ``[N, D]``, or
     :func:`patch_distances` of images ``[N, C, H, W]`` (the ``patches`` space, leaving ``outline`` out, the bank
-    images searched found by ``description``)."""
+    images searched found by ``description``; ``bank_description`` as in :func:`patch_distance_maps`)."""
     if bank.dim() == 4:
-        return patch_distances(query, bank, k, outline, description)
+        return patch_distances(query, bank, k, outline, description, bank_description)
     return mean_distances(query, bank, k)
 
 
@@ -175,7 +175,8 @@ def describe(images: Tensor, description: str = "ranks") -> Tensor:
 
 
 def patch_distance_maps(query: Tensor, bank: Tensor, k: int, outline: Optional[int] = None,
-                        chunk_elements: int = 2**24, description: str = "ranks") -> Tensor:
+                        chunk_elements: int = 2**24, description: str = "ranks",
+                        bank_description: Optional[Tensor] = None) -> Tensor:
     """[N, H, W] float32: for each pixel of each query image, the mean squared difference between its p x p
     patch and the nearest p x p patch centred up to r pixels away in any of the ``k`` bank images most like
     the query (Euclidean distance of their :func:`describe`), ``(p, r, e) = patch_geometry(min(H, W))``. Pixels
@@ -190,6 +191,8 @@ def patch_distance_maps(query: Tensor, bank: Tensor, k: int, outline: Optional[i
         outline: pixels of the foreground's outline left out, >= 0 (0: the background alone); None: e.
         chunk_elements: most floats of one chunk's working tensor (queries x k x H x W).
         description: how :func:`describe` sees the images, one of ``DESCRIPTIONS``.
+        bank_description: ``describe(bank, description)``, where the caller keeps it from call to call (a scorer
+            or a model describes its bank once); None: described here.
     """
     if query.dim() != 4 or bank.dim() != 4 or query.shape[1:] != bank.shape[1:]:
         raise ValueError(f"the patches bank holds images of {tuple(bank.shape[1:])} (C, H, W); expected images of that "
@@ -201,7 +204,11 @@ def patch_distance_maps(query: Tensor, bank: Tensor, k: int, outline: Optional[i
     out = query.new_zeros((n, h, w), dtype=torch.float32)
     if n == 0:
         return out
-    near = torch.cdist(describe(query, description), describe(bank, description)).topk(k, dim=1, largest=False).indices
+    if bank_description is None:
+        bank_description = describe(bank, description)
+    elif bank_description.shape[0] != len(bank):
+        raise ValueError(f"expected bank_description of the {len(bank)} bank images, got {bank_description.shape[0]} rows")
+    near = torch.cdist(describe(query, description), bank_description).topk(k, dim=1, largest=False).indices
     padded = nn.functional.pad(bank, (r,) * 4)  # as stored (uint8): each chunk's candidates become float
     step = max(1, chunk_elements // (k * h * w))
     for i in range(0, n, step):
@@ -239,10 +246,11 @@ def peaks(maps: Tensor) -> Tensor:
     return nn.functional.avg_pool2d(maps[:, None], 3, 1, 1).flatten(1).amax(1) if len(maps) else maps.new_zeros(0)
 
 
-def patch_distances(query: Tensor, bank: Tensor, k: int, outline: Optional[int] = None, description: str = "ranks"
-                    ) -> Tensor:
+def patch_distances(query: Tensor, bank: Tensor, k: int, outline: Optional[int] = None, description: str = "ranks",
+                    bank_description: Optional[Tensor] = None) -> Tensor:
     """[N] float32: :func:`peaks` of the queries' :func:`patch_distance_maps`."""
-    return peaks(patch_distance_maps(query, bank, k, outline, description=description))
+    return peaks(patch_distance_maps(query, bank, k, outline, description=description,
+                                     bank_description=bank_description))
 
 
 def choose_outline(maps: Tensor, images: Tensor, most: int) -> int:

@@ -38,7 +38,7 @@ from ..ops import Plan
 from ..ops.checks import check_keys, check_model_output, raise_if_not_finite
 from .config import ScoreConfig, default_forward_batch
 from .errors import patch_scores
-from .neighbours import DESCRIPTIONS, Embedding, check_bank, combine, distances
+from .neighbours import DESCRIPTIONS, Embedding, check_bank, combine, describe, distances
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("auto", "none", "compile", "cudagraphs")
@@ -112,9 +112,11 @@ class Scorer:
         if config.neighbour_scales is not None:  # eq. 5 + nearest-neighbour distance: the feature net in fp32
             check_bank(model)
             embed = copy.deepcopy(Embedding(model, model.config.neighbours)).to(self.device).eval().requires_grad_(False)
-            self._neighbours = (embed, model.feature_bank.to(self.device), model.config.neighbour_k,
-                                getattr(model, "patch_outline", None),
-                                getattr(model, "patch_description", None) or DESCRIPTIONS[0])
+            bank = model.feature_bank.to(self.device)
+            description = getattr(model, "patch_description", None) or DESCRIPTIONS[0]
+            described = describe(bank, description) if bank.dim() == 4 else None  # a patches bank: once, not per chunk
+            self._neighbours = (embed, bank, model.config.neighbour_k, getattr(model, "patch_outline", None),
+                                description, described)
 
     def _compiled(self):
         mode = "reduce-overhead" if self.compile_mode == "cudagraphs" else None
@@ -216,8 +218,9 @@ class Scorer:
 
     def _distances(self, x: Tensor) -> Tensor:
         """[n] mean distances of the images' features to their nearest in the model's feature bank."""
-        embed, bank, k, outline, description = self._neighbours
-        return distances(embed(ops.normalize(x, self.config.mean, self.config.std)), bank, k, outline, description)
+        embed, bank, k, outline, description, described = self._neighbours
+        return distances(embed(ops.normalize(x, self.config.mean, self.config.std)), bank, k, outline, description,
+                         described)
 
 
 class BatchQueue:
