@@ -38,6 +38,9 @@ matter, whose 3x3 patches inside find grey-matter matches within the search wind
   then the 3x3 squared difference to each (searched within radius 0 or 1): the per-pixel minimum, mean of the two
   smallest or median over the k. A smooth field cannot piece a lesion together from normal patches the way a free
   per-pixel search can.
+- ``predict``: each pixel predicted as the mean of the centres of the m bank patches whose surroundings (p x p,
+  centre left out) or whole patches are nearest its own; the map the 3x3 mean of the squared residual, alone and
+  summed with the package's distance in validation units (the bank's noise averaged away by m).
 - ``stack``: intensity standardization (Q, percentiles to the 10 most similar bank slices, bank too), the
   context channel (C, 9 x 9, weight 1) and the leave-one-subject-out units (N, z-score, 40 slices) together.
 
@@ -257,6 +260,35 @@ def deformed_maps(query, bank, k, grid, robust, radius, chunk=16, steps=100):
     return {n: nb.leave_outline(v, query, 1) for n, v in out.items()}
 
 
+def predicted_maps(query, bank, p, ms, centre=False, chunk=8):
+    """{m: maps}: each query pixel predicted from its surroundings, the mean of the centres of the m bank patches
+    (p x p, centre left out unless ``centre``; within radius 2 in the 40 most similar bank slices) whose
+    surroundings are nearest its own, and the map the 3x3 mean of the squared residual."""
+    h, w = query.shape[-2:]
+    r = 2
+    near = torch.cdist(nb.describe(query), nb.describe(bank)).topk(40, 1, largest=False).indices
+    padded = F.pad(bank, (r,) * 4)
+    out = {m: torch.zeros(len(query), h, w) for m in ms}
+    top = max(ms)
+    for i in range(0, len(query), chunk):
+        q, cand = query[i:i + chunk][:, None], padded[near[i:i + chunk]]  # [b, 1, 1, H, W], [b, 40, 1, H', W']
+        best_d = best_v = None
+        for dy in range(2 * r + 1):
+            for dx in range(2 * r + 1):
+                c = cand[..., dy:dy + h, dx:dx + w]
+                sq = (c - q).pow(2).sum(2)  # [b, 40, H, W]
+                d = nb.box_mean(sq.flatten(0, 1)[:, None], p).view(sq.shape) * p * p - (0 if centre else sq)
+                v = c[:, :, 0]
+                if best_d is not None:
+                    d, v = torch.cat([best_d, d], 1), torch.cat([best_v, v], 1)
+                keep = d.topk(min(top, d.shape[1]), 1, largest=False).indices
+                best_d, best_v = d.gather(1, keep), v.gather(1, keep)
+        for m in ms:
+            residual = (q[:, 0, 0] - best_v[:, :m].mean(1)).pow(2) * (q[:, 0, 0] > 0)
+            out[m][i:i + chunk] = nb.box_mean(residual[:, None], 3)[:, 0]
+    return {m: nb.leave_outline(v, query, 1) for m, v in out.items()}
+
+
 def bias_fields(n, h, w, amount, seed):
     """[n, 1, h, w] smooth multiplicative fields, 1 +- about ``amount`` (bilinear from a 3 x 3 grid)."""
     g = torch.Generator().manual_seed(seed)
@@ -276,7 +308,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("lever", choices=("quantiles", "noise", "scales", "align", "statistics", "nearest",
                                            "normative", "context", "stack", "coherent",
-                                           "augment", "describe", "deform"))
+                                           "augment", "describe", "deform", "predict"))
     ap.add_argument("--seeds", default="0,1,2,3")
     ap.add_argument("--size", type=int, default=64, help="128: the describe lever only (outline 2, as chosen there; "
                     "the pixels row alone)")
@@ -387,6 +419,18 @@ def main():
             for tag, extra in variants.items():
                 m = nb.patch_distance_maps(query, torch.cat([bank, *extra]), 40, 1)
                 show(f"the bank and its copies at {tag}", nb.peaks(m), m)
+        elif args.lever == "predict":
+            held_plain = nb.patch_distance_maps(held, bank, 40, e)
+            units = lambda v, ref: (v - ref.mean()) / ref.std()
+            for p, centre in ((3, False), (5, False), (3, True), (5, True)):
+                t = time.perf_counter()
+                tag = "patches" if centre else "surroundings"
+                held_maps = predicted_maps(held, bank, p, (5, 10), centre)
+                for m, maps in predicted_maps(query, bank, p, (5, 10), centre).items():
+                    show(f"each pixel predicted by the {m} nearest {p}x{p} {tag} ({time.perf_counter() - t:.0f} s)",
+                         nb.peaks(maps), maps)
+                    both = units(nb.peaks(maps), nb.peaks(held_maps[m])) + units(nb.peaks(plain), nb.peaks(held_plain))
+                    show(f"the same + the package's distance, in validation units", both)
         elif args.lever == "deform":
             for k, grid, robust, radius in ((10, 6, 0.0, 0), (10, 6, 0.05, 0), (10, 6, 0.05, 1), (20, 8, 0.05, 1)):
                 t = time.perf_counter()
