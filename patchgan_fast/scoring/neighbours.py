@@ -116,11 +116,11 @@ def patch_geometry(size: int) -> tuple[int, int, int]:
 
 
 def box_mean(x: Tensor, p: int) -> Tensor:
-    """The mean of each pixel's p x p patch of ``x`` [N, 1, H, W] (p odd), inside the image (separably)."""
+    """The mean of each pixel's p x p patch of ``x`` [N, C, H, W] (p odd), inside the image, per channel; in
+    ``x``'s memory format (channels_last is 3-5x faster on a CPU with many channels)."""
     if p == 1:
         return x
-    x = nn.functional.avg_pool2d(x, (p, 1), 1, (p // 2, 0), count_include_pad=False)
-    return nn.functional.avg_pool2d(x, (1, p), 1, (0, p // 2), count_include_pad=False)
+    return nn.functional.avg_pool2d(x, p, 1, p // 2, count_include_pad=False)
 
 
 def unit_images(images: Tensor) -> Tensor:
@@ -212,13 +212,15 @@ def patch_distance_maps(query: Tensor, bank: Tensor, k: int, outline: Optional[i
     padded = nn.functional.pad(bank, (r,) * 4)  # as stored (uint8): each chunk's candidates become float
     step = max(1, chunk_elements // (k * h * w))
     for i in range(0, n, step):
-        q = unit_images(query[i:i + step])[:, None]  # [b, 1, C, H, W]
-        cand = unit_images(padded[near[i:i + step]])  # [b, k, C, H + 2r, W + 2r]
+        # the k candidates innermost (then the channels): each offset's k maps are one channels_last batch
+        q = unit_images(query[i:i + step]).permute(0, 2, 3, 1)[:, :, :, None]  # [b, H, W, 1, C]
+        cand = unit_images(padded[near[i:i + step]]).permute(0, 3, 4, 1, 2).contiguous()  # [b, H + 2r, W + 2r, k, C]
         best = None
         for dy in range(2 * r + 1):
             for dx in range(2 * r + 1):
-                d = (cand[..., dy:dy + h, dx:dx + w] - q).pow_(2).sum(2)  # [b, k, H, W]
-                d = box_mean(d.flatten(0, 1)[:, None], p).view(d.shape).amin(1)
+                d = (cand[:, dy:dy + h, dx:dx + w] - q).pow_(2)
+                d = d[..., 0] if d.shape[-1] == 1 else d.sum(-1)  # [b, H, W, k]
+                d = box_mean(d.permute(0, 3, 1, 2), p).amin(1)  # [b, k, H, W] channels_last -> [b, H, W]
                 best = d if best is None else torch.minimum(best, d)
         out[i:i + step] = best
     return leave_outline(out, query, e)
