@@ -41,6 +41,9 @@ matter, whose 3x3 patches inside find grey-matter matches within the search wind
 - ``predict``: each pixel predicted as the mean of the centres of the m bank patches whose surroundings (p x p,
   centre left out) or whole patches are nearest its own; the map the 3x3 mean of the squared residual, alone and
   summed with the package's distance in validation units (the bank's noise averaged away by m).
+- ``window``: the image's distance as the largest w x w mean of its map (w = 1 .. 9; the package's 3 before it
+  grew with the size, now :func:`peak_window`, 5 at 128x128); how well each window tells foreign patches from
+  the validation slices; and the outline chosen with 5x5 places instead of 3x3.
 - ``stack``: intensity standardization (Q, percentiles to the 10 most similar bank slices, bank too), the
   context channel (C, 9 x 9, weight 1) and the leave-one-subject-out units (N, z-score, 40 slices) together.
 
@@ -289,6 +292,19 @@ def predicted_maps(query, bank, p, ms, centre=False, chunk=8):
     return {m: nb.leave_outline(v, query, 1) for m, v in out.items()}
 
 
+def outline_with_places(maps, images, most, w):
+    """``neighbours.choose_outline`` with the maps' maxima placed by their w x w means (the package's: 3 x 3)."""
+    e, rows = 0, torch.arange(len(maps))
+    while e < most:
+        near, nearer = nb.near_background(images, e), nb.near_background(images, e + 1)
+        left, ring = (1 - near).flatten(1), (nearer - near).flatten(1)
+        place = F.avg_pool2d((maps * (1 - near))[:, None], w, 1, w // 2).flatten(1).argmax(1)
+        if ring[rows, place].mean() <= (ring.sum(1) / left.sum(1).clamp(min=1)).mean():
+            break
+        e += 1
+    return e
+
+
 def bias_fields(n, h, w, amount, seed):
     """[n, 1, h, w] smooth multiplicative fields, 1 +- about ``amount`` (bilinear from a 3 x 3 grid)."""
     g = torch.Generator().manual_seed(seed)
@@ -308,16 +324,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("lever", choices=("quantiles", "noise", "scales", "align", "statistics", "nearest",
                                            "normative", "context", "stack", "coherent",
-                                           "augment", "describe", "deform", "predict"))
+                                           "augment", "describe", "deform", "predict", "window"))
     ap.add_argument("--seeds", default="0,1,2,3")
-    ap.add_argument("--size", type=int, default=64, help="128: the describe lever only (outline 2, as chosen there; "
-                    "the pixels row alone)")
+    ap.add_argument("--size", type=int, default=64, help="128: the describe and window levers only (outline 2, as "
+                    "chosen there; describe: the pixels row alone)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     print("| draw, scoring | image AUROC | per kind | pixel AUROC in the brain |\n|---|---|---|---|")
     for seed in map(int, args.seeds.split(",")):
-        if args.size != 64 and args.lever != "describe":
-            ap.error("--size other than 64 is for the describe lever")
+        if args.size != 64 and args.lever not in ("describe", "window"):
+            ap.error("--size other than 64 is for the describe and window levers")
         e = 1 if args.size == 64 else 2
         train, test = load_brain_subjects(args.size, seed, QUICK["train_subjects"], QUICK["test_subjects"])
         val, trn = validation_split(len(train.images), TrainConfig(image_size=args.size), train.subjects)
@@ -327,7 +343,7 @@ def main():
         def show(tag, scores, maps=plain):
             report(f"seed {seed}: {tag}", scores, maps, test)
 
-        show("the package's distance", nb.peaks(plain))
+        show("the package's distance", nb.peaks(plain, nb.peak_window(args.size)))
         if args.lever == "quantiles":
             qb, db = quantiles(bank), nb.describe(bank)
             self_d = torch.cdist(db, db).fill_diagonal_(float("inf"))
@@ -431,6 +447,23 @@ def main():
                          nb.peaks(maps), maps)
                     both = units(nb.peaks(maps), nb.peaks(held_maps[m])) + units(nb.peaks(plain), nb.peaks(held_plain))
                     show(f"the same + the package's distance, in validation units", both)
+        elif args.lever == "window":
+            for w in (1, 3, 5, 7, 9):
+                show(f"the largest {w}x{w} mean", nb.peaks(plain, w))
+            held_maps = nb.patch_distance_maps(held, bank, 40, 0)
+            foreign = nb.foreign_patches(held, 128, seed=0)
+            foreign_maps = nb.patch_distance_maps(foreign, bank, 40, e)
+            told = {w: nb.auroc(nb.peaks(nb.leave_outline(held_maps, held, e), w), nb.peaks(foreign_maps, w))
+                    for w in (1, 3, 5, 7, 9)}
+            print("foreign patches told from the validation slices, by window: "
+                  + ", ".join(f"{w}x{w} {v:.3f}" for w, v in told.items()))
+            most = nb.patch_geometry(args.size)[1]
+            wide = outline_with_places(held_maps, held, most, 5)
+            print(f"the outline chosen with 3x3 places: {outline_with_places(held_maps, held, most, 3)} (the "
+                  f"package's: {nb.choose_outline(held_maps, held, most)}), with 5x5 places: {wide}")
+            m = nb.patch_distance_maps(query, bank, 40, wide)
+            for w in (3, 5):
+                show(f"outline {wide} (chosen with 5x5 places), the largest {w}x{w} mean", nb.peaks(m, w), m)
         elif args.lever == "deform":
             for k, grid, robust, radius in ((10, 6, 0.0, 0), (10, 6, 0.05, 0), (10, 6, 0.05, 1), (20, 8, 0.05, 1)):
                 t = time.perf_counter()

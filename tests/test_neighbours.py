@@ -20,7 +20,7 @@ from patchgan_fast.cli import main
 from patchgan_fast.evaluation.tables import summed_evenly
 from patchgan_fast.scoring.neighbours import (EQ5_SHARES, Embedding, auroc, bank_images, choose_outline, choose_weights,
                                              describe, foreign_patches, leave_outline, patch_distance_maps,
-                                             patch_distances, patch_geometry, peaks, ranks, unit_images)
+                                             patch_distances, patch_geometry, peak_window, peaks, ranks, unit_images)
 from patchgan_fast.models.schedule import bank_choice, validation_split
 
 patchgan_module = importlib.import_module("patchgan_fast.models.patchgan")
@@ -300,6 +300,35 @@ def test_patch_distance_maps_equal_a_direct_search():
                        patch_distance_maps(query, bank, k=3))
     with pytest.raises(ValueError, match="expected bank_description of the 7 bank images, got 6 rows"):
         patch_distance_maps(query, bank, k=3, bank_description=describe(bank[:6]))
+
+
+def test_the_distance_window_grows_with_the_image(monkeypatch):
+    assert [peak_window(s) for s in (32, 64, 128, 256)] == [3, 3, 5, 9]  # the patch side, at least 3
+    maps = torch.rand(4, 16, 16)
+    torch.testing.assert_close(peaks(maps, 5), torch.nn.functional.avg_pool2d(maps[:, None], 5, 1, 2).flatten(1).amax(1))
+    assert torch.equal(peaks(maps), peaks(maps, 3))
+    model = PatchGAN(TrainConfig(**{**SMALL, "image_size": 128}), 2, (0.5, 0.5), (0.25, 0.25))  # untrained will do
+    monkeypatch.setattr(patchgan_module, "FOREIGN_PATCHES", 8)  # fewer foreign patches to weigh the terms: faster
+    images = bank_images(_brains(14, 128))
+    model.add_neighbours(images[:10], images[10:], "patches", k=4)
+    assert model.patch_window == 5
+    query = _brains(3, 128, seed=5)
+    expected = peaks(patch_distance_maps(query, model.feature_bank, 4, model.patch_outline), 5)
+    torch.testing.assert_close(model.neighbour_distances(query), expected)
+    torch.testing.assert_close(patch_distances(query, model.feature_bank, 4, model.patch_outline), expected)
+    torch.testing.assert_close(score_batch(model, query).neighbour_distances, expected)
+    torch.testing.assert_close(Scorer(model, compile="none")(query)[0], score_batch(model, query).scores)
+    state = model.state()
+    assert state["patch_window"] == 5 and PatchGAN.from_state(state).patch_window == 5
+    del state["patch_window"]  # a file written before the window grew with the size: 3, with which its units were measured
+    old = PatchGAN.from_state(state)
+    assert old.patch_window == 3
+    torch.testing.assert_close(old.neighbour_distances(query), peaks(patch_distance_maps(
+        query, model.feature_bank, 4, model.patch_outline), 3))
+    for bad in (4, 0, "5", True):
+        state["patch_window"] = bad
+        with pytest.raises(ValueError, match=f"damaged model.*patch_window {re.escape(repr(bad))} is not a positive odd"):
+            PatchGAN.from_state(state)
 
 
 def test_ranks_see_the_anatomy_whatever_the_contrast():

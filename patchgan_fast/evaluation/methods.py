@@ -84,7 +84,8 @@ class PatchGANMethod:
             x = x.to(dev)
             if once:
                 near = self.model.patch_distance_maps(x)
-                s = combine(scorer(x)[0], peaks(near), cfg.neighbour_scales, cfg.neighbour_weights)
+                s = combine(scorer(x)[0], peaks(near, self.model.patch_window), cfg.neighbour_scales,
+                            cfg.neighbour_weights)
                 return s.cpu(), error_maps(self.model, x, cfg, patch_maps=near).cpu()
             return scorer(x)[0].cpu(), error_maps(self.model, x, cfg).cpu() if maps else None
 

@@ -16,7 +16,7 @@ from ..runtime import __version__, atomic_save
 from ..scoring import RANKING_PRESETS, ScoreConfig, score_batch, score_statistics
 from ..scoring.neighbours import (DESCRIPTIONS, Embedding, bank_images, bank_k, check_space, choose_outline,
                                   choose_weights, combine, describe, distances, foreign_patches, leave_outline,
-                                  patch_distance_maps, patch_distances, patch_geometry, peaks)
+                                  patch_distance_maps, patch_distances, patch_geometry, peak_window, peaks)
 from . import training
 from .config import TrainConfig
 from .networks import PatchDiscriminator, Reconstructor
@@ -58,6 +58,9 @@ class PatchGAN(nn.Module):
         patch_description: with a ``patches`` bank, how the bank images searched for a query are found
             (:data:`~patchgan_fast.scoring.neighbours.DESCRIPTIONS`): ``'ranks'`` (``'pixels'`` in files written
             before ranks); None otherwise.
+        patch_window: with a ``patches`` bank, the side of the window whose largest mean of an image's map is its
+            distance (:func:`~patchgan_fast.scoring.neighbours.peak_window` of the image size; 3 in files written
+            before it grew with the size); None otherwise.
         trained_on: how many images trained it, ``{"normal": n, "unlabelled": m}`` (m > 0: the semi-supervised
             setting); zeros before training.
     """
@@ -79,6 +82,7 @@ class PatchGAN(nn.Module):
         self.neighbour_weights: tuple[float, float] = (1.0, 1.0)
         self.patch_outline: Optional[int] = None
         self.patch_description: Optional[str] = None
+        self.patch_window: Optional[int] = None
         self.trained_on = {"normal": 0, "unlabelled": 0}
         # channels_last: faster convolutions on GPUs and on CPUs alike (oneDNN: scoring 1.6-2x faster on 2 cores)
         self.to(memory_format=torch.channels_last)
@@ -158,14 +162,15 @@ class PatchGAN(nn.Module):
         plain, plain_foreign = eq5(held_out), eq5(foreign)
         bank, held = self._embed(images, features, batch), self._embed(held_out, features, batch)
         held_foreign = self._embed(foreign, features, batch)
-        outline = description = None
+        outline = description = window = None
         if features == "patches":
-            bank, description = bank_images(bank), DESCRIPTIONS[0]
+            size = min(held.shape[-2:])
+            bank, description, window = bank_images(bank), DESCRIPTIONS[0], peak_window(size)
             described = describe(bank, description)
             maps = patch_distance_maps(held, bank, k, outline=0, description=description, bank_description=described)
-            outline = choose_outline(maps, held, most=patch_geometry(min(held.shape[-2:]))[1])
-            near = peaks(leave_outline(maps, held, outline)).cpu()
-            near_foreign = patch_distances(held_foreign, bank, k, outline, description, described).cpu()
+            outline = choose_outline(maps, held, most=patch_geometry(size)[1])
+            near = peaks(leave_outline(maps, held, outline), window).cpu()
+            near_foreign = patch_distances(held_foreign, bank, k, outline, description, described, window).cpu()
         else:
             near, near_foreign = distances(held, bank, k).cpu(), distances(held_foreign, bank, k).cpu()
         scales = (float(plain.mean()), float(plain.std()), float(near.mean()), float(near.std()))
@@ -174,7 +179,7 @@ class PatchGAN(nn.Module):
                              "give more, or more varied, held-out images")
         weights = choose_weights(plain, near, plain_foreign, near_foreign)
         self.config, self.feature_bank, self.neighbour_scales, self.patch_outline = config, bank, scales, outline
-        self.neighbour_weights, self.patch_description = weights, description
+        self.neighbour_weights, self.patch_description, self.patch_window = weights, description, window
         self.score_stats = score_statistics(combine(plain, near, scales, weights))
         return self
 
@@ -191,12 +196,12 @@ class PatchGAN(nn.Module):
         patches = self.config.neighbours == "patches"
         return distances(self._embed(images, self.config.neighbours, batch), self.feature_bank, self.config.neighbour_k,
                          self.patch_outline, self.patch_description or DESCRIPTIONS[0],
-                         self.bank_description() if patches else None)
+                         self.bank_description() if patches else None, self.patch_window)
 
     def patch_distance_maps(self, images: Tensor, batch: int = 256) -> Tensor:
         """Tensor[B, H, W] float32 on the model's device: each pixel's patch distance to the model's ``patches``
-        bank (:func:`patchgan_fast.scoring.neighbours.patch_distance_maps`), whose 3 x 3-smoothed maximum is
-        the image's distance (:meth:`neighbour_distances`).
+        bank (:func:`patchgan_fast.scoring.neighbours.patch_distance_maps`), whose largest mean over
+        ``patch_window`` x ``patch_window`` pixels is the image's distance (:meth:`neighbour_distances`).
 
         Raises:
             RuntimeError: the model has no feature bank of the ``patches`` space.
@@ -259,6 +264,7 @@ class PatchGAN(nn.Module):
             "neighbour_weights": list(self.neighbour_weights),
             "patch_outline": self.patch_outline,
             "patch_description": self.patch_description,
+            "patch_window": self.patch_window,
             "reconstructor": {k: v.detach().cpu() for k, v in self.reconstructor.state_dict().items()},
             "discriminator": {k: v.detach().cpu() for k, v in self.discriminator.state_dict().items()},
         }
@@ -305,6 +311,10 @@ class PatchGAN(nn.Module):
                     model.patch_description = state.get("patch_description") or "pixels"
                     if model.patch_description not in DESCRIPTIONS:
                         raise ValueError(f"patch_description {model.patch_description!r} is not one of {DESCRIPTIONS}")
+                    window = state.get("patch_window", 3)  # absent in files written before it grew with the size
+                    if isinstance(window, bool) or not isinstance(window, int) or window < 1 or window % 2 == 0:
+                        raise ValueError(f"patch_window {window!r} is not a positive odd int")
+                    model.patch_window = window
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ValueError(f"{source} holds a damaged model ({type(exc).__name__}: {reason})") from exc

@@ -116,7 +116,7 @@ class Scorer:
             description = getattr(model, "patch_description", None) or DESCRIPTIONS[0]
             described = describe(bank, description) if bank.dim() == 4 else None  # a patches bank: once, not per chunk
             self._neighbours = (embed, bank, model.config.neighbour_k, getattr(model, "patch_outline", None),
-                                description, described)
+                                description, described, getattr(model, "patch_window", None))
 
     def _compiled(self):
         mode = "reduce-overhead" if self.compile_mode == "cudagraphs" else None
@@ -218,9 +218,9 @@ class Scorer:
 
     def _distances(self, x: Tensor) -> Tensor:
         """[n] mean distances of the images' features to their nearest in the model's feature bank."""
-        embed, bank, k, outline, description, described = self._neighbours
+        embed, bank, k, outline, description, described, window = self._neighbours
         return distances(embed(ops.normalize(x, self.config.mean, self.config.std)), bank, k, outline, description,
-                         described)
+                         described, window)
 
 
 class BatchQueue:
