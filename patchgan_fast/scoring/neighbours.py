@@ -250,9 +250,9 @@ def peak_window(size: int) -> int:
     shorter side is ``size`` pixels: the patch side of :func:`patch_geometry`, at least 3 (3 at 32 and 64, 5 at
     128, 9 at 256): about the same 8-10 mm of brain at 64x64 and 128x128. At 128x128 a 5x5 window gives 0.796
     image AUROC against 0.781 for 3x3 over four draws of the quick subjects, all four better (7x7 0.792, 9x9
-    0.770); at 64x64, 5x5 loses to 3x3 (experiments/results/cpu-experiment-brain-subjects.md). Normal
-    validation images cannot choose it: how well it tells foreign patches from them moves by under 0.02 from
-    1x1 to 9x9, with no common best."""
+    0.770); at 64x64 3x3 is best (0.824 against 0.798 for 5x5). Normal validation images cannot choose it: how
+    well it tells foreign patches from them moves by under 0.02 from 1x1 to 9x9, with no common best
+    (experiments/results/cpu-experiment-brain-subjects.md)."""
     return max(3, patch_geometry(size)[0])
 
 
