@@ -10,6 +10,7 @@ import re
 
 import pytest
 import torch
+from conftest import cpu_and_cuda
 from helpers import SMALL, blobs
 from PIL import Image
 from sklearn.metrics import roc_auc_score
@@ -329,6 +330,24 @@ def test_the_distance_window_grows_with_the_image(monkeypatch):
         state["patch_window"] = bad
         with pytest.raises(ValueError, match=f"damaged model.*patch_window {re.escape(repr(bad))} is not a positive odd"):
             PatchGAN.from_state(state)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_a_128_bank_scores_the_same_on_the_device_it_moves_to(monkeypatch, device):
+    """The channels_last search, the 5x5 window and the bank's description, described again where it moves."""
+    bank, query = bank_images(_brains(12, 128)), _brains(5, 128, seed=3)
+    expected_maps = patch_distance_maps(query, bank, 6)  # on the CPU (the direct search's equal: above)
+    torch.testing.assert_close(patch_distance_maps(query.to(device), bank.to(device), 6).cpu(), expected_maps,
+                               atol=1e-5, rtol=1e-4)
+    monkeypatch.setattr(patchgan_module, "FOREIGN_PATCHES", 8)
+    model = PatchGAN(TrainConfig(**{**SMALL, "image_size": 128}), 2, (0.5, 0.5), (0.25, 0.25))
+    model.add_neighbours(bank[:8], bank[8:], "patches", k=4)
+    expected = model.neighbour_distances(query)  # its bank described on the CPU
+    moved = model.to(device)
+    assert moved.bank_description().device.type == device
+    torch.testing.assert_close(moved.neighbour_distances(query.to(device)).cpu(), expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(Scorer(moved, device=device, compile="none")(query)[0].cpu(),
+                               score_batch(moved, query.to(device)).scores.cpu(), atol=1e-4, rtol=1e-4)
 
 
 def test_ranks_see_the_anatomy_whatever_the_contrast():
