@@ -132,19 +132,26 @@ def align(q, cand, steps=60, lr=0.01):
         return F.grid_sample(cand, F.affine_grid(theta, cand.shape, align_corners=False), align_corners=False)
 
 
+def best_per_candidate(q, cand, p, r):
+    """[b, k, H, W]: for each pixel of ``q`` [b, C, H, W], the mean squared difference of its p x p patch to the
+    nearest p x p patch centred up to r pixels away in each of its k candidates ``cand`` [b, k, C, H, W]."""
+    h, w = q.shape[-2:]
+    padded, q, best = F.pad(cand, (r,) * 4), q[:, None], None
+    for dy in range(2 * r + 1):
+        for dx in range(2 * r + 1):
+            d = (padded[..., dy:dy + h, dx:dx + w] - q).pow(2).sum(2)
+            d = nb.box_mean(d.flatten(0, 1)[:, None], p).view(d.shape)
+            best = d if best is None else torch.minimum(best, d)
+    return best
+
+
 def aligned_maps(query, bank, r, registered):
     near = torch.cdist(nb.describe(query), nb.describe(bank)).topk(40, 1, largest=False).indices
     out = []
     for i in range(len(query)):
         q, cand = query[i:i + 1], bank[near[i]]
-        cand = F.pad(align(q, cand) if registered else cand, (r,) * 4)
-        best = None
-        for dy in range(2 * r + 1):
-            for dx in range(2 * r + 1):
-                d = (cand[..., dy:dy + q.shape[-2], dx:dx + q.shape[-1]] - q).pow(2).sum(1, keepdim=True)
-                d = nb.box_mean(d, 3).amin(0)[0]
-                best = d if best is None else torch.minimum(best, d)
-        out.append(best)
+        cand = align(q, cand) if registered else cand
+        out.append(best_per_candidate(q, cand[None], 3, r)[0].amin(0))
     return nb.leave_outline(torch.stack(out), query, 1)
 
 
@@ -152,17 +159,9 @@ def per_slice_maps(query, bank, chunk=8):
     """Yields (i, best [b, 40, H, W]): for queries i .. i + b, each pixel's best patch (the package's p and r) in
     each of its 40 most similar bank slices, before the best slice is taken."""
     p, r, _ = nb.patch_geometry(query.shape[-1])
-    h, w = query.shape[-2:]
     near = torch.cdist(nb.describe(query), nb.describe(bank)).topk(40, 1, largest=False).indices
-    padded = F.pad(bank, (r,) * 4)
     for i in range(0, len(query), chunk):
-        q, cand, best = query[i:i + chunk][:, None], padded[near[i:i + chunk]], None
-        for dy in range(2 * r + 1):
-            for dx in range(2 * r + 1):
-                d = (cand[..., dy:dy + h, dx:dx + w] - q).pow(2).sum(2)
-                d = nb.box_mean(d.flatten(0, 1)[:, None], p).view(d.shape)  # [b, 40, H, W]
-                best = d if best is None else torch.minimum(best, d)
-        yield i, best
+        yield i, best_per_candidate(query[i:i + chunk], bank[near[i:i + chunk]], p, r)
 
 
 def nearest_maps(query, bank, ms):
@@ -209,7 +208,7 @@ def coherent_maps(query, bank, windows):
     return {c: nb.leave_outline(v, query, 1) for c, v in out.items()}
 
 
-def deform(q, cand, grid, steps=100, lr=0.05, smooth_w=0.0, robust=0.0):
+def deform(q, cand, grid, steps=100, lr=0.01, robust=0.0):
     """``cand`` [B, K, 1, H, W] warped onto ``q`` [B, 1, H, W] by an affine map and a smooth displacement on a
     ``grid`` x ``grid`` lattice of control points (bicubic to every pixel), fitted by Adam on the squared difference
     of 1-pixel-blurred images (Charbonnier with scale ``robust`` if given, so that a lesion does not drive the fit)."""
@@ -218,7 +217,7 @@ def deform(q, cand, grid, steps=100, lr=0.05, smooth_w=0.0, robust=0.0):
     cb = blur(flat)
     theta = torch.eye(2, 3).repeat(b * k, 1, 1).requires_grad_(True)
     field = torch.zeros(b * k, 2, grid, grid, requires_grad=True)
-    opt = torch.optim.Adam([{"params": [theta], "lr": lr * 0.2}, {"params": [field], "lr": lr * 0.2}])
+    opt = torch.optim.Adam([theta, field], lr=lr)
 
     def warp(x):
         base = F.affine_grid(theta, x.shape, align_corners=False)
@@ -230,9 +229,6 @@ def deform(q, cand, grid, steps=100, lr=0.05, smooth_w=0.0, robust=0.0):
         if robust:
             r = (r + robust ** 2).sqrt() - robust
         loss = r.mean() * b * k
-        if smooth_w:
-            loss = loss + smooth_w * b * k * ((field[..., 1:, :] - field[..., :-1, :]).pow(2).mean()
-                                              + (field[..., 1:] - field[..., :-1]).pow(2).mean())
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -244,19 +240,11 @@ def deformed_maps(query, bank, k, grid, robust, radius, chunk=16, steps=100):
     """{name: maps}: each query's ``k`` most similar bank slices (by ranks) deformably registered onto it, then the
     3x3 squared difference to each (searched within ``radius``), the per-pixel min / mean of the two smallest /
     median over the k."""
-    h, w = query.shape[-2:]
     near = torch.cdist(nb.describe(query), nb.describe(bank)).topk(k, 1, largest=False).indices
-    out = {n: torch.zeros(len(query), h, w) for n in ("min", "mean of 2", "median")}
+    out = {n: torch.zeros(len(query), *query.shape[-2:]) for n in ("min", "mean of 2", "median")}
     for i in range(0, len(query), chunk):
         q, cand = query[i:i + chunk], bank[near[i:i + chunk]]
-        warped = F.pad(deform(q, cand, grid, steps=steps, robust=robust), (radius,) * 4)
-        best = None
-        for dy in range(2 * radius + 1):
-            for dx in range(2 * radius + 1):
-                d = (warped[..., dy:dy + h, dx:dx + w] - q[:, None]).pow(2).sum(2)
-                d = nb.box_mean(d.flatten(0, 1)[:, None], 3).view(d.shape)
-                best = d if best is None else torch.minimum(best, d)
-        ordered = best.sort(1).values
+        ordered = best_per_candidate(q, deform(q, cand, grid, steps=steps, robust=robust), 3, radius).sort(1).values
         out["min"][i:i + chunk] = ordered[:, 0]
         out["mean of 2"][i:i + chunk] = ordered[:, :2].mean(1)
         out["median"][i:i + chunk] = ordered.median(1).values
@@ -290,19 +278,6 @@ def predicted_maps(query, bank, p, ms, centre=False, chunk=8):
             residual = (q[:, 0, 0] - best_v[:, :m].mean(1)).pow(2) * (q[:, 0, 0] > 0)
             out[m][i:i + chunk] = nb.box_mean(residual[:, None], 3)[:, 0]
     return {m: nb.leave_outline(v, query, 1) for m, v in out.items()}
-
-
-def outline_with_places(maps, images, most, w):
-    """``neighbours.choose_outline`` with the maps' maxima placed by their w x w means (the package's: 3 x 3)."""
-    e, rows = 0, torch.arange(len(maps))
-    while e < most:
-        near, nearer = nb.near_background(images, e), nb.near_background(images, e + 1)
-        left, ring = (1 - near).flatten(1), (nearer - near).flatten(1)
-        place = F.avg_pool2d((maps * (1 - near))[:, None], w, 1, w // 2).flatten(1).argmax(1)
-        if ring[rows, place].mean() <= (ring.sum(1) / left.sum(1).clamp(min=1)).mean():
-            break
-        e += 1
-    return e
 
 
 def bias_fields(n, h, w, amount, seed):
@@ -458,9 +433,9 @@ def main():
             print("foreign patches told from the validation slices, by window: "
                   + ", ".join(f"{w}x{w} {v:.3f}" for w, v in told.items()))
             most = nb.patch_geometry(args.size)[1]
-            wide = outline_with_places(held_maps, held, most, 5)
-            print(f"the outline chosen with 3x3 places: {outline_with_places(held_maps, held, most, 3)} (the "
-                  f"package's: {nb.choose_outline(held_maps, held, most)}), with 5x5 places: {wide}")
+            wide = nb.choose_outline(held_maps, held, most, places=5)
+            print(f"the outline chosen with 3x3 places (the package's): {nb.choose_outline(held_maps, held, most)}, "
+                  f"with 5x5 places: {wide}")
             m = nb.patch_distance_maps(query, bank, 40, wide)
             for w in (3, 5):
                 show(f"outline {wide} (chosen with 5x5 places), the largest {w}x{w} mean", nb.peaks(m, w), m)

@@ -216,7 +216,7 @@ def patch_distance_maps(query: Tensor, bank: Tensor, k: int, outline: Optional[i
     for i in range(0, n, step):
         # the k candidates innermost (then the channels): each offset's k maps are one channels_last batch
         q = unit_images(query[i:i + step]).permute(0, 2, 3, 1)[:, :, :, None]  # [b, H, W, 1, C]
-        cand = unit_images(padded[near[i:i + step]]).permute(0, 3, 4, 1, 2).contiguous()  # [b, H + 2r, W + 2r, k, C]
+        cand = unit_images(padded[near[i:i + step]].permute(0, 3, 4, 1, 2).contiguous())  # [b, H + 2r, W + 2r, k, C]
         best = None
         for dy in range(2 * r + 1):
             for dx in range(2 * r + 1):
@@ -272,23 +272,23 @@ def patch_distances(query: Tensor, bank: Tensor, k: int, outline: Optional[int] 
                                      bank_description=bank_description), window)
 
 
-def choose_outline(maps: Tensor, images: Tensor, most: int) -> int:
+def choose_outline(maps: Tensor, images: Tensor, most: int, places: int = 3) -> int:
     """How many pixels of the foreground's outline a ``patches`` bank leaves out, chosen on normal images
     alone: ``maps`` [N, H, W], their :func:`patch_distance_maps` with outline 0, of ``images`` [N, C, H, W].
 
     From 0, the outline grows by one pixel while the next ring of the foreground (the pixels one farther from
-    the background) holds a larger share of the maps' maxima (the places of their 3 x 3 means' maxima) than its
-    share of the pixels left: where normal images peak more often than the size of the place explains, normal
-    variation, not a lesion, would set the score. At most ``most``; 0 for images without background. The places
-    stay 3 x 3 whatever :func:`peak_window`: a wider mean pulls a maximum at the rim inwards, out of the ring
-    tested (at 128x128 a 5 x 5 one chooses 1 pixel instead of 2 on three of four draws, and the lesions' image
+    the background) holds a larger share of the maps' maxima (the places of their ``places`` x ``places`` means'
+    maxima) than its share of the pixels left: where normal images peak more often than the size of the place
+    explains, normal variation, not a lesion, would set the score. At most ``most``; 0 for images without
+    background. Models keep the places 3 x 3 whatever :func:`peak_window`: a wider mean pulls a maximum at the
+    rim inwards, out of the ring tested (at 128x128 a 5 x 5 one chooses 1 pixel instead of 2 on three of four draws, and the lesions' image
     AUROC falls from 0.796 to 0.772 over the four).
     """
     e, rows = 0, torch.arange(len(maps), device=maps.device)
     while e < most and len(maps):
         near, nearer = near_background(images, e), near_background(images, e + 1)
         left, ring = (1 - near).flatten(1), (nearer - near).flatten(1)
-        place = nn.functional.avg_pool2d((maps * (1 - near))[:, None], 3, 1, 1).flatten(1).argmax(1)
+        place = nn.functional.avg_pool2d((maps * (1 - near))[:, None], places, 1, places // 2).flatten(1).argmax(1)
         share = (ring.sum(1) / left.sum(1).clamp(min=1)).mean()
         if ring[rows, place].mean() <= share:
             break
