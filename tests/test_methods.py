@@ -81,18 +81,25 @@ def test_nearest_neighbour_scoring_adds_normalized_feature_distances(space):
     assert model.feature_bank is None and model.score_config.neighbour_scales is None  # the method's model is untouched
 
 
-def test_a_patches_model_scores_and_maps_as_the_package_does_computing_its_distances_once(monkeypatch):
-    method = get_method("patchgan", dataclasses.replace(CONFIG, steps=4, neighbours="patches")).fit(blobs(64))
+@pytest.mark.parametrize("neighbours", ["patches", "discriminator", None])
+def test_the_patchgan_method_scores_and_maps_as_the_package_does_computing_each_part_once(monkeypatch, neighbours):
+    method = get_method("patchgan", dataclasses.replace(CONFIG, steps=4, neighbours=neighbours)).fit(blobs(64))
     model = method.model
     images = torch.cat([blobs(6, seed=5), blobs(6, seed=6, abnormal=True)])
     expected = (score_batch(model, images).scores, error_maps(model, images))
-    calls = []
+    searches, reconstructed = [], []
     original = type(model).patch_distance_maps
-    monkeypatch.setattr(type(model), "patch_distance_maps", lambda self, x, *a: calls.append(len(x)) or original(self, x, *a))
+    monkeypatch.setattr(type(model), "patch_distance_maps",
+                        lambda self, x, *a: searches.append(len(x)) or original(self, x, *a))
+    model.reconstructor.register_forward_hook(lambda module, args, out: reconstructed.append(len(out)))
     scores, maps = method.score(images)
-    assert calls == [len(images)]  # one search for the distances and the maps
+    assert searches == ([len(images)] if neighbours == "patches" else [])  # one search for the distances and maps
+    assert sum(reconstructed) == model.score_config.num_copies * len(images)  # the masked copies reconstructed once
     torch.testing.assert_close(scores, expected[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(maps, expected[1])
+    reconstructed.clear()
+    torch.testing.assert_close(method.score(images, maps=False)[0], expected[0], atol=1e-5, rtol=1e-5)
+    assert sum(reconstructed) == model.score_config.num_copies * len(images)
 
 
 def test_nearest_neighbour_scoring_refuses_bad_arguments():

@@ -26,7 +26,8 @@ from ..data.datasets.brain_subjects import FOV_MM, QUICK, load_brain_subjects
 from ..evaluation import image_metrics, plot_distributions, plot_roc
 from ..evaluation.tables import brain_figures
 from ..models import PatchGAN, TrainConfig
-from ..scoring import error_maps, score_batch
+from ..scoring import score_batch
+from ..scoring.batch import maps_and_scores
 from .errors import UsageError
 from .records import printable
 from .report import score_weights
@@ -110,10 +111,9 @@ def run(args) -> int:
     keys = torch.tensor([image_key(str(slices / n), None) for n in names], device=device)
     labels = test.labels.tolist()
     shipped = score_batch(model, images, keys=keys)
+    heat, ranked = (t.cpu() for t in maps_and_scores(model, images, keys=keys))  # the maps and eq. 5's scores
     eq5 = dataclasses.replace(model.score_config, neighbour_scales=None)
-    ranked = score_batch(model, images, eq5, keys=keys).scores.cpu()
     unranked = score_batch(model, images, eq5.with_ranking("none"), keys=keys).scores.cpu()
-    heat = error_maps(model, images, keys=keys).cpu()
     figures = brain_figures(shipped.scores.cpu(), heat, test)  # the benchmark's brain MRI figures
     curves = {"eq. 5 + nearest patches (shipped)": shipped.scores.cpu(), "eq. 5, ranked (paper 1.1, 1.0)": ranked,
               "eq. 5, unranked (sum)": unranked, "nearest patches alone": shipped.neighbour_distances.cpu()}

@@ -23,7 +23,8 @@ from ..models import SAGAN, PatchGAN, SAGANConfig, TrainConfig
 from ..models.schedule import bank_choice, validation_split
 from ..models.training import validation_statistics
 from ..ops import to_unit
-from ..scoring import Scorer, error_maps, score_batch
+from ..scoring import Scorer, score_batch
+from ..scoring.batch import maps_and_scores
 from ..scoring.neighbours import combine, peaks
 from .baselines import AnoGANMethod, FAnoGANMethod, PerceptualAEMethod
 
@@ -75,19 +76,22 @@ class PatchGANMethod:
             cfg = dataclasses.replace(cfg, error=error)
         if not neighbours or (ranking, position_weights, error) != (None, True, None):
             cfg = dataclasses.replace(cfg, neighbour_scales=None)
-        # a patches bank's maps give both its distances and its part of the error maps: computed once
-        once = maps and cfg.neighbour_scales is not None and self.model.config.neighbours == "patches"
-        scorer = Scorer(self.model, dataclasses.replace(cfg, neighbour_scales=None) if once else cfg, compile="none")
         dev = self._device()
+        if not maps:
+            scorer = Scorer(self.model, cfg, compile="none")
+            return _batched(lambda x: (scorer(x.to(dev))[0].cpu(), None), images)
+        # the maps' reconstructions give the scores of eq. 5 too, and a patches bank's maps both its distances and
+        # its part of the error maps: each computed once
+        patches = cfg.neighbour_scales is not None and self.model.config.neighbours == "patches"
 
         def one(x):
             x = x.to(dev)
-            if once:
-                near = self.model.patch_distance_maps(x)
-                s = combine(scorer(x)[0], peaks(near, self.model.patch_window), cfg.neighbour_scales,
-                            cfg.neighbour_weights)
-                return s.cpu(), error_maps(self.model, x, cfg, patch_maps=near).cpu()
-            return scorer(x)[0].cpu(), error_maps(self.model, x, cfg).cpu() if maps else None
+            near = self.model.patch_distance_maps(x) if patches else None
+            m, s = maps_and_scores(self.model, x, cfg, patch_maps=near)
+            if cfg.neighbour_scales is not None:
+                distances = peaks(near, self.model.patch_window) if patches else self.model.neighbour_distances(x)
+                s = combine(s, distances, cfg.neighbour_scales, cfg.neighbour_weights)
+            return s.cpu(), m.cpu()
 
         return _batched(one, images)
 

@@ -103,6 +103,16 @@ def error_maps(
     their distances;
     ``patch_maps`` [B, H, W]: those maps when the caller has them already (they are not computed again).
     """
+    return maps_and_scores(model, images, config, keys=keys, smoothing=smoothing, batch=batch,
+                           patch_maps=patch_maps)[0]
+
+
+def maps_and_scores(
+    model: nn.Module, images: Tensor, config: Optional[ScoreConfig] = None, *, keys: Optional[Tensor] = None,
+    smoothing: Optional[int] = None, batch: int = 64, patch_maps: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`error_maps` and the eq. 5 scores [B] of the same reconstructions (without a feature bank's term),
+    for callers that need both without reconstructing twice; the arguments are :func:`error_maps`'."""
     if config is None:
         config = getattr(model, "score_config", None) or ScoreConfig()
     scales = config.neighbour_scales if isinstance(config, ScoreConfig) else None
@@ -121,11 +131,12 @@ def error_maps(
                          f"image: expected {(len(images), *images.shape[-2:])}, got {tuple(patch_maps.shape)}"
                          + ("" if patches else " for a score without the patches term"))
     device = _model_dtype_device(model)[1] or images.device
-    out = []
+    out, scores = [], []
     for i in range(0, len(images), batch):
         x = images[i:i + batch].to(device)
         part = None if keys is None else keys[i:i + batch].to(device)
         r = score_batch(model, x, config, keys=part)
+        scores.append(r.scores.to(images.device))
         e = pixel_errors(x, r.reconstructions, r.assignment, patch_size=config.patch_size, mean=config.mean,
                          std=config.std, error=config.error, error_scales=config.error_scales)
         if k > 1:
@@ -134,4 +145,4 @@ def error_maps(
             near = model.patch_distance_maps(x) if patch_maps is None else patch_maps[i:i + batch]
             e = weights[0] * e / scales[1] + weights[1] * near.to(e.device) / scales[3]
         out.append(e.to(images.device))
-    return torch.cat(out)
+    return torch.cat(out), torch.cat(scores)
