@@ -63,6 +63,28 @@ def setup(ap: argparse.ArgumentParser, width: int = 16, train_copies: int = 32):
     return args, train, test, net, torch.optim.Adam(net.parameters(), lr=1e-3)
 
 
+def train_step(net, opt, x, target, half: int, step: int, steps: int, t0: float) -> None:
+    """Step ``step`` of ``steps`` of the segmenter on images ``x`` in [0, 1] whose first ``half`` hold the changed
+    pixels ``target``: a pixel loss (changed pixels are rare: weighted up) plus an image-level loss on the map's
+    maximum, both printed every 250 steps (seconds since ``t0``)."""
+    logits = net(2 * x - 1)
+    pixel = F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor(20.0))
+    image = F.binary_cross_entropy_with_logits(logits.flatten(1).amax(1), (torch.arange(len(x)) < half).float())
+    opt.zero_grad()
+    (pixel + image).backward()
+    opt.step()
+    if step % 250 == 0 or step == steps - 1:
+        print(f"step {step}: pixel loss {pixel.item():.4f}, image loss {image.item():.4f} ({time.time() - t0:.0f} s)",
+              flush=True)
+
+
+@torch.no_grad()
+def segment(net, images) -> torch.Tensor:
+    """The trained segmenter's pixel logits of ``images`` [N, 1, S, S] in [0, 1]: [N, S, S]."""
+    net.eval()
+    return torch.cat([net(2 * images[i:i + 64] - 1) for i in range(0, len(images), 64)])[:, 0]
+
+
 def main() -> None:
     args, train, test, net, opt = setup(argparse.ArgumentParser())
     gen = torch.Generator().manual_seed(args.seed + 77)  # lesions for training, apart from the test split's
@@ -74,20 +96,8 @@ def main() -> None:
         half = args.batch // 2
         x[:half], lesions = insert_lesions(x[:half], brain[:half], gen)
         target[:half] = lesions.float()
-        logits = net(2 * x - 1)
-        # pixel loss (lesion pixels are rare: weighted up) and an image-level loss on the map's maximum
-        pixel = F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor(20.0))
-        image = F.binary_cross_entropy_with_logits(logits.flatten(1).amax(1), (torch.arange(args.batch) < half).float())
-        loss = pixel + image
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 250 == 0 or step == args.steps - 1:
-            print(f"step {step}: pixel loss {pixel.item():.4f}, image loss {image.item():.4f} ({time.time() - t0:.0f} s)",
-                  flush=True)
-    net.eval()
-    with torch.no_grad():
-        maps = torch.cat([net(2 * test.images[i:i + 64] - 1) for i in range(0, len(test.images), 64)])[:, 0]
+        train_step(net, opt, x, target, half, step, args.steps, t0)
+    maps = segment(net, test.images)
     y, sick, bins = test.labels.tolist(), test.labels == 1, test.size_bins
     flat = maps.flatten(1)
     scores = {"max": flat.amax(1), "top 1 %": flat.topk(max(1, flat.shape[1] // 100), 1).values.mean(1)}
