@@ -3,6 +3,9 @@ Patch-GAN's own scoring of the same images (eq. 5: K masked copies through the r
 scores), on the demo's model shape: images/s of each and their ratio, timed in the same run (what a brain
 MRI model with ``neighbours='patches'`` pays for its second score). A bank of 1,000 images, the default
 ``neighbour_bank``; k = 40, the space's default. 128x128 on a GPU only (about 2 s a slice on 2 CPU cores).
+
+And the :class:`~patchgan_fast.Scorer` of such a model whose score weighs eq. 5 0 (the brain models at 128x128
+choose it) against the same model weighing it 0.25: the first reconstructs nothing.
 """
 
 import time
@@ -11,7 +14,7 @@ import pytest
 import torch
 from conftest import calls_per_round, measure
 
-from patchgan_fast import PatchGAN, TrainConfig, score_batch
+from patchgan_fast import PatchGAN, Scorer, TrainConfig, score_batch
 from patchgan_fast.scoring.neighbours import patch_distances
 
 CUDA_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="2 s a slice on a CPU: GPU only")
@@ -57,3 +60,28 @@ def test_patch_distances_against_eq5(benchmark, device, record, size):
     record("images_per_second", batch / eq5, "images/s", dict(config, what="eq. 5 (score_batch, demo model shape)"))
     record("time_ratio", seconds / eq5, "x", dict(config, what="patch distances / eq. 5"))
     benchmark.extra_info["times_eq5"] = round(seconds / eq5, 2)
+
+
+@pytest.mark.parametrize("size", [64, 128])  # 128x128: about 0.3 s a slice on 2 CPU cores, the brain models' size
+def test_a_patches_score_without_eq5_against_with_it(benchmark, device, record, size, monkeypatch):
+    batch = 64 if device.type == "cuda" else 16
+    bank, images = _slices(200, size, device, 0), _slices(batch, size, device, 1)
+    model = PatchGAN(TrainConfig(image_size=size, patch_size=size // 8, width=16, depth=4, skips=True), 1,
+                     (0.5,), (0.25,)).to(device).eval()
+    monkeypatch.setattr("patchgan_fast.models.patchgan.FOREIGN_PATCHES", 16)  # the weights are set below
+    model.add_neighbours(bank, _slices(16, size, device, 2), "patches")
+    scorers = {}
+    for u in (0.0, 0.25):
+        model.neighbour_weights = (u, 1 - u)
+        scorers[u] = Scorer(model, compile="none")
+    assert not scorers[0.0].reconstructs and scorers[0.25].reconstructs
+    benchmark.group = f"patches score without eq. 5 {size}x{size}"
+    seconds = measure(benchmark, lambda: scorers[0.0](images), device)
+    if seconds is None:
+        return
+    with_eq5 = _median_seconds(lambda: scorers[0.25](images), device, 5)
+    config = dict(size=size, batch=batch, bank=200, k=40)
+    record("images_per_second", batch / seconds, "images/s", dict(config, what="Scorer, eq. 5 weighs 0"))
+    record("images_per_second", batch / with_eq5, "images/s", dict(config, what="Scorer, eq. 5 weighs 0.25"))
+    record("time_ratio", with_eq5 / seconds, "x", dict(config, what="eq. 5 weighs 0.25 / weighs 0"))
+    benchmark.extra_info["speed_up"] = round(with_eq5 / seconds, 2)

@@ -19,9 +19,11 @@ from patchgan_fast import PatchGAN, Scorer, ScoreConfig, TrainConfig, error_maps
 from patchgan_fast.ops.reference import normalize_reference
 from patchgan_fast.cli import main
 from patchgan_fast.evaluation.tables import summed_evenly
-from patchgan_fast.scoring.neighbours import (EQ5_SHARES, Embedding, auroc, bank_images, choose_outline, choose_weights,
-                                             describe, foreign_patches, leave_outline, patch_distance_maps,
-                                             patch_distances, patch_geometry, peak_window, peaks, ranks, unit_images)
+from patchgan_fast.scoring.neighbours import (EQ5_SHARES, Embedding, auroc, average_precision, bank_images,
+                                             changed_pixels, choose_map_window, choose_outline, choose_weights,
+                                             describe, filled, foreign_patches, leave_outline, map_windows,
+                                             patch_distance_maps, patch_distances, patch_geometry, peak_window, peaks,
+                                             ranks, unit_images)
 from patchgan_fast.models.schedule import bank_choice, validation_split
 
 patchgan_module = importlib.import_module("patchgan_fast.models.patchgan")
@@ -492,7 +494,24 @@ def test_a_patches_model_maps_both_parts_of_its_score(monkeypatch):
     u, v = model.neighbour_weights
     near = model.patch_distance_maps(TEST)
     torch.testing.assert_close(near, patch_distance_maps(TEST.float() / 255, model.feature_bank, 20, model.patch_outline))
-    torch.testing.assert_close(error_maps(model, TEST), u * error_maps(model, TEST, plain) / b + v * near / d)
+    w = model.map_window  # the window that fills the distance maps, chosen on foreign patches in the validation images
+    held = TRAIN[validation_split(len(TRAIN), config)[0]]
+    foreign = foreign_patches(held, 128, seed=config.seed)
+    assert w == choose_map_window(patch_distance_maps(foreign, model.feature_bank, 20, model.patch_outline),
+                                  changed_pixels(foreign, held), (foreign > 0).any(1))
+    for model.map_window in sorted({w, 5}):  # (blobs choose 1: a window is also set by hand)
+        smoothed = torch.maximum(near, torch.nn.functional.avg_pool2d(
+            near[:, None], model.map_window, 1, model.map_window // 2, count_include_pad=False)[:, 0])
+        torch.testing.assert_close(error_maps(model, TEST), u * error_maps(model, TEST, plain) / b + v * smoothed / d)
+    model.map_window = w
+    state = model.state()
+    assert state["map_window"] == w and PatchGAN.from_state(state).map_window == w
+    del state["map_window"]  # a file written before it was chosen: the map as it is
+    assert PatchGAN.from_state(state).map_window == 1
+    for bad in (2, 0, "3", True):
+        state["map_window"] = bad
+        with pytest.raises(ValueError, match=f"damaged model.*map_window {re.escape(repr(bad))} is not a positive odd"):
+            PatchGAN.from_state(state)
     torch.testing.assert_close(error_maps(model, TEST, patch_maps=near, batch=5), error_maps(model, TEST))  # given maps
     with pytest.raises(ValueError, match=r"one \[H, W\] map per image: expected \(12, 32, 32\), got \(11, 32, 32\)"):
         error_maps(model, TEST, patch_maps=near[:11])
@@ -503,6 +522,79 @@ def test_a_patches_model_maps_both_parts_of_its_score(monkeypatch):
         model.patch_distance_maps(TEST[:, :, :16, :16])
     with pytest.raises(RuntimeError, match="this model has no bank of patches \\(its feature bank: bottleneck\\)"):
         PatchGAN.fit(TRAIN, CONFIG).patch_distance_maps(TEST)
+
+
+def test_a_patches_score_says_where_its_top_patch_is_and_reconstructs_only_when_eq5_counts(tmp_path):
+    """With a patches term the patch errors are each patch's part of the score, so the top patch (scores.csv's) is
+    where the score comes from; a score that weighs eq. 5 0 reconstructs nothing on the fast path."""
+    from patchgan_fast.app.screening import screen
+
+    model = PatchGAN.fit(TRAIN, dataclasses.replace(CONFIG, neighbours="patches", neighbour_k=None))
+    eq5 = score_batch(model, TEST, dataclasses.replace(model.score_config, neighbour_scales=None))
+    maps = model.patch_distance_maps(TEST)
+    windowed = torch.nn.functional.avg_pool2d(maps[:, None], 3, 1, 1)[:, 0]  # the 3x3 window of 32x32 images
+    places = windowed.view(12, 4, 8, 4, 8).amax((2, 4))  # the largest in each 8x8 patch
+    peak = windowed.flatten(1).argmax(1)
+    peak_patch = (peak // 32 // 8) * 4 + peak % 32 // 8
+    _, b, _, d = model.neighbour_scales
+    position = torch.tensor(model.patch_weights)
+    (tmp_path / "test").mkdir()
+    for i, im in enumerate(TEST):
+        Image.fromarray(im[0].numpy()).save(tmp_path / "test" / f"{i:02d}.png")
+    for u, v in ((0.0, 1.0), (0.25, 0.75)):
+        model.neighbour_weights = (u, v)
+        result = score_batch(model, TEST)
+        torch.testing.assert_close(result.neighbour_distances, places.flatten(1).amax(1))
+        torch.testing.assert_close(result.neighbour_distances, peaks(maps, 3))
+        torch.testing.assert_close(result.patch_errors, v * places / d + u * eq5.patch_errors * position / b)
+        scorer = Scorer(model, compile="none", forward_batch=8)
+        copies = []
+        scorer.net.register_forward_hook(lambda module, args, out: copies.append(len(out)))
+        scores, errors = scorer(TEST)
+        torch.testing.assert_close(scores, result.scores, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(errors, result.patch_errors, atol=1e-5, rtol=1e-5)
+        assert sum(copies) == (0 if u == 0 else len(TEST) * model.config.num_copies)
+        top = scorer.top_patches(errors)
+        assert torch.equal(top, result.patch_errors.flatten(1).argmax(1))  # the weights are in already
+        if u == 0:  # the patch holding the distance's peak
+            assert torch.equal(top, peak_patch)
+        summary = screen(model, [tmp_path / "test"], tmp_path / f"screened{u:g}", progress=False, num_workers=0,
+                         compile="none")
+        assert summary.scored == len(TEST)
+        with open(tmp_path / f"screened{u:g}" / "scores.csv", newline="") as f:
+            rows = {r["path"].rsplit("/", 1)[-1]: r for r in csv.DictReader(f)}
+        for i, t in enumerate(top.tolist()):
+            row = rows[f"{i:02d}.png"]
+            assert (int(row["top_y"]), int(row["top_x"])) == (t // 4 * 8, t % 4 * 8)
+            assert float(row["score"]) == pytest.approx(float(scores[i]), abs=1e-4)
+    # a model without a patches term: the top patch is eq. 5's first, its errors times the position weights
+    plain = Scorer(model, dataclasses.replace(model.score_config, neighbour_scales=None), compile="none")
+    assert not plain.patches and plain.reconstructs
+    torch.testing.assert_close(plain(TEST)[1], eq5.patch_errors)
+    assert torch.equal(plain.top_patches(eq5.patch_errors), (eq5.patch_errors * position).flatten(1).argmax(1))
+
+
+def test_the_map_window_fills_a_region_whose_rim_alone_lights_up_and_leaves_a_sharp_map_as_it_is():
+    truth = torch.zeros(6, 32, 32, dtype=torch.bool)
+    for i in range(6):
+        truth[i, 4 + 3 * i:12 + 3 * i, 10:18] = True  # an 8x8 square
+    inside = torch.ones_like(truth)
+    noise = 0.05 * torch.rand(truth.shape, generator=torch.Generator().manual_seed(0))
+    assert choose_map_window(truth.float() + noise, truth, inside) == 1  # the map finds the square itself: no filter
+    rim = truth.float() - torch.nn.functional.avg_pool2d(truth.float()[:, None], 3, 1, 1)[:, 0].eq(1).float()
+    w = choose_map_window(rim + noise, truth, inside)  # its rim only, its flat inside dark
+    assert w in map_windows(32) and w > 1
+    assert average_precision(rim.flatten(), truth.flatten()) < 1
+    mean = torch.nn.functional.avg_pool2d((rim + noise)[:, None], w, 1, w // 2, count_include_pad=False)[:, 0]
+    assert torch.equal(filled(rim + noise, w), torch.maximum(rim + noise, mean)) and filled(rim, 1) is rim
+    found = {v: average_precision(filled(rim + noise, v)[inside], truth[inside]) for v in (1, w)}
+    assert found[w] > found[1]
+    assert map_windows(64) == tuple(range(1, 18, 2)) and map_windows(128)[-1] == 33
+    # the changed pixels of foreign patches are where the pasted square made them differ from their image
+    images = _brains(4, 32)
+    foreign = foreign_patches(images, 6, seed=1)
+    changed = changed_pixels(foreign, images)
+    assert changed.any((1, 2)).all() and torch.equal(changed, (foreign != images[torch.arange(6) % 4]).any(1))
 
 
 def test_the_train_command_gives_a_bank_of_patches_that_the_report_explains(tmp_path, capsys):

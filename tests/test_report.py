@@ -2,6 +2,7 @@
 reconstruction, the error map and, where a truth folder has a mask, the ground truth."""
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,5 +92,13 @@ def test_the_demo_runs_end_to_end_on_the_brain_data(tmp_path, capsys):
     masks = sorted(p.name for p in (out / "test-masks").iterdir())
     assert masks and all("normal" not in m for m in masks)
     with open(out / "screening" / "scores.csv", newline="") as f:
-        assert {r["flagged"] for r in csv.DictReader(f)} <= {"0", "1"}
+        rows = list(csv.DictReader(f))
+    assert {r["flagged"] for r in rows} <= {"0", "1"}
+    on_lesion = 0  # the top patches that hold a pixel of their slice's lesion mask, as the demo counts them
+    for r in rows:
+        mask = out / "test-masks" / Path(r["path"]).name
+        if mask.exists():
+            y, x = int(r["top_y"]), int(r["top_x"])
+            on_lesion += bool((np.array(Image.open(mask))[y:y + 8, x:x + 8] > 0).any())
+    assert f"scores.csv's top patch lies on the lesion in {on_lesion} of the {len(masks)} slices with one" in printed
     assert "| truth" in (out / "screening" / "report.html").read_text()

@@ -38,6 +38,12 @@ _MARKER = ".patchgan-fast-demo"
 _OUTPUTS = ("test-slices", "test-masks", "screening", "brain-mri.pgf", "roc.png", "scores.png", _MARKER)
 
 
+def _top_patch_on_lesion(row: dict, lesion: torch.Tensor, patch_size: int) -> bool:
+    """Whether the top patch of a ``scores.csv`` row holds a pixel of the ``lesion`` mask [H, W]."""
+    y, x = int(row["top_y"]), int(row["top_x"])
+    return bool(lesion[y:y + patch_size, x:x + patch_size].any())
+
+
 def _clear(out: Path) -> None:
     """Removes an earlier demo's outputs from ``out``; refuses a folder the demo did not write."""
     if not out.exists():
@@ -105,6 +111,9 @@ def run(args) -> int:
     print(f"flagged (score above the 99th percentile of the normal validation subjects' scores): {len(flagged)} "
           f"slices: {caught} of the {lesioned} with a lesion, {len(flagged) - caught} of the {len(rows) - lesioned} "
           f"normal ones")
+    on_lesion = sum(_top_patch_on_lesion(r, test.lesions[names.index(Path(r["path"]).name), 0], args.patch_size)
+                    for r in rows if "normal" not in r["path"])
+    print(f"scores.csv's top patch lies on the lesion in {on_lesion} of the {lesioned} slices with one")
 
     # the same images as the screening read them, for the comparisons below
     images = torch.stack([read_images(slices / n)[0].pixels for n in names]).to(device)

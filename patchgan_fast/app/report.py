@@ -207,7 +207,12 @@ def _report(out: Path, rows: list[dict], errors: list[dict], heat: list[str], mo
                 f"training images, {_weighing(model)}.</p>")
     what_map = "|x - G(x)|" if isinstance(model, SAGAN) else "the reconstruction error of the masked copies"
     if not isinstance(model, SAGAN) and model.feature_bank is not None and model.config.neighbours == "patches":
-        what_map += " plus each patch's distance to the nearest normal patch, each in its score units"
+        what_map += " plus each patch's distance to the nearest normal patch"
+        w = getattr(model, "map_window", 1)
+        if w > 1:
+            what_map += (f" (each pixel at least the mean over the {w} x {w} pixels around it, the window chosen on "
+                         "the normal validation images)")
+        what_map += ", each in its score units"
     doc = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>patchgan_fast screening report</title>
 <style>body{{font-family:sans-serif;margin:2em}}td{{padding:4px 8px;vertical-align:middle}}

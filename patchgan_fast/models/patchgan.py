@@ -14,9 +14,10 @@ from torch import Tensor, nn
 from .. import ops
 from ..runtime import __version__, atomic_save
 from ..scoring import RANKING_PRESETS, ScoreConfig, score_batch, score_statistics
-from ..scoring.neighbours import (DESCRIPTIONS, Embedding, bank_images, bank_k, check_space, choose_outline,
-                                  choose_weights, combine, describe, distances, foreign_patches, leave_outline,
-                                  patch_distance_maps, patch_distances, patch_geometry, peak_window, peaks)
+from ..scoring.neighbours import (DESCRIPTIONS, Embedding, background, bank_images, bank_k, changed_pixels,
+                                  check_space, choose_map_window, choose_outline, choose_weights, combine, describe,
+                                  distances, foreign_patches, leave_outline, patch_distance_maps, patch_geometry,
+                                  peak_window, peaks)
 from . import training
 from .config import TrainConfig
 from .networks import PatchDiscriminator, Reconstructor
@@ -61,6 +62,10 @@ class PatchGAN(nn.Module):
         patch_window: with a ``patches`` bank, the side of the window whose largest mean of an image's map is its
             distance (:func:`~patchgan_fast.scoring.neighbours.peak_window` of the image size; 3 in files written
             before it grew with the size); None otherwise.
+        map_window: with a ``patches`` bank, the window of the mean that fills its distance maps in the error maps
+            (:func:`~patchgan_fast.error_maps`, :func:`~patchgan_fast.scoring.neighbours.filled`), chosen on the
+            validation images (:func:`~patchgan_fast.scoring.neighbours.choose_map_window`); 1 (the maps as they
+            are) otherwise and in files written before it was chosen. The image score does not use it.
         trained_on: how many images trained it, ``{"normal": n, "unlabelled": m}`` (m > 0: the semi-supervised
             setting); zeros before training.
     """
@@ -83,6 +88,7 @@ class PatchGAN(nn.Module):
         self.patch_outline: Optional[int] = None
         self.patch_description: Optional[str] = None
         self.patch_window: Optional[int] = None
+        self.map_window = 1
         self.trained_on = {"normal": 0, "unlabelled": 0}
         # channels_last: faster convolutions on GPUs and on CPUs alike (oneDNN: scoring 1.6-2x faster on 2 cores)
         self.to(memory_format=torch.channels_last)
@@ -122,10 +128,11 @@ class PatchGAN(nn.Module):
         in its ``k`` most similar bank images), each score in units of the held-out images' scores, weighted and
         summed (:mod:`patchgan_fast.scoring.neighbours`). The weights are chosen on the held-out images alone: the
         share of eq. 5 whose sum best tells them from foreign-patch anomalies made of them
-        (:func:`~patchgan_fast.scoring.neighbours.choose_weights`). Sets ``feature_bank``, ``neighbour_scales``,
-        ``neighbour_weights``, ``config.neighbours``/``neighbour_k`` and ``score_stats`` (now those of the summed
-        score); replaces an earlier bank. ``fit`` calls it when ``TrainConfig.neighbours`` is set; a model trained
-        without one can be given one afterwards.
+        (:func:`~patchgan_fast.scoring.neighbours.choose_weights`); with ``patches`` so are the outline its maps leave
+        out and the window that fills its error maps (``patch_outline``, ``map_window``). Sets ``feature_bank``,
+        ``neighbour_scales``, ``neighbour_weights``, ``config.neighbours``/``neighbour_k`` and ``score_stats`` (now
+        those of the summed score); replaces an earlier bank. ``fit`` calls it when ``TrainConfig.neighbours`` is
+        set; a model trained without one can be given one afterwards.
 
         Args:
             images (Tensor[N, C, H, W]): normal images for the bank (uint8, or float in [0, 1]); the
@@ -163,6 +170,7 @@ class PatchGAN(nn.Module):
         bank, held = self._embed(images, features, batch), self._embed(held_out, features, batch)
         held_foreign = self._embed(foreign, features, batch)
         outline = description = window = None
+        map_window = 1
         if features == "patches":
             size = min(held.shape[-2:])
             bank, description, window = bank_images(bank), DESCRIPTIONS[0], peak_window(size)
@@ -170,7 +178,10 @@ class PatchGAN(nn.Module):
             maps = patch_distance_maps(held, bank, k, outline=0, description=description, bank_description=described)
             outline = choose_outline(maps, held, most=patch_geometry(size)[1])
             near = peaks(leave_outline(maps, held, outline), window).cpu()
-            near_foreign = patch_distances(held_foreign, bank, k, outline, description, described, window).cpu()
+            maps = patch_distance_maps(held_foreign, bank, k, outline, description=description,
+                                       bank_description=described).cpu()
+            near_foreign = peaks(maps, window)
+            map_window = choose_map_window(maps, changed_pixels(foreign, held_out), ~background(foreign))
         else:
             near, near_foreign = distances(held, bank, k).cpu(), distances(held_foreign, bank, k).cpu()
         scales = (float(plain.mean()), float(plain.std()), float(near.mean()), float(near.std()))
@@ -180,6 +191,7 @@ class PatchGAN(nn.Module):
         weights = choose_weights(plain, near, plain_foreign, near_foreign)
         self.config, self.feature_bank, self.neighbour_scales, self.patch_outline = config, bank, scales, outline
         self.neighbour_weights, self.patch_description, self.patch_window = weights, description, window
+        self.map_window = map_window
         self.score_stats = score_statistics(combine(plain, near, scales, weights))
         return self
 
@@ -265,6 +277,7 @@ class PatchGAN(nn.Module):
             "patch_outline": self.patch_outline,
             "patch_description": self.patch_description,
             "patch_window": self.patch_window,
+            "map_window": self.map_window,
             "reconstructor": {k: v.detach().cpu() for k, v in self.reconstructor.state_dict().items()},
             "discriminator": {k: v.detach().cpu() for k, v in self.discriminator.state_dict().items()},
         }
@@ -315,6 +328,10 @@ class PatchGAN(nn.Module):
                     if isinstance(window, bool) or not isinstance(window, int) or window < 1 or window % 2 == 0:
                         raise ValueError(f"patch_window {window!r} is not a positive odd int")
                     model.patch_window = window
+                    window = state.get("map_window", 1)  # absent in files written before it was chosen
+                    if isinstance(window, bool) or not isinstance(window, int) or window < 1 or window % 2 == 0:
+                        raise ValueError(f"map_window {window!r} is not a positive odd int")
+                    model.map_window = window
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ValueError(f"{source} holds a damaged model ({type(exc).__name__}: {reason})") from exc

@@ -28,7 +28,6 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Optional
 
 import torch
@@ -470,10 +469,11 @@ class SAGANScorer:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.source = model.to(self.device).eval()
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self._plan = SimpleNamespace(patch_weights=None)
 
-    def plan(self, shape) -> SimpleNamespace:
-        return self._plan
+    @staticmethod
+    def top_patches(errors: Tensor) -> Tensor:
+        """[B] int64: each image's worst region (row-major), from the region errors [B, G, G] it returned."""
+        return errors.flatten(1).argmax(1)
 
     def __call__(self, images: Tensor, keys: Optional[Tensor] = None, *, check_finite: bool = True):
         ops.check_images(images)

@@ -12,7 +12,7 @@ from .. import ops
 from ..ops.checks import check_keys, check_model_output, raise_if_not_finite
 from .config import ScoreConfig, ScoreResult, default_forward_batch
 from .errors import patch_scores, pixel_errors
-from .neighbours import check_bank, combine
+from .neighbours import check_bank, combine, combine_patches, filled, patch_peaks, peak_window
 
 
 def _model_dtype_device(model: nn.Module) -> tuple[Optional[torch.dtype], Optional[torch.device]]:
@@ -72,7 +72,14 @@ def score_batch(
     distances = None
     if config.neighbour_scales is not None:
         check_bank(model)
-        distances = model.neighbour_distances(images)
+        if getattr(model.config, "neighbours", None) == "patches":  # the distance maps give the patches' parts too
+            places = patch_peaks(model.patch_distance_maps(images), model.patch_window or
+                                 peak_window(min(images.shape[-2:])), config.patch_size)
+            distances = places.flatten(1).amax(1)
+            errors = combine_patches(errors, places, config.neighbour_scales, config.neighbour_weights,
+                                     plan.patch_weights)
+        else:
+            distances = model.neighbour_distances(images)
         scores = combine(scores, distances, config.neighbour_scales, config.neighbour_weights)
     raise_if_not_finite(scores)
     return ScoreResult(scores=scores, patch_errors=errors, assignment=assignment, masked=masked, reconstructions=recon,
@@ -99,9 +106,12 @@ def error_maps(
     A model whose score adds the ``patches`` nearest-neighbour term (``config.neighbour_scales`` set and
     ``model.config.neighbours == 'patches'``) maps both parts of its score, each in its units and with its weight
     (``config.neighbour_weights``): the errors divided by the spread of the validation images' eq. 5 scores,
-    plus its patch distance map (:meth:`~patchgan_fast.PatchGAN.patch_distance_maps`) divided by the spread of
-    their distances;
-    ``patch_maps`` [B, H, W]: those maps when the caller has them already (they are not computed again).
+    plus its patch distance map (:meth:`~patchgan_fast.PatchGAN.patch_distance_maps`), each pixel the larger of
+    its own and the mean over ``model.map_window`` x ``model.map_window`` pixels
+    (:func:`~patchgan_fast.scoring.neighbours.filled`: the window chosen on normal validation images; it fills
+    the flat inside of a lesion whose rim alone the patches find), divided by the spread of their distances;
+    ``patch_maps`` [B, H, W]: those distance maps when the caller has them already (not filled; they are not
+    computed again).
     """
     return maps_and_scores(model, images, config, keys=keys, smoothing=smoothing, batch=batch,
                            patch_maps=patch_maps)[0]
@@ -143,6 +153,7 @@ def maps_and_scores(
             e = nn.functional.avg_pool2d(e[:, None], k, 1, k // 2, count_include_pad=False)[:, 0]
         if patches:
             near = model.patch_distance_maps(x) if patch_maps is None else patch_maps[i:i + batch]
-            e = weights[0] * e / scales[1] + weights[1] * near.to(e.device) / scales[3]
+            near = filled(near.to(e.device), getattr(model, "map_window", 1))
+            e = weights[0] * e / scales[1] + weights[1] * near / scales[3]
         out.append(e.to(images.device))
     return torch.cat(out), torch.cat(scores)

@@ -173,7 +173,10 @@ class ScoreResult:
     Attributes:
         scores (Tensor[B] float32): image anomaly scores (eq. 5; with ``config.neighbour_scales``, eq. 5
             plus the nearest-neighbour distance, each in units of normal images'), higher = more abnormal.
-        patch_errors (Tensor[B, Gh, Gw] float32): per-patch errors (eq. 2, or ``config.error``), for localization.
+        patch_errors (Tensor[B, Gh, Gw] float32): per-patch errors (eq. 2, or ``config.error``), for localization;
+            with a ``patches`` nearest-neighbour term in the score, each patch's part of the score instead (eq. 5's
+            patch errors times their position weights and the distance map's largest window mean in the patch, in
+            the score's units and weights: :func:`~patchgan_fast.scoring.neighbours.combine_patches`).
         assignment (Tensor[B, Gh, Gw] uint8 or None): the copy that hid each patch (None for K = 1).
         masked (Tensor[K, B, C, H, W]): the masked, normalized copies fed to the model.
         reconstructions (Tensor[K, B, C, H, W]): the model's outputs.

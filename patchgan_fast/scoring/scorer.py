@@ -10,7 +10,8 @@ chunk's patch assignment is computed once, for the masks op and the kernel. No c
 reconstructions is ever made, not even of the CUDA graph's output buffer: each chunk's are scored before
 the next chunk replays the graph. A model with a feature bank (``config.neighbour_scales``) also embeds each chunk's
 unmasked images with a private fp32 copy of its feature network and adds their nearest-neighbour
-distances (:mod:`patchgan_fast.scoring.neighbours`).
+distances (:mod:`patchgan_fast.scoring.neighbours`); with a ``patches`` bank the distance maps also give each patch's
+part of the score (the patch errors returned), and a score that weighs eq. 5 0 reconstructs nothing.
 
 On CUDA the reconstructor is captured with CUDA graphs through ``torch.compile(mode='reduce-overhead')``
 (chunks are padded to one shape, so it compiles once); when compilation fails, the scorer warns once
@@ -38,7 +39,8 @@ from ..ops import Plan
 from ..ops.checks import check_keys, check_model_output, raise_if_not_finite
 from .config import ScoreConfig, default_forward_batch
 from .errors import patch_scores
-from .neighbours import DESCRIPTIONS, Embedding, check_bank, combine, describe, distances
+from .neighbours import (DESCRIPTIONS, Embedding, check_bank, combine, combine_patches, describe, distances,
+                         patch_distance_maps, patch_peaks, peak_window)
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("auto", "none", "compile", "cudagraphs")
@@ -115,8 +117,17 @@ class Scorer:
             bank = model.feature_bank.to(self.device)
             description = getattr(model, "patch_description", None) or DESCRIPTIONS[0]
             described = describe(bank, description) if bank.dim() == 4 else None  # a patches bank: once, not per chunk
+            window = getattr(model, "patch_window", None)
+            if bank.dim() == 4 and window is None:
+                window = peak_window(min(bank.shape[-2:]))
             self._neighbours = (embed, bank, model.config.neighbour_k, getattr(model, "patch_outline", None),
-                                description, described, getattr(model, "patch_window", None))
+                                description, described, window)
+        #: whether the score has a ``patches`` term: its patch errors are then each patch's part of the score
+        #: (:func:`~patchgan_fast.scoring.neighbours.combine_patches`), the position weights in them
+        self.patches = self._neighbours is not None and self._neighbours[1].dim() == 4
+        #: whether eq. 5 counts in the score: a ``patches`` score that weighs it 0 reconstructs nothing (at 128x128
+        #: the brain models' reconstructions are about 40 % of their scoring time)
+        self.reconstructs = not (self.patches and config.neighbour_weights[0] == 0)
 
     def _compiled(self):
         mode = "reduce-overhead" if self.compile_mode == "cudagraphs" else None
@@ -165,7 +176,8 @@ class Scorer:
                 pipelined callers pass False and check the scores when they read them back.
 
         Returns:
-            (scores Tensor[B] float32, patch_errors Tensor[B, Gh, Gw] float32), on the scorer's device.
+            (scores Tensor[B] float32, patch_errors Tensor[B, Gh, Gw] float32), on the scorer's device; with a
+            ``patches`` term in the score the patch errors are each patch's part of it (``self.patches``).
         """
         cfg = self.config
         ops.check_images(images)
@@ -181,17 +193,24 @@ class Scorer:
         with on_device, torch.inference_mode():  # the scorer's GPU, whichever is current
             for i in range(0, b, n):
                 x, kx = images[i:i + n], keys[i:i + n]
-                short = n - len(x)
-                if self.compiled and short:  # a compiled graph sees one chunk shape only: pad the last chunk
-                    x = torch.cat([x, x[-1:].expand(short, -1, -1, -1)])
-                    kx = torch.cat([kx, kx[-1:].expand(short)])
-                assignment = ops.assign_with(plan, kx)  # once per chunk: the masks op and the kernel share it
-                recon = self._reconstruct(ops.mask_with(plan, x, kx, assignment))
-                s, e = patch_scores(plan, cfg.error, cfg.error_scales, x, recon, assignment)
-                if self._neighbours is not None:
+                m = len(x)
+                if self.compiled and self.reconstructs and m < n:  # a compiled graph sees one chunk shape only:
+                    x = torch.cat([x, x[-1:].expand(n - m, -1, -1, -1)])  # pad the last chunk
+                    kx = torch.cat([kx, kx[-1:].expand(n - m)])
+                s = e = None
+                if self.reconstructs:
+                    assignment = ops.assign_with(plan, kx)  # once per chunk: the masks op and the kernel share it
+                    recon = self._reconstruct(ops.mask_with(plan, x, kx, assignment))
+                    s, e = patch_scores(plan, cfg.error, cfg.error_scales, x, recon, assignment)
+                if self.patches:
+                    places = self._places(x)
+                    d = places.flatten(1).amax(1)
+                    e = combine_patches(e, places, cfg.neighbour_scales, cfg.neighbour_weights, plan.patch_weights)
+                    s = combine(d.new_zeros(len(x)) if s is None else s, d, cfg.neighbour_scales, cfg.neighbour_weights)
+                elif self._neighbours is not None:
                     s = combine(s, self._distances(x), cfg.neighbour_scales, cfg.neighbour_weights)
-                scores.append(s[: n - short])
-                errors.append(e[: n - short])
+                scores.append(s[:m])
+                errors.append(e[:m])
         scores, errors = torch.cat(scores), torch.cat(errors)
         if check_finite:
             raise_if_not_finite(scores)
@@ -222,6 +241,22 @@ class Scorer:
         return distances(embed(ops.normalize(x, self.config.mean, self.config.std)), bank, k, outline, description,
                          described, window)
 
+    def _places(self, x: Tensor) -> Tensor:
+        """[n, Gh, Gw] :func:`~patchgan_fast.scoring.neighbours.patch_peaks` of the images' patch distance maps
+        against a ``patches`` bank: their largest value is the images' distance."""
+        embed, bank, k, outline, description, described, window = self._neighbours
+        maps = patch_distance_maps(embed(ops.normalize(x, self.config.mean, self.config.std)), bank, k, outline,
+                                   description=description, bank_description=described)
+        return patch_peaks(maps, window, self.config.patch_size)
+
+    def top_patches(self, errors: Tensor) -> Tensor:
+        """[B] int64: the index (row-major in the patch grid) of each image's top patch, from the patch errors
+        [B, Gh, Gw] this scorer returned: the largest error times its position weight (eq. 5 ranks it first), or
+        with a ``patches`` term the largest part of the score
+        (:func:`~patchgan_fast.scoring.neighbours.combine_patches`, the weights already in)."""
+        weights = None if self.patches else self.config.patch_weights_tensor(tuple(errors.shape[-2:]), errors.device)
+        return (errors if weights is None else errors * weights).flatten(1).argmax(1)
+
 
 class BatchQueue:
     """Feeds a :class:`Scorer` and hands results back one batch late, so the host decodes and stacks
@@ -249,13 +284,12 @@ class BatchQueue:
     def submit(self, images: list[Tensor], keys: list[int], meta) -> Optional[tuple]:
         """Queues one batch (uint8 ``[C, H, W]`` tensors, their mask keys, anything the caller wants
         back) and returns the previous batch's ``(meta, scores [B], top_patch [B])`` on the CPU, or None;
-        the top patch is the one ranked first (largest error, times its position weight if any)."""
+        the top patch is :meth:`Scorer.top_patches`'."""
         buf = self.buffers[self.turn][: len(images)]
         self.turn ^= 1
         torch.stack(images, out=buf)
         scores, errors = self.scorer(buf, torch.tensor(keys, dtype=torch.int64), check_finite=False)
-        weights = self.scorer.plan(buf.shape).patch_weights
-        top = (errors if weights is None else errors * weights).flatten(1).argmax(1)  # the patch ranked first
+        top = self.scorer.top_patches(errors)
         on_gpu = scores.device.type == "cuda"
         host = scores.to("cpu", non_blocking=on_gpu), top.to("cpu", non_blocking=on_gpu)
         event = None
