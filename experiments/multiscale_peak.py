@@ -1,0 +1,75 @@
+"""Experiment (issue 26): the image's distance from peaks of its map at several window sizes.
+
+The image's ``patches`` distance is its map's largest mean over one window (:func:`peak_window`: 3x3 at 64x64, 5x5 at
+128x128). Lesions run from 3 to 50 mm: a small window suits the small ones, a large one the large ones, whose flat
+inside leaves most of a small window dark. Here each window's peak is put in units of the validation slices' peaks
+at that window (mean and standard deviation), and the image's score is the largest (a scale-selecting detector)
+or the mean of those units over the windows. Image AUROC per kind on the quick subjects, four draws, the distance
+alone (no model); the same scores' AUROC for foreign patches pasted into the validation slices (what normal data
+alone could choose on; their own units come from the validation slices, so the foreign AUROC is in-sample for
+the units).
+
+    python experiments/multiscale_peak.py [--size 64] [--seeds 0,1,2,3]   # 20 s per draw at 64x64, 1 min at 128x128
+
+Results: experiments/results/cpu-experiment-brain-subjects.md
+"""
+
+import argparse
+
+import numpy as np
+import torch
+
+from patchgan_fast import TrainConfig
+from patchgan_fast.data.datasets.brain_subjects import QUICK, load_brain_subjects
+from patchgan_fast.models.schedule import validation_split
+from patchgan_fast.scoring import neighbours as nb
+
+KINDS = ("infarct", "ms", "small", "tumour")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--seeds", default="0,1,2,3")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    base = nb.peak_window(args.size)
+    windows = [w for w in (3, 5, 7, 9, 13, 17, 25) if w <= args.size // 4 + 1]
+    sets = {f"{w}x{w} alone": [w] for w in windows}
+    sets.update({f"largest unit over {a}..{b}": windows[windows.index(a):windows.index(b) + 1]
+                 for a, b in ((base, 9), (base, 13), (base, windows[-1]), (3, windows[-1]))})
+    rows = {}
+    for seed in map(int, args.seeds.split(",")):
+        train, test = load_brain_subjects(args.size, seed, QUICK["train_subjects"], QUICK["test_subjects"])
+        val, trn = validation_split(len(train.images), TrainConfig(image_size=args.size), train.subjects)
+        bank, held = nb.bank_images(train.images[trn].float()), train.images[val].float()
+        described = nb.describe(bank)
+        outline = nb.choose_outline(nb.patch_distance_maps(held, bank, 40, 0, bank_description=described), held,
+                                    nb.patch_geometry(args.size)[1])
+        foreign = nb.foreign_patches(held, 2 * len(held), seed=seed)
+        maps = {name: nb.patch_distance_maps(x, bank, 40, outline, bank_description=described)
+                for name, x in (("held", held), ("test", test.images.float()), ("foreign", foreign))}
+        peaks = {name: {w: nb.peaks(m, w) for w in windows} for name, m in maps.items()}
+        units = {w: (peaks["held"][w].mean(), peaks["held"][w].std()) for w in windows}
+        labels = test.labels
+        for name, ws in sets.items():
+            score = {n: torch.stack([(peaks[n][w] - units[w][0]) / units[w][1] for w in ws]).amax(0)
+                     for n in ("held", "test", "foreign")}
+            row = [nb.auroc(score["test"][labels == 0], score["test"][labels == 1])]
+            for kind in KINDS:
+                sel = torch.tensor([k == kind for k in test.kinds])
+                row.append(nb.auroc(score["test"][labels == 0], score["test"][sel]))
+            row.append(nb.auroc(score["held"], score["foreign"]))
+            rows.setdefault(name, []).append(row)
+        print(f"seed {seed} done", flush=True)
+    print(f"\n{args.size}x{args.size}: image AUROC (mean over draws {args.seeds}); the package's window {base}x{base}\n")
+    print("| score | image AUROC (per draw) | " + " | ".join(KINDS) + " | foreign patches |")
+    print("|---|---|" + "---|" * (len(KINDS) + 1))
+    for name, r in rows.items():
+        r = np.array(r)
+        each = " / ".join(f"{v:.3f}" for v in r[:, 0])
+        print(f"| {name} | {r[:, 0].mean():.3f} ({each}) | " + " | ".join(f"{v:.3f}" for v in r[:, 1:].mean(0)) + " |")
+
+
+if __name__ == "__main__":
+    main()
