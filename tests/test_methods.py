@@ -11,6 +11,7 @@ from sklearn.metrics import roc_auc_score
 from patchgan_fast import TrainConfig, error_maps, score_batch
 from patchgan_fast.evaluation.methods import REGISTRY, get_method
 from patchgan_fast.models.schedule import bank_choice
+from patchgan_fast.scoring.neighbours import filled
 
 CONFIG = TrainConfig(image_size=32, patch_size=8, width=8, depth=2, disc_width=8, disc_layers=2, batch_size=16,
                      lr=2e-3, steps=40, val_every=20, progress=False)
@@ -81,10 +82,14 @@ def test_nearest_neighbour_scoring_adds_normalized_feature_distances(space):
     assert model.feature_bank is None and model.score_config.neighbour_scales is None  # the method's model is untouched
 
 
-@pytest.mark.parametrize("neighbours", ["patches", "discriminator", None])
-def test_the_patchgan_method_scores_and_maps_as_the_package_does_computing_each_part_once(monkeypatch, neighbours):
+@pytest.mark.parametrize("neighbours, eq5", [("patches", None), ("patches", 0.0), ("discriminator", None),
+                                             ("discriminator", 0.0), (None, None)])
+def test_the_patchgan_method_scores_and_maps_as_the_package_does_computing_each_part_once(monkeypatch, neighbours,
+                                                                                          eq5):
     method = get_method("patchgan", dataclasses.replace(CONFIG, steps=4, neighbours=neighbours)).fit(blobs(64))
     model = method.model
+    if eq5 is not None:  # eq. 5's share of the score as the brain models at 128x128 choose it
+        model.neighbour_weights = (eq5, 1 - eq5)
     images = torch.cat([blobs(6, seed=5), blobs(6, seed=6, abnormal=True)])
     expected = (score_batch(model, images).scores, error_maps(model, images))
     searches, reconstructed = [], []
@@ -92,14 +97,23 @@ def test_the_patchgan_method_scores_and_maps_as_the_package_does_computing_each_
     monkeypatch.setattr(type(model), "patch_distance_maps",
                         lambda self, x, *a: searches.append(len(x)) or original(self, x, *a))
     model.reconstructor.register_forward_hook(lambda module, args, out: reconstructed.append(len(out)))
+    # the masked copies reconstructed once; not at all for a patches score that weighs eq. 5 0
+    copies = 0 if (neighbours, eq5) == ("patches", 0.0) else model.score_config.num_copies * len(images)
     scores, maps = method.score(images)
     assert searches == ([len(images)] if neighbours == "patches" else [])  # one search for the distances and maps
-    assert sum(reconstructed) == model.score_config.num_copies * len(images)  # the masked copies reconstructed once
+    assert sum(reconstructed) == copies
     torch.testing.assert_close(scores, expected[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(maps, expected[1])
     reconstructed.clear()
     torch.testing.assert_close(method.score(images, maps=False)[0], expected[0], atol=1e-5, rtol=1e-5)
-    assert sum(reconstructed) == model.score_config.num_copies * len(images)
+    assert sum(reconstructed) == copies
+    reconstructed.clear()
+    torch.testing.assert_close(error_maps(model, images), expected[1])
+    assert sum(reconstructed) == copies
+    if copies == 0:  # the distance's part alone, in its units
+        _, _, _, d = model.neighbour_scales
+        near = original(model, images)
+        torch.testing.assert_close(maps, filled(near, model.map_window) / d)
 
 
 def test_nearest_neighbour_scoring_refuses_bad_arguments():

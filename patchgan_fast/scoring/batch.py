@@ -111,18 +111,20 @@ def error_maps(
     (:func:`~patchgan_fast.scoring.neighbours.filled`: the window chosen on normal validation images; it fills
     the flat inside of a lesion whose rim alone the patches find), divided by the spread of their distances;
     ``patch_maps`` [B, H, W]: those distance maps when the caller has them already (not filled; they are not
-    computed again).
+    computed again). Where eq. 5's weight is 0 the maps are the distance's alone, and nothing is reconstructed.
     """
     return maps_and_scores(model, images, config, keys=keys, smoothing=smoothing, batch=batch,
-                           patch_maps=patch_maps)[0]
+                           patch_maps=patch_maps, scores=False)[0]
 
 
 def maps_and_scores(
     model: nn.Module, images: Tensor, config: Optional[ScoreConfig] = None, *, keys: Optional[Tensor] = None,
-    smoothing: Optional[int] = None, batch: int = 64, patch_maps: Optional[Tensor] = None,
-) -> tuple[Tensor, Tensor]:
+    smoothing: Optional[int] = None, batch: int = 64, patch_maps: Optional[Tensor] = None, scores: bool = True,
+) -> tuple[Tensor, Optional[Tensor]]:
     """:func:`error_maps` and the eq. 5 scores [B] of the same reconstructions (without a feature bank's term),
-    for callers that need both without reconstructing twice; the arguments are :func:`error_maps`'."""
+    for callers that need both without reconstructing twice; the other arguments are :func:`error_maps`'.
+    ``scores=False``: the caller does not need eq. 5's scores; where the maps do not need the reconstructions either
+    (a ``patches`` score that weighs eq. 5 0) nothing is reconstructed and the scores returned are None."""
     if config is None:
         config = getattr(model, "score_config", None) or ScoreConfig()
     scales = config.neighbour_scales if isinstance(config, ScoreConfig) else None
@@ -141,19 +143,22 @@ def maps_and_scores(
                          f"image: expected {(len(images), *images.shape[-2:])}, got {tuple(patch_maps.shape)}"
                          + ("" if patches else " for a score without the patches term"))
     device = _model_dtype_device(model)[1] or images.device
-    out, scores = [], []
+    reconstructs = scores or not (patches and weights[0] == 0)
+    out, eq5 = [], []
     for i in range(0, len(images), batch):
         x = images[i:i + batch].to(device)
-        part = None if keys is None else keys[i:i + batch].to(device)
-        r = score_batch(model, x, config, keys=part)
-        scores.append(r.scores.to(images.device))
-        e = pixel_errors(x, r.reconstructions, r.assignment, patch_size=config.patch_size, mean=config.mean,
-                         std=config.std, error=config.error, error_scales=config.error_scales)
-        if k > 1:
-            e = nn.functional.avg_pool2d(e[:, None], k, 1, k // 2, count_include_pad=False)[:, 0]
+        e = 0.0
+        if reconstructs:
+            part = None if keys is None else keys[i:i + batch].to(device)
+            r = score_batch(model, x, config, keys=part)
+            eq5.append(r.scores.to(images.device))
+            e = pixel_errors(x, r.reconstructions, r.assignment, patch_size=config.patch_size, mean=config.mean,
+                             std=config.std, error=config.error, error_scales=config.error_scales)
+            if k > 1:
+                e = nn.functional.avg_pool2d(e[:, None], k, 1, k // 2, count_include_pad=False)[:, 0]
         if patches:
             near = model.patch_distance_maps(x) if patch_maps is None else patch_maps[i:i + batch]
-            near = filled(near.to(e.device), getattr(model, "map_window", 1))
+            near = filled(near.to(device), getattr(model, "map_window", 1))
             e = weights[0] * e / scales[1] + weights[1] * near / scales[3]
         out.append(e.to(images.device))
-    return torch.cat(out), torch.cat(scores)
+    return torch.cat(out), torch.cat(eq5) if reconstructs else None
