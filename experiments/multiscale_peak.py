@@ -18,10 +18,8 @@ import argparse
 
 import numpy as np
 import torch
+from pixel_spread import draw  # this folder's: run as scripts
 
-from patchgan_fast import TrainConfig
-from patchgan_fast.data.datasets.brain_subjects import QUICK, load_brain_subjects
-from patchgan_fast.models.schedule import validation_split
 from patchgan_fast.scoring import neighbours as nb
 
 KINDS = ("infarct", "ms", "small", "tumour")
@@ -40,15 +38,10 @@ def main():
                  for a, b in ((base, 9), (base, 13), (base, windows[-1]), (3, windows[-1]))})
     rows = {}
     for seed in map(int, args.seeds.split(",")):
-        train, test = load_brain_subjects(args.size, seed, QUICK["train_subjects"], QUICK["test_subjects"])
-        val, trn = validation_split(len(train.images), TrainConfig(image_size=args.size), train.subjects)
-        bank, held = nb.bank_images(train.images[trn].float()), train.images[val].float()
-        described = nb.describe(bank)
-        outline = nb.choose_outline(nb.patch_distance_maps(held, bank, 40, 0, bank_description=described), held,
-                                    nb.patch_geometry(args.size)[1])
+        test, held, distance_maps = draw(args.size, seed)
         foreign = nb.foreign_patches(held, 2 * len(held), seed=seed)
-        maps = {name: nb.patch_distance_maps(x, bank, 40, outline, bank_description=described)
-                for name, x in (("held", held), ("test", test.images.float()), ("foreign", foreign))}
+        maps = {name: distance_maps(x) for name, x in (("held", held), ("test", test.images.float()),
+                                                        ("foreign", foreign))}
         peaks = {name: {w: nb.peaks(m, w) for w in windows} for name, m in maps.items()}
         units = {w: (peaks["held"][w].mean(), peaks["held"][w].std()) for w in windows}
         labels = test.labels

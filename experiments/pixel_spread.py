@@ -37,8 +37,20 @@ def spreads(maps, p):
     for w in (p, 2 * p + 1):
         yield f"max {w}x{w}", F.max_pool2d(maps[:, None], w, 1, w // 2)[:, 0]
     for w in range(3, maps.shape[-1] // 4 + 2, 2):
-        mean = F.avg_pool2d(maps[:, None], w, 1, w // 2, count_include_pad=False)[:, 0]
-        yield f"larger of as is and mean {w}x{w}", torch.maximum(maps, mean)
+        yield f"larger of as is and mean {w}x{w}", nb.filled(maps, w)
+
+
+def draw(size, seed):
+    """The quick subjects' draw ``seed`` at ``size``: (test split, validation slices, ``maps``), ``maps(x)`` the
+    package's distance maps of images x against a bank of the other training subjects' slices (40 searched), with
+    the outline the validation slices choose."""
+    train, test = load_brain_subjects(size, seed, QUICK["train_subjects"], QUICK["test_subjects"])
+    val, trn = validation_split(len(train.images), TrainConfig(image_size=size), train.subjects)
+    bank, held = nb.bank_images(train.images[trn].float()), train.images[val].float()
+    described = nb.describe(bank)
+    outline = nb.choose_outline(nb.patch_distance_maps(held, bank, 40, 0, bank_description=described), held,
+                                nb.patch_geometry(size)[1])
+    return test, held, lambda x: nb.patch_distance_maps(x, bank, 40, outline, bank_description=described)
 
 
 def pixel_figures(maps, truth, inside):
@@ -52,22 +64,16 @@ def main():
     ap.add_argument("--seeds", default="0,1,2,3")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    p, r, _ = nb.patch_geometry(args.size)
+    p = nb.patch_geometry(args.size)[0]
     rows = {}
     for seed in map(int, args.seeds.split(",")):
-        train, test = load_brain_subjects(args.size, seed, QUICK["train_subjects"], QUICK["test_subjects"])
-        val, trn = validation_split(len(train.images), TrainConfig(image_size=args.size), train.subjects)
-        bank, held = nb.bank_images(train.images[trn].float()), train.images[val].float()
-        described = nb.describe(bank)
-        outline = nb.choose_outline(nb.patch_distance_maps(held, bank, 40, 0, bank_description=described), held, r)
+        test, held, distance_maps = draw(args.size, seed)
         sick = test.labels == 1
-        query = test.images[sick].float()
-        maps = nb.patch_distance_maps(query, bank, 40, outline, bank_description=described)
+        maps = distance_maps(test.images[sick].float())
         inside, truth = test.brain[sick, 0].bool(), test.lesions[sick, 0]
         foreign = nb.foreign_patches(held, 2 * len(held), seed=seed)
-        source = held[torch.arange(len(foreign)) % len(held)]
-        changed = (foreign != source).any(1)
-        fmaps = nb.patch_distance_maps(foreign, bank, 40, outline, bank_description=described)
+        changed = nb.changed_pixels(foreign, held)
+        fmaps = distance_maps(foreign)
         finside = ~nb.background(foreign)
         kinds = [k for k, sick_ in zip(test.kinds, sick.tolist()) if sick_]
         for name, m in spreads(maps, p):

@@ -90,8 +90,7 @@ class PatchGANMethod:
             m, s = maps_and_scores(self.model, x, cfg, patch_maps=near, scores=cfg.neighbour_weights[0] != 0)
             if cfg.neighbour_scales is not None:  # (eq. 5's scores are None where it weighs 0: not reconstructed)
                 distances = peaks(near, self.model.patch_window) if patches else self.model.neighbour_distances(x)
-                s = combine(distances.new_zeros(len(x)) if s is None else s, distances, cfg.neighbour_scales,
-                            cfg.neighbour_weights)
+                s = combine(s, distances, cfg.neighbour_scales, cfg.neighbour_weights)
             return s.cpu(), m.cpu()
 
         return _batched(one, images)

@@ -304,13 +304,18 @@ def choose_outline(maps: Tensor, images: Tensor, most: int, places: int = 3) -> 
     return e
 
 
-def combine(scores: Tensor, distances: Tensor, scales: tuple[float, float, float, float],
+def combine(scores: Optional[Tensor], distances: Tensor, scales: tuple[float, float, float, float],
             weights: tuple[float, float] = (1.0, 1.0)) -> Tensor:
     """The image score of a model with a feature bank: ``u * (scores - a) / b + v * (distances - c) / d`` with
     ``scales = (a, b, c, d)``, the mean and standard deviation of the normal validation images' eq. 5
-    scores and of their distances, and ``weights = (u, v)`` (:func:`choose_weights`)."""
+    scores and of their distances, and ``weights = (u, v)`` (:func:`choose_weights`). Where ``u`` is 0 eq. 5 adds
+    nothing, and ``scores`` may be None (not computed)."""
     a, b, c, d = scales
     u, v = weights
+    if scores is None:
+        if u:
+            raise ValueError(f"eq. 5 weighs {u:g} in this score: its scores are needed, got None")
+        return v * (distances - c) / d
     return u * (scores - a) / b + v * (distances.to(scores.device) - c) / d
 
 

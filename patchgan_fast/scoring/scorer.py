@@ -206,7 +206,7 @@ class Scorer:
                     places = self._places(x)
                     d = places.flatten(1).amax(1)
                     e = combine_patches(e, places, cfg.neighbour_scales, cfg.neighbour_weights, plan.patch_weights)
-                    s = combine(d.new_zeros(len(x)) if s is None else s, d, cfg.neighbour_scales, cfg.neighbour_weights)
+                    s = combine(s, d, cfg.neighbour_scales, cfg.neighbour_weights)
                 elif self._neighbours is not None:
                     s = combine(s, self._distances(x), cfg.neighbour_scales, cfg.neighbour_weights)
                 scores.append(s[:m])
