@@ -37,7 +37,8 @@ def warped(images, copies, amplitude, sigma, seed):
     out = []
     base = torch.stack(torch.meshgrid(torch.linspace(-1, 1, s), torch.linspace(-1, 1, s), indexing="ij")[::-1], -1)
     for _ in range(copies):
-        field = np.stack([ndimage.gaussian_filter(rng.standard_normal((n, s, s)), (0, sigma, sigma)) for _ in range(2)], -1)
+        field = np.stack([ndimage.gaussian_filter(rng.standard_normal((n, s, s)), (0, sigma, sigma))
+                          for _ in range(2)], -1)
         field *= amplitude / field.reshape(-1, 2).std(0).clip(1e-6)  # pixels
         grid = base + torch.from_numpy(field.astype(np.float32)) * (2 / (s - 1))
         out.append(F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True))
@@ -74,8 +75,9 @@ def main():
             row = [nb.auroc(s[labels == 0], s[labels == 1])]
             row += [nb.auroc(s[labels == 0], s[torch.tensor([k == kind for k in test.kinds])]) for kind in KINDS]
             row += [nb.auroc(score["held"], score["foreign"]), time.time() - t0]
+            copies = f"{int(setting[0])} warped cop{'y' if setting[0] == 1 else 'ies'}" if setting else ""
             name = "the package's bank" if setting is None else \
-                f"+ {int(setting[0])} warped cop{'y' if setting[0] == 1 else 'ies'}, {setting[1]:g} px, smooth {setting[2]:g} px"
+                f"+ {copies}, {setting[1]:g} px, smooth {setting[2]:g} px"
             rows.setdefault(name, []).append(row)
             print(f"seed {seed} {name}: {row[0]:.3f} foreign {row[-2]:.3f} ({row[-1]:.0f} s)", flush=True)
     print(f"\n{args.size}x{args.size}: image AUROC (mean over draws {args.seeds})\n")

@@ -301,14 +301,14 @@ def main():
                                            "normative", "context", "stack", "coherent",
                                            "augment", "describe", "deform", "predict", "window"))
     ap.add_argument("--seeds", default="0,1,2,3")
-    ap.add_argument("--size", type=int, default=64, help="128: the describe and window levers only (outline 2, as "
-                    "chosen there; describe: the pixels row alone)")
+    ap.add_argument("--size", type=int, default=64, help="128: the describe, window and quantiles levers only "
+                    "(outline 2, as chosen there; describe: the pixels row alone)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     print("| draw, scoring | image AUROC | per kind | pixel AUROC in the brain |\n|---|---|---|---|")
     for seed in map(int, args.seeds.split(",")):
-        if args.size != 64 and args.lever not in ("describe", "window"):
-            ap.error("--size other than 64 is for the describe and window levers")
+        if args.size != 64 and args.lever not in ("describe", "window", "quantiles"):
+            ap.error("--size other than 64 is for the describe, window and quantiles levers")
         e = 1 if args.size == 64 else 2
         train, test = load_brain_subjects(args.size, seed, QUICK["train_subjects"], QUICK["test_subjects"])
         val, trn = validation_split(len(train.images), TrainConfig(image_size=args.size), train.subjects)
@@ -325,9 +325,9 @@ def main():
             for k, both in ((40, False), (40, True), (10, True)):
                 near = torch.cdist(nb.describe(query), db).topk(k, 1, largest=False).indices
                 b = standardize(bank, qb, qb[self_d.topk(k, 1, largest=False).indices].mean(1)) if both else bank
-                m = nb.patch_distance_maps(standardize(query, quantiles(query), qb[near].mean(1)), b, 40, 1)
+                m = nb.patch_distance_maps(standardize(query, quantiles(query), qb[near].mean(1)), b, 40, e)
                 show(f"percentiles matched to the {k} most similar bank slices ({'bank too' if both else 'query'})",
-                     nb.peaks(m), m)
+                     nb.peaks(m, nb.peak_window(args.size)), m)
         elif args.lever == "noise":
             sd = noise_sd(query)
             print(f"the queries' noise estimates: {float(sd.min()):.3f} to {float(sd.max()):.3f} "
