@@ -165,7 +165,7 @@ def test_a_trained_tiny_model_finds_a_toy_anomaly():
     test = torch.cat([_toy(20, g), _toy(20, g, abnormal=True)])
     # one critic step per generator step and a quarter of the normals held out to pick the weights kept: over
     # seeds 0-7 at 2 threads and 0-5 at 1 thread this scores 0.90-1.0 (the critic stepping twice and a tenth held
-    # out: 0.70-1.0); an untrained generator scores 0.15-0.47
+    # out: 0.69-1.0); an untrained generator scores 0.15-0.47
     cfg = tiny(width=8, critic_width=8, res_blocks=6, steps=80, batch_size=16, lr=1e-3, val_every=20, critic_steps=1,
                val_fraction=0.25)
     model = SAGAN.fit(normal, cfg, unlabelled=pool)
