@@ -20,14 +20,10 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pixel_spread import distance, image_row, print_rows, split, three_maps  # this folder's: run as scripts
 from scipy import ndimage
 
-from patchgan_fast import TrainConfig
-from patchgan_fast.data.datasets.brain_subjects import QUICK, load_brain_subjects
-from patchgan_fast.models.schedule import validation_split
 from patchgan_fast.scoring import neighbours as nb
-
-KINDS = ("infarct", "ms", "small", "tumour")
 
 
 def warped(images, copies, amplitude, sigma, seed):
@@ -56,38 +52,21 @@ def main():
     settings = [None] + [tuple(float(v) for v in s.split(":")) for s in args.settings.split(",")]
     rows = {}
     for seed in map(int, args.seeds.split(",")):
-        train, test = load_brain_subjects(args.size, seed, QUICK["train_subjects"], QUICK["test_subjects"])
-        val, trn = validation_split(len(train.images), TrainConfig(image_size=args.size), train.subjects)
-        own, held = train.images[trn].float(), train.images[val].float()
-        foreign = nb.foreign_patches(held, 2 * len(held), seed=seed)
+        test, own, held = split(args.size, seed)
         window = nb.peak_window(args.size)
         for setting in settings:
             t0 = time.time()
             images = own if setting is None else torch.cat(
                 [own, warped(own, int(setting[0]), setting[1], setting[2], seed)])
-            bank = nb.bank_images(images)
-            described = nb.describe(bank)
-            outline = nb.choose_outline(nb.patch_distance_maps(held, bank, 40, 0, bank_description=described), held,
-                                        nb.patch_geometry(args.size)[1])
-            score = {name: nb.peaks(nb.patch_distance_maps(x, bank, 40, outline, bank_description=described), window)
-                     for name, x in (("held", held), ("test", test.images.float()), ("foreign", foreign))}
-            labels, s = test.labels, score["test"]
-            row = [nb.auroc(s[labels == 0], s[labels == 1])]
-            row += [nb.auroc(s[labels == 0], s[torch.tensor([k == kind for k in test.kinds])]) for kind in KINDS]
-            row += [nb.auroc(score["held"], score["foreign"]), time.time() - t0]
-            copies = f"{int(setting[0])} warped cop{'y' if setting[0] == 1 else 'ies'}" if setting else ""
-            name = "the package's bank" if setting is None else \
-                f"+ {copies}, {setting[1]:g} px, smooth {setting[2]:g} px"
+            maps = three_maps(test, held, distance(images, held), seed)
+            row = image_row({name: nb.peaks(m, window) for name, m in maps.items()}, test) + [time.time() - t0]
+            name = "the package's bank" if setting is None else (
+                f"+ {int(setting[0])} warped cop{'y' if setting[0] == 1 else 'ies'}, {setting[1]:g} px, "
+                f"smooth {setting[2]:g} px")
             rows.setdefault(name, []).append(row)
             print(f"seed {seed} {name}: {row[0]:.3f} foreign {row[-2]:.3f} ({row[-1]:.0f} s)", flush=True)
     print(f"\n{args.size}x{args.size}: image AUROC (mean over draws {args.seeds})\n")
-    print("| bank | image AUROC (per draw) | " + " | ".join(KINDS) + " | foreign patches | seconds |")
-    print("|---|---|" + "---|" * (len(KINDS) + 2))
-    for name, r in rows.items():
-        r = np.array(r)
-        each = " / ".join(f"{v:.3f}" for v in r[:, 0])
-        print(f"| {name} | {r[:, 0].mean():.3f} ({each}) | " + " | ".join(f"{v:.3f}" for v in r[:, 1:-1].mean(0))
-              + f" | {r[:, -1].mean():.0f} |")
+    print_rows("bank", rows, seconds=True)
 
 
 if __name__ == "__main__":

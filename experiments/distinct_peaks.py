@@ -15,14 +15,11 @@ Results: experiments/results/cpu-experiment-brain-subjects.md
 
 import argparse
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from pixel_spread import draw  # this folder's: run as scripts
+from pixel_spread import draw, image_row, print_rows, three_maps  # this folder's: run as scripts
 
 from patchgan_fast.scoring import neighbours as nb
-
-KINDS = ("infarct", "ms", "small", "tumour")
 
 
 def distinct_peaks(maps, window, k, gap):
@@ -59,28 +56,16 @@ def main():
     rows = {}
     for seed in map(int, args.seeds.split(",")):
         test, held, distance_maps = draw(args.size, seed)
-        foreign = nb.foreign_patches(held, 2 * len(held), seed=seed)
-        maps = {name: distance_maps(x) for name, x in (("held", held), ("test", test.images.float()),
-                                                        ("foreign", foreign))}
-        labels = test.labels
+        maps = three_maps(test, held, distance_maps, seed)
         for name, (k, w, gap, how) in sets.items():
             score = {}
             for n, m in maps.items():
                 top = distinct_peaks(m, w, k, max(gap, 1))
                 score[n] = top.mean(1) if how == "mean" else top[:, -1]
-            s = score["test"]
-            row = [nb.auroc(s[labels == 0], s[labels == 1])]
-            row += [nb.auroc(s[labels == 0], s[torch.tensor([kd == kind for kd in test.kinds])]) for kind in KINDS]
-            row.append(nb.auroc(score["held"], score["foreign"]))
-            rows.setdefault(name, []).append(row)
+            rows.setdefault(name, []).append(image_row(score, test))
         print(f"seed {seed} done", flush=True)
     print(f"\n{args.size}x{args.size}: image AUROC (mean over draws {args.seeds}); window {window}x{window}\n")
-    print("| score | image AUROC (per draw) | " + " | ".join(KINDS) + " | foreign patches |")
-    print("|---|---|" + "---|" * (len(KINDS) + 1))
-    for name, r in rows.items():
-        r = np.array(r)
-        each = " / ".join(f"{v:.3f}" for v in r[:, 0])
-        print(f"| {name} | {r[:, 0].mean():.3f} ({each}) | " + " | ".join(f"{v:.3f}" for v in r[:, 1:].mean(0)) + " |")
+    print_rows("score", rows)
 
 
 if __name__ == "__main__":

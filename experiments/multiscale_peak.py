@@ -16,13 +16,10 @@ Results: experiments/results/cpu-experiment-brain-subjects.md
 
 import argparse
 
-import numpy as np
 import torch
-from pixel_spread import draw  # this folder's: run as scripts
+from pixel_spread import draw, image_row, print_rows, three_maps  # this folder's: run as scripts
 
 from patchgan_fast.scoring import neighbours as nb
-
-KINDS = ("infarct", "ms", "small", "tumour")
 
 
 def main():
@@ -39,29 +36,16 @@ def main():
     rows = {}
     for seed in map(int, args.seeds.split(",")):
         test, held, distance_maps = draw(args.size, seed)
-        foreign = nb.foreign_patches(held, 2 * len(held), seed=seed)
-        maps = {name: distance_maps(x) for name, x in (("held", held), ("test", test.images.float()),
-                                                        ("foreign", foreign))}
+        maps = three_maps(test, held, distance_maps, seed)
         peaks = {name: {w: nb.peaks(m, w) for w in windows} for name, m in maps.items()}
         units = {w: (peaks["held"][w].mean(), peaks["held"][w].std()) for w in windows}
-        labels = test.labels
         for name, ws in sets.items():
             score = {n: torch.stack([(peaks[n][w] - units[w][0]) / units[w][1] for w in ws]).amax(0)
                      for n in ("held", "test", "foreign")}
-            row = [nb.auroc(score["test"][labels == 0], score["test"][labels == 1])]
-            for kind in KINDS:
-                sel = torch.tensor([k == kind for k in test.kinds])
-                row.append(nb.auroc(score["test"][labels == 0], score["test"][sel]))
-            row.append(nb.auroc(score["held"], score["foreign"]))
-            rows.setdefault(name, []).append(row)
+            rows.setdefault(name, []).append(image_row(score, test))
         print(f"seed {seed} done", flush=True)
     print(f"\n{args.size}x{args.size}: image AUROC (mean over draws {args.seeds}); the package's window {base}x{base}\n")
-    print("| score | image AUROC (per draw) | " + " | ".join(KINDS) + " | foreign patches |")
-    print("|---|---|" + "---|" * (len(KINDS) + 1))
-    for name, r in rows.items():
-        r = np.array(r)
-        each = " / ".join(f"{v:.3f}" for v in r[:, 0])
-        print(f"| {name} | {r[:, 0].mean():.3f} ({each}) | " + " | ".join(f"{v:.3f}" for v in r[:, 1:].mean(0)) + " |")
+    print_rows("score", rows)
 
 
 if __name__ == "__main__":

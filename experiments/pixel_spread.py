@@ -40,17 +40,60 @@ def spreads(maps, p):
         yield f"larger of as is and mean {w}x{w}", nb.filled(maps, w)
 
 
-def draw(size, seed):
-    """The quick subjects' draw ``seed`` at ``size``: (test split, validation slices, ``maps``), ``maps(x)`` the
-    package's distance maps of images x against a bank of the other training subjects' slices (40 searched), with
-    the outline the validation slices choose."""
+KINDS = ("infarct", "ms", "small", "tumour")
+
+
+def split(size, seed):
+    """The quick subjects' draw ``seed`` at ``size``: (test split, the bank's training slices, validation slices)."""
     train, test = load_brain_subjects(size, seed, QUICK["train_subjects"], QUICK["test_subjects"])
     val, trn = validation_split(len(train.images), TrainConfig(image_size=size), train.subjects)
-    bank, held = nb.bank_images(train.images[trn].float()), train.images[val].float()
+    return test, train.images[trn].float(), train.images[val].float()
+
+
+def distance(own, held):
+    """``maps(x)``: the package's distance maps of images x against a bank of the slices ``own`` (40 searched), with
+    the outline the validation slices ``held`` choose."""
+    bank = nb.bank_images(own)
     described = nb.describe(bank)
     outline = nb.choose_outline(nb.patch_distance_maps(held, bank, 40, 0, bank_description=described), held,
-                                nb.patch_geometry(size)[1])
-    return test, held, lambda x: nb.patch_distance_maps(x, bank, 40, outline, bank_description=described)
+                                nb.patch_geometry(held.shape[-1])[1])
+    return lambda x: nb.patch_distance_maps(x, bank, 40, outline, bank_description=described)
+
+
+def draw(size, seed):
+    """(test split, validation slices, ``maps``): :func:`split`'s draw and its bank's :func:`distance`."""
+    test, own, held = split(size, seed)
+    return test, held, distance(own, held)
+
+
+def three_maps(test, held, maps, seed):
+    """{"held", "test", "foreign"}: ``maps`` of the validation slices, of the test images and of foreign patches
+    pasted into the validation slices (what normal data alone can choose on)."""
+    foreign = nb.foreign_patches(held, 2 * len(held), seed=seed)
+    return {name: maps(x) for name, x in (("held", held), ("test", test.images.float()), ("foreign", foreign))}
+
+
+def image_row(score, test):
+    """[image AUROC, AUROC per kind of :data:`KINDS`, foreign patches' AUROC] of image scores ``score`` (a dict as
+    :func:`three_maps`'s)."""
+    s, labels = score["test"], test.labels
+    row = [nb.auroc(s[labels == 0], s[labels == 1])]
+    row += [nb.auroc(s[labels == 0], s[torch.tensor([k == kind for k in test.kinds])]) for kind in KINDS]
+    return row + [nb.auroc(score["held"], score["foreign"])]
+
+
+def print_rows(first, rows, seconds=False):
+    """The table of :func:`image_row`'s rows per draw, ``rows`` {name: [row per draw]}: the mean image AUROC (each
+    draw's in brackets) and the mean of the rest; ``seconds``: each row ends in a time, averaged last."""
+    print(f"| {first} | image AUROC (per draw) | " + " | ".join(KINDS) + " | foreign patches |"
+          + (" seconds |" if seconds else ""))
+    print("|---|---|" + "---|" * (len(KINDS) + 1 + seconds))
+    for name, r in rows.items():
+        r = np.array(r)
+        each = " / ".join(f"{v:.3f}" for v in r[:, 0])
+        rest = r[:, 1:-1] if seconds else r[:, 1:]
+        print(f"| {name} | {r[:, 0].mean():.3f} ({each}) | " + " | ".join(f"{v:.3f}" for v in rest.mean(0)) + " |"
+              + (f" {r[:, -1].mean():.0f} |" if seconds else ""))
 
 
 def pixel_figures(maps, truth, inside):
