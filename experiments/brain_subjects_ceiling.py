@@ -1,7 +1,7 @@
 """Experiment (issue 26): how detectable are the registered subjects' lesions at all, and does a detector trained
-on misplaced normal tissue alone find them?
+on misplaced normal tissue, or on generic local intensity anomalies, alone find them?
 
-Two small U-Nets (the package's Reconstructor with skips, one output channel read as pixel logits) train on the
+Small U-Nets (the package's Reconstructor with skips, one output channel read as pixel logits) train on the
 quick setting's training subjects to segment what was changed in a slice, half of each batch changed:
 
 - ``lesions`` (a ceiling, not a method): the lesions of the test split's generator (``brain_lesions.draw``, the
@@ -14,13 +14,17 @@ quick setting's training subjects to segment what was changed in a slice, half o
   share 0.3-1) at a random place of the slice's brain; half of the time from the slice itself. The target is the
   pixels the blend changed by more than ``brain_lesions.TOLERANCE``. No lesion kind of the generator is seen, so
   every kind in the test split is one it never saw.
+- ``intensity`` (self-supervised, from normal slices alone; DRAEM, Zavrtanik et al. 2021, and natural synthetic
+  anomalies, Schlüter et al. 2022): an irregular region (1 pixel to a sixth of the side across, soft edge) whose
+  low-pass part is made darker or brighter, homogeneous, textured or blurred, its noise kept (``_intensity_one``).
+  No lesion kind's shape, placement, mass effect or multiplicity is drawn.
 
-Both are scored on the quick test split exactly as the benchmark scores the Patch-GAN (image score: the largest
+All are scored on the quick test split exactly as the benchmark scores the Patch-GAN (image score: the largest
 3x3 mean of the pixel map; the per-kind AUROCs, pixel AUROC in the brain). No test image or label is used for any
 choice; the steps are fixed in advance.
 
-    python experiments/brain_subjects_ceiling.py {lesions,foreign} [--size 64] [--steps 1500] [--crop SIDE]
-        # 64x64: about 7 minutes on 2 CPU cores; --size 128 --crop 64 about as long
+    python experiments/brain_subjects_ceiling.py {lesions,foreign,intensity} [--size 64] [--steps 1500] [--crop SIDE]
+        # 64x64: about 7 minutes on 2 CPU cores; --size 128 --crop 64 about as long; 4,000 steps 18-21 minutes
 
 Results: experiments/results/cpu-experiment-brain-subjects.md
 """
@@ -55,9 +59,10 @@ def lesioned_training_slices(size, seed, subjects, copies):
             torch.from_numpy(np.concatenate(masks)).float()[:, None])
 
 
-def blob(rng, size):
-    """An irregular region: a thresholded smooth noise field inside an ellipse, [S, S] bool."""
-    r = np.exp(rng.uniform(np.log(1.0), np.log(size / 12)))
+def blob(rng, size, largest=None):
+    """An irregular region: a thresholded smooth noise field inside an ellipse (radius 1 pixel to ``largest``, a
+    twelfth of the side unless given), [S, S] bool."""
+    r = np.exp(rng.uniform(np.log(1.0), np.log(largest or size / 12)))
     ry, rx = r * rng.uniform(0.6, 1.4), r * rng.uniform(0.6, 1.4)
     yy, xx = np.mgrid[0:size, 0:size] - size / 2
     theta = rng.uniform(0, np.pi)
@@ -89,6 +94,44 @@ def foreign(x, brain, rng):
     return out, target
 
 
+def _intensity_one(before, inside, rng):
+    """One slice [S, S] with one local intensity anomaly: (image, changed pixels)."""
+    s = before.shape[-1]
+    ys, xs = np.nonzero(inside)
+    j = int(rng.integers(len(ys)))
+    region = np.roll(blob(rng, s, largest=s / 6), (ys[j] - s // 2, xs[j] - s // 2), (0, 1)) & inside
+    alpha = np.clip(ndimage.gaussian_filter(region.astype(np.float64), rng.uniform(0.3, 1.5)), 0, 1)
+    low = ndimage.gaussian_filter(before, 1.0)
+    kind = rng.integers(4)
+    if kind == 0:  # darker or brighter by 15-60 %
+        new = low * (1 + rng.choice((-1, 1)) * rng.uniform(0.15, 0.6))
+    elif kind == 1:  # homogeneous: the region's mean times 0.3-1.6
+        new = np.full_like(low, low[region].mean() * rng.uniform(0.3, 1.6) if region.any() else 0.0)
+    elif kind == 2:  # a smooth texture of 5-25 % of the brain's mean
+        field = ndimage.gaussian_filter(rng.standard_normal((s, s)), rng.uniform(0.7, 2.5))
+        new = low + field / max(field.std(), 1e-6) * rng.uniform(0.05, 0.25) * before[inside].mean()
+    else:  # the region blurred (lost structure)
+        new = ndimage.gaussian_filter(low, rng.uniform(1.5, 4.0))
+    after = np.clip(before + alpha * (new - low), 0, 1)
+    return after, np.abs(after - before) > TOLERANCE
+
+
+def intensity(x, brain, rng):
+    """``x`` [B, 1, S, S] with one local intensity anomaly each (``intensity`` in the module docstring): (images,
+    changed-pixel masks). The slice's low-pass part (sigma 1 pixel) is changed inside a soft irregular region and its
+    high-pass part (the noise, the finest texture) kept, so no region is told by missing noise."""
+    b, _, s, _ = x.shape
+    out, target = x.clone(), torch.zeros_like(x)
+    for i in range(b):
+        for _ in range(10):  # drawn again while it changes nothing (a faint change in a tiny region)
+            after, changed = _intensity_one(x[i, 0].numpy().astype(np.float64), brain[i, 0].numpy(), rng)
+            if changed.any():
+                break
+        out[i, 0] = torch.from_numpy(after.astype(np.float32))
+        target[i, 0] = torch.from_numpy(changed.astype(np.float32))
+    return out, target
+
+
 def crop(x, target, brain, side, rng):
     """Crops of ``side`` pixels of each slice: around a pixel of its target where it has one, else around a brain
     pixel (a fully convolutional net trained on crops scores whole slices)."""
@@ -107,7 +150,7 @@ def crop(x, target, brain, side, rng):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("anomalies", choices=("lesions", "foreign"))
+    ap.add_argument("anomalies", choices=("lesions", "foreign", "intensity"))
     ap.add_argument("--size", type=int, default=QUICK["size"])
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=32)
@@ -134,7 +177,8 @@ def main() -> None:
             j = torch.from_numpy(rng.integers(len(sick), size=half))
             x[:half], target[:half] = sick[j], sick_masks[j]
         else:
-            x[:half], target[:half] = foreign(x[:half], train.brain[idx[:half]], rng)
+            make = foreign if args.anomalies == "foreign" else intensity
+            x[:half], target[:half] = make(x[:half], train.brain[idx[:half]], rng)
         if args.crop:
             x, target = crop(x, target, train.brain[idx], args.crop, rng)
         train_step(net, opt, x, target, half, step, args.steps, t0)
