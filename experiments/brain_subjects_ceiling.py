@@ -15,7 +15,7 @@ quick setting's training subjects to segment what was changed in a slice, half o
   pixels the blend changed by more than ``brain_lesions.TOLERANCE``. No lesion kind of the generator is seen, so
   every kind in the test split is one it never saw.
 - ``intensity`` (self-supervised, from normal slices alone; DRAEM, Zavrtanik et al. 2021, and natural synthetic
-  anomalies, Schlüter et al. 2022): an irregular region (1 pixel to a sixth of the side across, soft edge) whose
+  anomalies, Schlüter et al. 2022): an irregular region (2 pixels to a third of the side across, soft edge) whose
   low-pass part is made darker or brighter, homogeneous, textured or blurred, its noise kept (``_intensity_one``).
   No lesion kind's shape, placement, mass effect or multiplicity is drawn.
 
