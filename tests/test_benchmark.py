@@ -189,3 +189,17 @@ def test_an_interrupted_run_resumes_without_training_finished_models_again(tmp_p
     calls.clear()  # other images under the same name are new data: nothing is reused
     write_fashion_mnist(tmp_path, 60, 40, seed=5)
     assert main(args + [str(out), "--resume"]) == 0 and len(calls) == 4
+
+
+def test_a_finished_model_is_reused_when_only_settings_it_does_not_use_change():
+    from patchgan_fast.models import TrainConfig
+
+    def key(name, **changes):
+        config = TrainConfig(**{"image_size": 32, "patch_size": 8, "steps": 5, **changes})
+        return benchmark._job_key((name, config, {}, None, None, 0, False, True, None, None), "data")
+
+    assert key("patchgan") != key("patchgan", neighbours="patches")  # the Patch-GAN scores with its bank
+    assert key("ae") == key("ae", neighbours="patches", ranking="none")  # the AE has neither
+    assert key("ae") != key("ae", steps=6) and key("fanogan") != key("fanogan", width=8)
+    assert key("ocsvm") == key("ocsvm", steps=6, width=8) != key("ocsvm", seed=1)  # raw pixels: only its sample's seed
+    assert key("threshold") == key("threshold", seed=1)

@@ -36,6 +36,11 @@ def _batched(fn, images: Tensor, batch: int = 256):
     return scores, maps
 
 
+#: A config's feature-bank fields as for a model without one (the AE, ALOCC): their settings say nothing of a bank.
+_NO_BANK = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in ("neighbours", "neighbour_k",
+                                                                                     "neighbour_bank")}
+
+
 class PatchGANMethod:
     """The Patch-GAN: masked reconstruction, ranked patch errors (eq. 5)."""
 
@@ -154,7 +159,7 @@ class AutoencoderMethod(PatchGANMethod):
     def __init__(self, config: TrainConfig):
         super().__init__(dataclasses.replace(config, layout="none", num_copies=1, box_count=(0, 0), loss="reconstruction",
                                              rec_weight=None, adv_weight=None, skips=False, ranking="none",
-                                             position_weights=False, error="mse", neighbours=None))
+                                             position_weights=False, error="mse", **_NO_BANK))
 
     def fit(self, images: Tensor, groups: Optional[Sequence] = None) -> "AutoencoderMethod":  # no adversarial term:
         return super().fit(images, groups=groups)  # nothing to learn from a pool
@@ -168,7 +173,7 @@ class ALOCCMethod(PatchGANMethod):
 
     def __init__(self, config: TrainConfig):
         super().__init__(dataclasses.replace(config, layout="none", num_copies=1, loss="paper", rec_weight=None,
-                                             adv_weight=None, skips=False, neighbours=None))
+                                             adv_weight=None, skips=False, **_NO_BANK))
 
     def fit(self, images: Tensor, groups: Optional[Sequence] = None) -> "ALOCCMethod":  # one-class, as published
         return super().fit(images, groups=groups)

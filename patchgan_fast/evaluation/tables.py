@@ -214,10 +214,24 @@ def _digest(*tensors: Optional[torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def _settings(method) -> dict:
+    """What a method set up by :func:`get_method` will train and score with: its own config (the benchmark's
+    ``TrainConfig`` as the method changed it, e.g. the AE's without masks or a feature bank) and its plain
+    hyperparameters. Fields of the benchmark's config that a method does not use are not in it, so that changing
+    them (say the Patch-GAN's ``neighbours``) does not train that method again."""
+    out = {}
+    for k, v in sorted(vars(method).items()):
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            out[k] = dataclasses.asdict(v)
+        elif v is None or isinstance(v, (bool, int, float, str, tuple)):
+            out[k] = v
+    return out
+
+
 def _job_key(job: tuple, data: str) -> Optional[str]:
-    """What a job's result depends on: the method, its config and options, the data (``data``, a digest of
-    the group's tensors), the device kind and the versions. None where that cannot be told (a feature
-    network passed as a module): such a job is never reused."""
+    """What a job's result depends on: the method, the settings it takes from the config and its options
+    (:func:`_settings`), the data (``data``, a digest of the group's tensors), the device kind and the versions.
+    None where that cannot be told (a feature network passed as a module): such a job is never reused."""
     name, config, options, _, _, _, scoring_ablations, need_maps, pool, groups = job
     perceptual = options.get("perceptual")
     if perceptual is not None and not isinstance(perceptual, str):
@@ -226,7 +240,8 @@ def _job_key(job: tuple, data: str) -> Optional[str]:
         st = Path(perceptual).stat()
         perceptual = (str(Path(perceptual).resolve()), st.st_size, st.st_mtime_ns)
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    key = (__version__, torch.__version__, device, name, dataclasses.asdict(config), perceptual,
+    settings = _settings(get_method(name, config, **{k: v for k, v in options.items() if k != "perceptual"}))
+    key = (__version__, torch.__version__, device, name, settings, perceptual,
            scoring_ablations and _SCORING_REVISION, need_maps, pool is not None, groups is not None, data)
     return hashlib.sha256(repr(key).encode()).hexdigest()[:32]
 
