@@ -258,7 +258,7 @@ def _run_methods(
     test image to the list ``per_image[method]``.
 
     Every finished job's result is written to the folder ``cache`` as soon as it is done, and
-    a job whose result is already there (same method, config, data, device and versions) is not run
+    a job whose result is already there (same method, settings it uses, data, device and versions) is not run
     again: an interrupted benchmark, rerun with --resume, goes on where it stopped."""
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
     work, index = [], []  # index: (group, row label, Table 2 variant or None)
