@@ -12,6 +12,7 @@ from helpers import write_brain_templates, write_fashion_mnist
 
 from patchgan_fast.evaluation import tables as benchmark
 from patchgan_fast.cli import main
+from patchgan_fast.models import TrainConfig
 
 nib = pytest.importorskip("nibabel")
 
@@ -192,8 +193,6 @@ def test_an_interrupted_run_resumes_without_training_finished_models_again(tmp_p
 
 
 def test_a_finished_model_is_reused_when_only_settings_it_does_not_use_change():
-    from patchgan_fast.models import TrainConfig
-
     def key(name, **changes):
         config = TrainConfig(**{"image_size": 32, "patch_size": 8, "steps": 5, **changes})
         return benchmark._job_key((name, config, {}, None, None, 0, False, True, None, None), "data")
