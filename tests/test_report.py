@@ -12,6 +12,7 @@ from PIL import Image
 
 from patchgan_fast import PatchGAN, TrainConfig
 from patchgan_fast.app.screening import screen
+from patchgan_fast.evaluation import image_metrics
 from patchgan_fast.models.files import reconstruction
 
 
@@ -101,4 +102,7 @@ def test_the_demo_runs_end_to_end_on_the_brain_data(tmp_path, capsys):
             y, x = int(r["top_y"]), int(r["top_x"])
             on_lesion += bool((np.array(Image.open(mask))[y:y + 8, x:x + 8] > 0).any())
     assert f"scores.csv's top patch lies on the lesion in {on_lesion} of the {len(masks)} slices with one" in printed
+    # the AUROC the demo prints for the shipped score is that of the scores the screening wrote
+    auroc = image_metrics([float(r["score"]) for r in rows], ["normal" not in r["path"] for r in rows])["auroc"]
+    assert f"image AUROC, eq. 5 + nearest patches (shipped):   {auroc:.3f}" in printed
     assert "| truth" in (out / "screening" / "report.html").read_text()

@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import image_key, read_images
+from ..data import image_key, read_images, to_uint8
 from ..data.datasets.brain_subjects import FOV_MM, QUICK, load_brain_subjects
 from ..evaluation import image_metrics, plot_distributions, plot_roc
 from ..evaluation.tables import brain_figures
 from ..models import PatchGAN, TrainConfig
 from ..scoring import score_batch
 from ..scoring.batch import maps_and_scores
+from ..scoring.neighbours import peak_window, peaks
 from .errors import UsageError
 from .records import printable
 from .report import score_weights
@@ -115,20 +116,24 @@ def run(args) -> int:
                     for r in rows if "normal" not in r["path"])
     print(f"scores.csv's top patch lies on the lesion in {on_lesion} of the {lesioned} slices with one")
 
-    # the same images as the screening read them, for the comparisons below
-    images = torch.stack([read_images(slices / n)[0].pixels for n in names]).to(device)
+    # the same images as the screening scored them (as uint8), for the comparisons below: the shipped scores as the
+    # screening wrote them; the bank searched once more for the distance maps, which the eq. 5 maps reuse
+    images = torch.stack([to_uint8(read_images(slices / n)[0].pixels) for n in names]).to(device)
     keys = torch.tensor([image_key(str(slices / n), None) for n in names], device=device)
     labels = test.labels.tolist()
-    shipped = score_batch(model, images, keys=keys)
-    heat, ranked = (t.cpu() for t in maps_and_scores(model, images, keys=keys))  # the maps and eq. 5's scores
+    written = {Path(r["path"]).name: float(r["score"]) for r in rows}
+    shipped = torch.tensor([written[n] for n in names])
+    near = model.patch_distance_maps(images)
+    heat, ranked = (t.cpu() for t in maps_and_scores(model, images, keys=keys, patch_maps=near))
     eq5 = dataclasses.replace(model.score_config, neighbour_scales=None)
     unranked = score_batch(model, images, eq5.with_ranking("none"), keys=keys).scores.cpu()
-    figures = brain_figures(shipped.scores.cpu(), heat, test)  # the benchmark's brain MRI figures
-    curves = {"eq. 5 + nearest patches (shipped)": shipped.scores.cpu(), "eq. 5, ranked (paper 1.1, 1.0)": ranked,
-              "eq. 5, unranked (sum)": unranked, "nearest patches alone": shipped.neighbour_distances.cpu()}
+    nearest = peaks(near, model.patch_window or peak_window(args.size)).cpu()
+    figures = brain_figures(shipped, heat, test)  # the benchmark's brain MRI figures
+    curves = {"eq. 5 + nearest patches (shipped)": shipped, "eq. 5, ranked (paper 1.1, 1.0)": ranked,
+              "eq. 5, unranked (sum)": unranked, "nearest patches alone": nearest}
     plot_roc({k: (v.tolist(), labels) for k, v in curves.items()}, out / "roc.png", "brain MRI, lesions")
-    plot_distributions(shipped.scores.cpu().tolist(), labels, out / "scores.png", "brain MRI, scores")
-    order = torch.argsort(shipped.scores.cpu(), descending=True)[:10].tolist()
+    plot_distributions(shipped.tolist(), labels, out / "scores.png", "brain MRI, scores")
+    order = torch.argsort(shipped, descending=True)[:10].tolist()
 
     print()
     for name, scores in curves.items():
