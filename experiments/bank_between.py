@@ -18,7 +18,7 @@ import argparse
 import time
 
 import torch
-from pixel_spread import image_row, print_rows, three_maps, distance  # this folder's: run as scripts
+from pixel_spread import distance, image_row, print_rows, three_maps  # this folder's: run as scripts
 
 from patchgan_fast import TrainConfig
 from patchgan_fast.data.datasets.brain_subjects import QUICK, load_brain_subjects
