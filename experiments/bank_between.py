@@ -44,14 +44,13 @@ def main():
     ap.add_argument("--seeds", default="0,1,2,3")
     ap.add_argument("--settings", default="0.5:2,0.5:6,0.333/0.667:6",
                     help="weights (slash separated):largest gap in mm, comma separated")
-    ap.add_argument("--subjects", type=int, default=QUICK["train_subjects"])
     args = ap.parse_args()
     torch.set_num_threads(2)
     settings = [None] + [(tuple(float(w) for w in s.split(":")[0].split("/")), float(s.split(":")[1]))
                          for s in args.settings.split(",")]
     rows = {}
     for seed in map(int, args.seeds.split(",")):
-        train, test = load_brain_subjects(args.size, seed, args.subjects, QUICK["test_subjects"])
+        train, test = load_brain_subjects(args.size, seed, QUICK["train_subjects"], QUICK["test_subjects"])
         val, trn = validation_split(len(train.images), TrainConfig(image_size=args.size), train.subjects)
         own, held = train.images[trn].float(), train.images[val].float()
         window = nb.peak_window(args.size)
