@@ -9,9 +9,9 @@
 # carried wheels and data, the build) is scripts/gpu_env.sh.
 #
 # The benchmarks run with --resume and stop themselves after BUDGET seconds (default 540, inside one
-# 10-minute device call): every model finished by then is in benchmarks/results/NAME-DATASET/jobs/
-# (packed into $OUT/NAME-DATASET.tar.gz when OUT is set, tables or not: a device machine returns only a few
-# files). To go on, unpack them in place (on a fresh machine: pass the folders with the device tool's carry)
+# 10-minute device call): every model finished by then is in benchmarks/results/NAME-DATASET/jobs/, and the
+# training checkpoint of each one stopped mid-way in jobs/KEY.partial/ (packed into $OUT/NAME-DATASET.tar.gz when
+# OUT is set, tables or not: a device machine returns only a few files). To go on, unpack them in place (on a fresh machine: pass the folders with the device tool's carry)
 # and run this again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,8 +27,9 @@ for dataset in fashion-mnist brain-mri; do
     exit 3
   fi
   status=0
-  # SIGTERM stops the benchmark as Ctrl-C does (it terminates its workers; every finished model is
-  # already on disk); SIGINT would do nothing where a non-interactive shell started the script in the background
+  # SIGTERM stops the benchmark as Ctrl-C does (it terminates its workers, each after its step under way with
+  # a checkpoint; every finished model is already on disk); SIGINT would do nothing where a non-interactive
+  # shell started the script in the background
   timeout -k 30 --signal=TERM "$left" $PY -m patchgan_fast.cli benchmark "$dataset" --jobs "$jobs" --resume \
     --methods patchgan,ae,ocsvm,alocc,fanogan,perceptual_ae,threshold --out "$out" || status=$?
   if [ -n "${OUT:-}" ] && [ -d "$out" ]; then tar -czf "$OUT/$name-$dataset.tar.gz" -C "$(dirname "$out")" "$(basename "$out")"; fi

@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 from helpers import write_brain_templates, write_fashion_mnist
 
+from patchgan_fast.evaluation import baselines
 from patchgan_fast.evaluation import tables as benchmark
 from patchgan_fast.cli import main
-from patchgan_fast.models import TrainConfig
+from patchgan_fast.models import TrainConfig, training
 
 nib = pytest.importorskip("nibabel")
 
@@ -143,13 +144,24 @@ def test_jobs_train_side_by_side_with_the_same_results(tmp_path):
 
 
 def test_a_stopped_pool_worker_exits_quietly(monkeypatch):
-    def stopped(job):  # a worker's training stopped by the pool's terminate (SIGTERM) or by Ctrl-C
+    def stopped(job, partial):  # a worker's training stopped by the pool's terminate (SIGTERM) or by Ctrl-C
         raise KeyboardInterrupt("stopped by signal 15 at step 3")
 
     monkeypatch.setattr(benchmark, "_train_and_score", stopped)
     with pytest.raises(SystemExit) as e:  # multiprocessing prints no traceback for SystemExit
-        benchmark._indexed((0, ("patchgan",)))
+        benchmark._indexed((0, ("patchgan",), None))
     assert e.value.code == 130
+
+
+def test_a_pool_worker_turns_sigterm_into_an_interrupt_that_training_loops_checkpoint_on():
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        benchmark._worker_start()
+        with pytest.raises(KeyboardInterrupt, match="stopped by signal 15"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.sigtimedwait([], 1)  # (the handler runs here at the latest)
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def test_an_interrupted_run_resumes_without_training_finished_models_again(tmp_path, monkeypatch):
@@ -159,20 +171,20 @@ def test_an_interrupted_run_resumes_without_training_finished_models_again(tmp_p
     assert main(args + [str(tmp_path / "whole")]) == 0
     real, calls = benchmark._train_and_score, []
 
-    def interrupted_at_the_third(job):  # by SIGTERM (as `timeout` or a scheduler stops a run), which Ctrl-C shares
-        if len(calls) == 2:
+    def interrupted_at_the_third(job, partial=None):  # by SIGTERM (as `timeout` or a scheduler stops a run), which
+        if len(calls) == 2:  # Ctrl-C shares
             os.kill(os.getpid(), signal.SIGTERM)
         calls.append(job[0])
-        return real(job)
+        return real(job, partial)
 
     monkeypatch.setattr(benchmark, "_train_and_score", interrupted_at_the_third)
     out = tmp_path / "out"
     assert main(args + [str(out)]) == 130
     assert len(list((out / "jobs").glob("*.pt"))) == 2 and not list((out / "jobs").glob("*.tmp"))
 
-    def counted(job):
+    def counted(job, partial=None):
         calls.append(job[0])
-        return real(job)
+        return real(job, partial)
 
     monkeypatch.setattr(benchmark, "_train_and_score", counted)
     calls.clear()
@@ -190,6 +202,46 @@ def test_an_interrupted_run_resumes_without_training_finished_models_again(tmp_p
     calls.clear()  # other images under the same name are new data: nothing is reused
     write_fashion_mnist(tmp_path, 60, 40, seed=5)
     assert main(args + [str(out), "--resume"]) == 0 and len(calls) == 4
+
+
+def test_a_model_stopped_mid_training_goes_on_from_its_checkpoint_on_resume(tmp_path, monkeypatch):
+    write_fashion_mnist(tmp_path, 60, 40, seed=4)
+    args = ["benchmark", "fashion-mnist", "--quick", "--classes", "1", "--steps", "3", "--data", str(tmp_path),
+            "--methods", "patchgan,fanogan", "--out"]
+    assert main(args + [str(tmp_path / "whole")]) == 0
+    out, jobs = tmp_path / "out", tmp_path / "out" / "jobs"
+    real_step, real_done, steps = training.train_step, baselines._Resumable.step_done, []
+
+    def patchgan_step(*a, **k):  # SIGTERM in the middle of the Patch-GAN's second step
+        steps.append(a[-2])
+        if len(steps) == 2 and signalling:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(*a, **k)
+
+    def fanogan_step(run):  # and of f-AnoGAN's second generator step
+        if run.done == 1 and signalling:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_done(run)
+
+    monkeypatch.setattr(training, "train_step", patchgan_step)
+    monkeypatch.setattr(baselines._Resumable, "step_done", fanogan_step)
+    signalling = True
+    assert main(args + [str(out)]) == 130  # stopped in the Patch-GAN's training: its checkpoint is kept
+    assert [p.name for p in jobs.glob("*.partial/*")] == [training.CHECKPOINT] and not list(jobs.glob("*.pt"))
+    steps.clear()
+    assert main(args + [str(out), "--resume"]) == 130  # the Patch-GAN goes on (its third step), then f-AnoGAN stops
+    assert steps[0] == 2 and len(list(jobs.glob("*.pt"))) == 1
+    assert [p.name for p in jobs.glob("*.partial/*")] == [baselines.CHECKPOINT]
+    signalling = False
+    steps.clear()
+    assert main(args + [str(out), "--resume"]) == 0 and steps == []  # the Patch-GAN is not trained again
+    assert not list(jobs.glob("*.partial")) and len(list(jobs.glob("*.pt"))) == 2
+
+    def figures(folder):
+        return {(r["metric"], r["config"]["method"], r["config"].get("variant")): r["value"]
+                for r in json.loads((folder / "results.json").read_text()) if r["unit"] == "ratio"}
+
+    assert figures(out) == figures(tmp_path / "whole")  # as though never stopped
 
 
 def test_a_finished_model_is_reused_when_only_settings_it_does_not_use_change():

@@ -2,6 +2,8 @@
 
 import copy
 import dataclasses
+import os
+import signal
 
 import pytest
 import torch
@@ -9,6 +11,7 @@ from helpers import blobs
 from sklearn.metrics import roc_auc_score
 
 from patchgan_fast import TrainConfig, error_maps, score_batch
+from patchgan_fast.evaluation import baselines
 from patchgan_fast.evaluation.methods import REGISTRY, get_method
 from patchgan_fast.models.schedule import bank_choice
 from patchgan_fast.scoring.neighbours import filled
@@ -182,3 +185,55 @@ def test_anogan_searches_each_query_alone_and_scores_the_paper_way():
     torch.testing.assert_close(s, m.flatten(1).sum(1), rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="anogan: expected latent_steps a positive int, got 0"):
         get_method("anogan", CONFIG, latent_steps=0)
+
+
+def _parameters(method) -> list[torch.Tensor]:
+    nets = [method.ae] if hasattr(method, "ae") else [method.G, method.D] + ([method.E] if hasattr(method, "E") else [])
+    return [p.detach().clone() for net in nets for p in net.state_dict().values()]
+
+
+# f-AnoGAN trains 3 generator steps (5 critic batches each), then 3 encoder steps: stopped in either phase; starts:
+# the first batch each loop of the resumed fit draws
+@pytest.mark.parametrize("name, stop_after, starts", [("fanogan", 1, [5, 0]), ("fanogan", 4, [15, 1]),
+                                                      ("anogan", 2, [2]), ("perceptual_ae", 2, [2])])
+def test_a_baseline_stopped_mid_training_continues_exactly_where_it_stopped(tmp_path, monkeypatch, name, stop_after,
+                                                                             starts):
+    config = dataclasses.replace(CONFIG, steps=3, batch_size=4)
+    images, queries = blobs(12), blobs(4, seed=5)
+    whole = get_method(name, config).fit(images)
+    real = baselines._Resumable.step_done
+
+    def signalled(run):  # SIGTERM (as `timeout` or a scheduler stops a run) in the middle of a step
+        if run.done == stop_after - 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real(run)
+
+    monkeypatch.setattr(baselines._Resumable, "step_done", signalled)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match=rf"{name}: stopped by signal 15 after step {stop_after} of "
+                                                rf"{6 if name == 'fanogan' else 3}; fit again with checkpoint_dir="):
+        get_method(name, config).fit(images, checkpoint_dir=str(tmp_path))
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+    saved = torch.load(tmp_path / baselines.CHECKPOINT, weights_only=True)
+    assert saved["done"] == stop_after
+    monkeypatch.setattr(baselines._Resumable, "step_done", real)
+    drawn = []
+    monkeypatch.setattr(baselines, "_batches", lambda *a, _b=baselines._batches: drawn.append(a[-1]) or _b(*a))
+    resumed = get_method(name, config).fit(images, checkpoint_dir=str(tmp_path))
+    assert drawn == starts
+    for a, b in zip(_parameters(whole), _parameters(resumed), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(whole.score(queries)[0], resumed.score(queries)[0])
+    assert torch.load(tmp_path / baselines.CHECKPOINT, weights_only=True)["done"] == (6 if name == "fanogan" else 3)
+
+
+def test_a_baseline_refuses_a_checkpoint_of_other_training(tmp_path):
+    config = dataclasses.replace(CONFIG, steps=2, batch_size=4)
+    get_method("anogan", config).fit(blobs(8), checkpoint_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"fanogan: .*baseline-checkpoint.pt' is not a checkpoint of this training "
+                                         r"\(expected \{'format': 1, 'method': 'fanogan', 'steps': 4\}, got "
+                                         r"\{'format': 1, 'method': 'anogan', 'steps': 2\}\)"):
+        get_method("fanogan", config).fit(blobs(8), checkpoint_dir=str(tmp_path))
+    (tmp_path / baselines.CHECKPOINT).write_bytes(b"torn")
+    with pytest.raises(ValueError, match=r"anogan: checkpoint .* is unreadable \(corrupt or truncated\?\)"):
+        get_method("anogan", config).fit(blobs(8), checkpoint_dir=str(tmp_path))

@@ -275,7 +275,8 @@ def _benchmark_parser(sub) -> None:
                    "template of brain-mri, the nilearn package install it)")
     b.add_argument("--out", default="benchmark-output", help="output folder (default benchmark-output/)")
     b.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run in --out: the models it finished (kept in OUT/jobs/) are not trained again")
+                   help="continue an interrupted run in --out: the models it finished (kept in OUT/jobs/) are not "
+                        "trained again, and one it was training continues from its checkpoint there")
     b.set_defaults(func=cmd_benchmark)
 
 

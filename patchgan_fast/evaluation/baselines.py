@@ -14,10 +14,17 @@ share the interface of :mod:`patchgan_fast.evaluation.methods`: ``fit(normal_ima
   features, which this package never downloads: pass such a network as ``perceptual`` (or a
   ``torch.export`` .pt2 file to ``patchgan-fast benchmark --perceptual-net``). Without one, F is a fixed,
   seeded, randomly initialized VGG-style stack, a weaker stand-in that the results label as such.
+
+Each ``fit`` takes a ``checkpoint_dir``: training then survives an interruption (:class:`_Resumable`), as the
+benchmark uses it for every job.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -26,6 +33,7 @@ from torch import Tensor, nn
 
 from ..models import Reconstructor, TrainConfig
 from ..ops import to_unit
+from ..runtime import atomic_save
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -48,24 +56,105 @@ def _check_train_images(images: Tensor, config: TrainConfig, name: str) -> None:
         )
 
 
-def _batches(n: int, batch: int, steps: int, seed: int):
-    """Indices of ``steps`` batches drawn epoch by epoch from a seeded permutation."""
+def _batches(n: int, batch: int, steps: int, seed: int, start: int = 0):
+    """Indices of ``steps`` batches drawn epoch by epoch from a seeded permutation, from the ``start``-th on."""
     g = torch.Generator().manual_seed(seed)
     order = torch.empty(0, dtype=torch.int64)
-    for _ in range(steps):
+    for step in range(steps):
         while len(order) < batch:
             order = torch.cat([order, torch.randperm(n, generator=g)])
         idx, order = order[:batch], order[batch:]
-        yield idx
+        if step >= start:
+            yield idx
 
 
-def _minimize(distance, optimizer, x_all: Tensor, config: TrainConfig, device: torch.device, seed: int) -> None:
-    """``config.steps`` optimizer steps on the mean of ``distance(batch)[0]`` (the method's own score)."""
-    for idx in _batches(len(x_all), config.batch_size, config.steps, seed):
+def _minimize(distance, optimizer, x_all: Tensor, config: TrainConfig, device: torch.device, seed: int,
+              run: "_Resumable", before: int = 0) -> None:
+    """``config.steps`` optimizer steps on the mean of ``distance(batch)[0]`` (the method's own score), the
+    ``before``-th to the ``before + config.steps``-th steps of ``run`` (those it has not done yet)."""
+    for idx in _batches(len(x_all), config.batch_size, config.steps, seed, max(0, run.done - before)):
         loss = distance(x_all[idx].to(device))[0].mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        run.step_done()
+
+
+#: The file of a baseline's training state in its ``checkpoint_dir``.
+CHECKPOINT = "baseline-checkpoint.pt"
+_CKPT_FORMAT = 1
+
+
+class _Resumable:
+    """A baseline's training that an interruption does not lose (a context manager around its loop).
+
+    With a ``folder``, the ``parts`` (networks and optimizers, by name), the steps done and the random state
+    are written to ``folder/CHECKPOINT`` every ``every`` seconds, after the last step, and when Ctrl-C or SIGTERM
+    stops the run: a signal ends it after the step under way (a second Ctrl-C at once, from the last checkpoint;
+    a SIGTERM after Ctrl-C, as a process pool's terminate sends, changes nothing), so a checkpoint always holds
+    whole steps. Built with the same folder, it loads them back (``done`` steps), and the loop continues
+    with the same batches and noise an uninterrupted run would have drawn. Without a folder nothing is written
+    and signals act as usual.
+    """
+
+    def __init__(self, folder: Optional[str], name: str, steps: int, parts: dict, every: float = 600.0):
+        self.path = Path(folder) / CHECKPOINT if folder else None
+        self.name, self.steps, self.parts, self.every = name, steps, parts, every
+        self.done, self.signal, self._old = 0, None, {}
+        if self.path is not None and self.path.is_file():
+            self._load()
+        self._saved = time.monotonic()
+
+    def _load(self) -> None:
+        try:
+            ckpt = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"{self.name}: checkpoint {str(self.path)!r} is unreadable (corrupt or truncated?): "
+                             f"{exc}") from exc
+        mine = {"format": _CKPT_FORMAT, "method": self.name, "steps": self.steps}
+        theirs = {k: ckpt.get(k) for k in mine} if isinstance(ckpt, dict) else {}
+        if theirs != mine or set(ckpt["parts"]) != set(self.parts):
+            raise ValueError(f"{self.name}: {str(self.path)!r} is not a checkpoint of this training (expected "
+                             f"{mine}, got {theirs}); give another checkpoint_dir or delete the file to start over")
+        for k, part in self.parts.items():
+            part.load_state_dict(ckpt["parts"][k])
+        torch.set_rng_state(ckpt["rng"])
+        if ckpt["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+        self.done = int(ckpt["done"])
+
+    def save(self) -> None:
+        atomic_save({"format": _CKPT_FORMAT, "method": self.name, "steps": self.steps, "done": self.done,
+                     "parts": {k: part.state_dict() for k, part in self.parts.items()}, "rng": torch.get_rng_state(),
+                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, self.path)
+        self._saved = time.monotonic()
+
+    def __enter__(self) -> "_Resumable":
+        if self.path is not None and threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old = {}
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.signal == signum == signal.SIGINT:  # Ctrl-C twice: stop now, from the last checkpoint
+            raise KeyboardInterrupt(f"{self.name}: stopped by signal {signum}")
+        self.signal = self.signal or signum
+
+    def step_done(self) -> None:
+        """After each whole step: the checkpoint on schedule; after a signal, the checkpoint and KeyboardInterrupt."""
+        self.done += 1
+        if self.path is None:
+            return
+        if self.signal is not None:
+            self.save()
+            raise KeyboardInterrupt(f"{self.name}: stopped by signal {self.signal} after step {self.done} of "
+                                    f"{self.steps}; fit again with checkpoint_dir={str(self.path.parent)!r} to go on")
+        if self.done == self.steps or time.monotonic() - self._saved >= self.every:
+            self.save()
 
 
 def _batched_score(fn, images: Tensor, device: torch.device, batch: int = 256) -> tuple[Tensor, Tensor]:
@@ -131,7 +220,8 @@ def _gan(images: Tensor, config: TrainConfig, name: str, latent: int) -> tuple[t
 
 class FAnoGANMethod:
     """f-AnoGAN: WGAN-GP (critic 5 steps per generator step, penalty 10, Adam 1e-4, betas (0, 0.9)),
-    then the izi_f encoder (kappa = 1); ``config.steps`` generator steps and as many encoder steps."""
+    then the izi_f encoder (kappa = 1); ``config.steps`` generator steps and as many encoder steps (``fit``'s
+    ``checkpoint_dir``: resumable, :class:`_Resumable`)."""
 
     name = "fanogan"
 
@@ -140,7 +230,7 @@ class FAnoGANMethod:
         self.config, self.latent, self.critic_steps = config, latent, critic_steps
         self.penalty, self.kappa, self.lr = penalty, kappa, lr
 
-    def fit(self, images: Tensor) -> "FAnoGANMethod":
+    def fit(self, images: Tensor, checkpoint_dir: Optional[str] = None) -> "FAnoGANMethod":
         cfg = self.config
         dev, self.G, self.D = _gan(images, cfg, "fanogan", self.latent)
         c, s, d, w = images.shape[1], cfg.image_size, cfg.depth, cfg.width
@@ -148,8 +238,23 @@ class FAnoGANMethod:
         x_all = to_unit(images) * 2 - 1
         opt_g = torch.optim.Adam(self.G.parameters(), self.lr, betas=(0.0, 0.9))
         opt_d = torch.optim.Adam(self.D.parameters(), self.lr, betas=(0.0, 0.9))
-        batches = _batches(len(x_all), cfg.batch_size, cfg.steps * self.critic_steps, cfg.seed)
-        for _ in range(cfg.steps):
+        opt_e = torch.optim.Adam(self.E.parameters(), self.lr, betas=(0.0, 0.9))
+        parts = {"G": self.G, "D": self.D, "E": self.E, "opt_g": opt_g, "opt_d": opt_d, "opt_e": opt_e}
+        with _Resumable(checkpoint_dir, "fanogan", 2 * cfg.steps, parts) as run:
+            self._train_gan(x_all, opt_g, opt_d, run, dev)
+            self.G.requires_grad_(False).eval()
+            self.D.requires_grad_(False).eval()
+            _minimize(self._distance, opt_e, x_all, cfg, dev, cfg.seed + 1, run, before=cfg.steps)
+        self.E.eval()
+        self.device = dev
+        return self
+
+    def _train_gan(self, x_all: Tensor, opt_g, opt_d, run: _Resumable, dev: torch.device) -> None:
+        """The WGAN-GP's generator steps ``run`` has not done yet."""
+        cfg = self.config
+        done = min(run.done, cfg.steps)
+        batches = _batches(len(x_all), cfg.batch_size, cfg.steps * self.critic_steps, cfg.seed, done * self.critic_steps)
+        for _ in range(done, cfg.steps):
             for _ in range(self.critic_steps):
                 x = x_all[next(batches)].to(dev)
                 z = torch.randn(len(x), self.latent, device=dev)
@@ -167,13 +272,7 @@ class FAnoGANMethod:
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
-        self.G.requires_grad_(False).eval()
-        self.D.requires_grad_(False).eval()
-        opt_e = torch.optim.Adam(self.E.parameters(), self.lr, betas=(0.0, 0.9))
-        _minimize(self._distance, opt_e, x_all, cfg, dev, cfg.seed + 1)
-        self.E.eval()
-        self.device = dev
-        return self
+            run.step_done()
 
     def _distance(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(izi_f distance per image, squared residual map [B, H, W]) for x in [-1, 1]."""
@@ -216,14 +315,26 @@ class AnoGANMethod:
         self.config, self.latent, self.latent_steps, self.lam, self.lr, self.z_lr = (
             config, latent, latent_steps, lam, lr, z_lr)
 
-    def fit(self, images: Tensor) -> "AnoGANMethod":
+    def fit(self, images: Tensor, checkpoint_dir: Optional[str] = None) -> "AnoGANMethod":
+        """Trains the DCGAN (``checkpoint_dir``: resumable, :class:`_Resumable`)."""
         cfg = self.config
         dev, self.G, self.D = _gan(images, cfg, "anogan", self.latent)
         x_all = to_unit(images) * 2 - 1
         opt_g = torch.optim.Adam(self.G.parameters(), self.lr, betas=(0.5, 0.999))
         opt_d = torch.optim.Adam(self.D.parameters(), self.lr, betas=(0.5, 0.999))
+        parts = {"G": self.G, "D": self.D, "opt_g": opt_g, "opt_d": opt_d}
+        with _Resumable(checkpoint_dir, "anogan", cfg.steps, parts) as run:
+            self._train_gan(x_all, opt_g, opt_d, run, dev)
+        self.G.requires_grad_(False).eval()
+        self.D.requires_grad_(False).eval()
+        self.device = dev
+        return self
+
+    def _train_gan(self, x_all: Tensor, opt_g, opt_d, run: _Resumable, dev: torch.device) -> None:
+        """The DCGAN's steps ``run`` has not done yet."""
+        cfg = self.config
         bce = nn.functional.binary_cross_entropy_with_logits
-        for idx in _batches(len(x_all), cfg.batch_size, cfg.steps, cfg.seed):
+        for idx in _batches(len(x_all), cfg.batch_size, cfg.steps, cfg.seed, run.done):
             x = x_all[idx].to(dev)
             z = torch.rand(len(x), self.latent, device=dev) * 2 - 1
             fake = self.G(z)
@@ -237,10 +348,7 @@ class AnoGANMethod:
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
-        self.G.requires_grad_(False).eval()
-        self.D.requires_grad_(False).eval()
-        self.device = dev
-        return self
+            run.step_done()
 
     def search(self, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         """The latent search for a batch ``x`` in [-1, 1] from ``z`` (each row one query's start):
@@ -339,7 +447,8 @@ class PerceptualAEMethod:
         maps = F.interpolate(diff, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         return diff.flatten(1).mean(1), maps
 
-    def fit(self, images: Tensor) -> "PerceptualAEMethod":
+    def fit(self, images: Tensor, checkpoint_dir: Optional[str] = None) -> "PerceptualAEMethod":
+        """Trains the autoencoder (``checkpoint_dir``: resumable, :class:`_Resumable`)."""
         cfg = self.config
         _check_train_images(images, cfg, "perceptual_ae")
         dev = _device(cfg)
@@ -349,7 +458,9 @@ class PerceptualAEMethod:
         for p in self.perceptual.parameters():  # (exported modules have no requires_grad_)
             p.requires_grad_(False)
         x_all = to_unit(images)
-        _minimize(self._distance, torch.optim.Adam(self.ae.parameters(), cfg.lr), x_all, cfg, dev, cfg.seed)
+        opt = torch.optim.Adam(self.ae.parameters(), cfg.lr)
+        with _Resumable(checkpoint_dir, "perceptual_ae", cfg.steps, {"ae": self.ae, "opt": opt}) as run:
+            _minimize(self._distance, opt, x_all, cfg, dev, cfg.seed, run)
         self.ae.eval()
         self.device = dev
         return self

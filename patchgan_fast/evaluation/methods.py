@@ -5,7 +5,8 @@ Every method has ``fit(normal_images)`` (``fit(normal_images, unlabelled=pool)``
 an unlabelled pool, :func:`uses_pool`) and ``score(images) -> (scores [B], maps [B, H, W] or None)``
 with images ``[N, C, H, W]`` uint8 or float in [0, 1]; higher scores are more abnormal, and a map
 (where the method has one) localizes the abnormality for pixel metrics. Hyperparameters are fixed
-here or chosen on normal data only, never on test labels.
+here or chosen on normal data only, never on test labels. Methods that train take ``fit(..., checkpoint_dir=...)``:
+their training then checkpoints there and continues from a checkpoint it finds there.
 """
 
 from __future__ import annotations
@@ -53,11 +54,13 @@ class PatchGANMethod:
         self.held_out: Optional[Tensor] = None
         self.trained_on: Optional[Tensor] = None
 
-    def fit(self, images: Tensor, unlabelled: Optional[Tensor] = None, groups: Optional[Sequence] = None
-            ) -> "PatchGANMethod":
+    def fit(self, images: Tensor, unlabelled: Optional[Tensor] = None, groups: Optional[Sequence] = None,
+            checkpoint_dir: Optional[str] = None) -> "PatchGANMethod":
         """Trains on normal ``images`` and, when given, the ``unlabelled`` pool (``TrainConfig.unlabelled_weight``);
-        ``groups`` (one label per image, e.g. its subject) holds out whole groups for validation."""
-        self.model = PatchGAN.fit(images, self.config, unlabelled=unlabelled, groups=groups)
+        ``groups`` (one label per image, e.g. its subject) holds out whole groups for validation. With a
+        ``checkpoint_dir`` the training checkpoints there and continues from the checkpoint it finds there."""
+        config = self.config if checkpoint_dir is None else dataclasses.replace(self.config, checkpoint_dir=checkpoint_dir)
+        self.model = PatchGAN.fit(images, config, unlabelled=unlabelled, groups=groups, resume=checkpoint_dir is not None)
         if isinstance(images, Tensor):
             val, train = validation_split(len(images), self.config, groups)
             self.held_out, self.trained_on = images[val], images[train]
@@ -161,8 +164,9 @@ class AutoencoderMethod(PatchGANMethod):
                                              rec_weight=None, adv_weight=None, skips=False, ranking="none",
                                              position_weights=False, error="mse", **_NO_BANK))
 
-    def fit(self, images: Tensor, groups: Optional[Sequence] = None) -> "AutoencoderMethod":  # no adversarial term:
-        return super().fit(images, groups=groups)  # nothing to learn from a pool
+    def fit(self, images: Tensor, groups: Optional[Sequence] = None, checkpoint_dir: Optional[str] = None
+            ) -> "AutoencoderMethod":  # no adversarial term: nothing to learn from a pool
+        return super().fit(images, groups=groups, checkpoint_dir=checkpoint_dir)
 
 
 class ALOCCMethod(PatchGANMethod):
@@ -175,8 +179,9 @@ class ALOCCMethod(PatchGANMethod):
         super().__init__(dataclasses.replace(config, layout="none", num_copies=1, loss="paper", rec_weight=None,
                                              adv_weight=None, skips=False, **_NO_BANK))
 
-    def fit(self, images: Tensor, groups: Optional[Sequence] = None) -> "ALOCCMethod":  # one-class, as published
-        return super().fit(images, groups=groups)
+    def fit(self, images: Tensor, groups: Optional[Sequence] = None, checkpoint_dir: Optional[str] = None
+            ) -> "ALOCCMethod":  # one-class, as published
+        return super().fit(images, groups=groups, checkpoint_dir=checkpoint_dir)
 
     def score(self, images: Tensor, ranking: Optional[str] = None):
         m = self.model
@@ -206,9 +211,11 @@ class SAGANMethod:
                                   device=config.device, val_fraction=config.val_fraction,
                                   val_every=max(1, config.steps // 10), progress=False, **overrides)
 
-    def fit(self, images: Tensor, unlabelled: Optional[Tensor] = None, groups: Optional[Sequence] = None
-            ) -> "SAGANMethod":
-        self.model = SAGAN.fit(images, self.config, unlabelled=unlabelled, groups=groups)
+    def fit(self, images: Tensor, unlabelled: Optional[Tensor] = None, groups: Optional[Sequence] = None,
+            checkpoint_dir: Optional[str] = None) -> "SAGANMethod":
+        """``checkpoint_dir``: as :meth:`PatchGANMethod.fit`'s."""
+        config = self.config if checkpoint_dir is None else dataclasses.replace(self.config, checkpoint_dir=checkpoint_dir)
+        self.model = SAGAN.fit(images, config, unlabelled=unlabelled, groups=groups, resume=checkpoint_dir is not None)
         return self
 
     def score(self, images: Tensor, ranking: Optional[str] = None):

@@ -20,6 +20,8 @@ import json
 import multiprocessing
 import os
 import platform
+import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -140,15 +142,19 @@ def _multiscale_sizes(config: TrainConfig) -> list[int]:
             and (config.image_size // p) ** 2 >= config.num_copies]
 
 
+#: The suffix of a job's training-checkpoint folder in the benchmark's ``jobs/`` (while it trains).
+_PARTIAL = ".partial"
+
 #: Bump when the scoring ablations of _train_and_score change: finished jobs saved without them are not reused.
 _SCORING_REVISION = 6  # 6: eq. 5 alone beside a feature bank's score
 
 
-def _train_and_score(job: tuple) -> tuple:
+def _train_and_score(job: tuple, partial: Optional[str] = None) -> tuple:
     """Trains one method on ``train_x`` (and the unlabelled ``pool`` when not None) and scores ``test_x``: (scores,
     maps, {variant: scores} of the scoring ablations and of the method's ``score_variants``, (seconds of training
     + scoring, seconds of scoring per test image)). Without ``need_maps``, methods whose maps cost an extra pass
-    (the Patch-GAN, the AE) skip it. Top-level, so that a process pool can run it."""
+    (the Patch-GAN, the AE) skip it. A method that trains checkpoints its training in the folder ``partial``
+    (when given) and continues from a checkpoint there. Top-level, so that a process pool can run it."""
     name, config, options, train_x, test_x, threads, scoring_ablations, need_maps, pool, groups = job
     if threads:
         torch.set_num_threads(threads)
@@ -157,8 +163,11 @@ def _train_and_score(job: tuple) -> tuple:
     t0 = time.perf_counter()
     m = get_method(name, config, **options)
     extra_fit = {} if pool is None else {"unlabelled": pool}
-    if groups is not None and "groups" in inspect.signature(m.fit).parameters:  # whole subjects validate
+    takes = inspect.signature(m.fit).parameters
+    if groups is not None and "groups" in takes:  # whole subjects validate
         extra_fit["groups"] = groups
+    if partial is not None and "checkpoint_dir" in takes:
+        extra_fit["checkpoint_dir"] = partial
     m = m.fit(train_x, **extra_fit)
     skip_maps = not need_maps and "maps" in inspect.signature(m.score).parameters
     t1 = time.perf_counter()
@@ -194,11 +203,22 @@ def _train_and_score(job: tuple) -> tuple:
     return scores, maps, extra, (time.perf_counter() - t0, per_image)
 
 
-def _indexed(item: tuple[int, tuple]) -> tuple[int, tuple]:
-    """A pool worker's job. Stopped by Ctrl-C or by the pool's terminate (SIGTERM, which training turns into
-    an interrupt), the worker exits quietly: the main process says what was kept."""
+def _stop_on_term(signum, frame):
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+
+def _worker_start() -> None:
+    """A pool worker's start: SIGTERM (the pool's terminate) interrupts it as Ctrl-C does, so that a training loop
+    without a handler of its own (SAGAN's) also writes its checkpoint as it stops."""
+    signal.signal(signal.SIGTERM, _stop_on_term)
+
+
+def _indexed(item: tuple[int, tuple, Optional[str]]) -> tuple[int, tuple]:
+    """A pool worker's job ``(index, job, partial)``. Stopped by Ctrl-C or by the pool's terminate (SIGTERM,
+    which training turns into an interrupt after checkpointing), the worker exits quietly: the main process says
+    what was kept."""
     try:
-        return item[0], _train_and_score(item[1])
+        return item[0], _train_and_score(item[1], item[2])
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 
@@ -259,7 +279,9 @@ def _run_methods(
 
     Every finished job's result is written to the folder ``cache`` as soon as it is done, and
     a job whose result is already there (same method, settings it uses, data, device and versions) is not run
-    again: an interrupted benchmark, rerun with --resume, goes on where it stopped."""
+    again; a job's training checkpoints in ``cache/KEY.partial/`` until it is done, and a job that finds a
+    checkpoint there continues its training from it: an interrupted benchmark, rerun with --resume, goes on
+    where it stopped, within a model too."""
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
     work, index = [], []  # index: (group, row label, Table 2 variant or None)
     for g, group in enumerate(groups):
@@ -278,6 +300,7 @@ def _run_methods(
                 index.append((g, "patchgan", variant))
     digests = [_digest(*group) for group in groups]
     keys = [_job_key(w, digests[g]) for w, (g, _, _) in zip(work, index)]
+    partials = [None if key is None else str(cache / f"{key}{_PARTIAL}") for key in keys]
     outputs: list = [None] * len(work)
     for i, key in enumerate(keys):
         if key is not None and (cache / f"{key}.pt").is_file():
@@ -293,12 +316,13 @@ def _run_methods(
             tmp = cache / f"{keys[i]}.pt.tmp"
             torch.save({"scores": scores, "maps": maps, "extra": extra, "seconds": sec}, tmp)
             os.replace(tmp, cache / f"{keys[i]}.pt")  # whole or absent, even when killed mid-write
+            shutil.rmtree(partials[i], ignore_errors=True)  # its training's checkpoint: no longer needed
 
     pending = [i for i, o in enumerate(outputs) if o is None]
     if jobs > 1 and len(pending) > 1:
-        pool = multiprocessing.get_context("spawn").Pool(jobs)
+        pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_worker_start)
         try:
-            for i, result in pool.imap_unordered(_indexed, [(i, work[i]) for i in pending]):
+            for i, result in pool.imap_unordered(_indexed, [(i, work[i], partials[i]) for i in pending]):
                 finish(i, result)
             pool.close()
         except BaseException:  # an error or an interrupt: stop the other jobs now (the finished ones are saved)
@@ -308,7 +332,7 @@ def _run_methods(
             pool.join()
     else:
         for i in pending:
-            finish(i, _train_and_score(work[i]))
+            finish(i, _train_and_score(work[i], partials[i]))
     out = [({}, {}) for _ in groups]
     for (g, label, variant), (scores, maps, extra, (sec, cost)) in zip(index, outputs):
         results, ablations = out[g]
@@ -339,9 +363,10 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
         setting: str = "one-class", anomaly_ratio: float = 0.6) -> dict:
     """Runs the benchmark and writes table.md, results.json, roc.png and scores.png to ``out``.
 
-    Each trained model's scores go to ``out/jobs/`` as soon as it is done; with ``resume`` a rerun
-    with the same arguments and ``out`` reuses them, so an interrupted run loses no finished model
-    (without it they are deleted first and everything trains again).
+    Each trained model's scores go to ``out/jobs/`` as soon as it is done, and its training checkpoints there
+    until then; with ``resume`` a rerun with the same arguments and ``out`` reuses the finished models and
+    continues the training of an unfinished one from its checkpoint, so an interrupted run loses no finished model
+    and little of an unfinished one (without it they are deleted first and everything trains again).
 
     ``perceptual`` is the feature network of the deep perceptual AE, or the path of a .pt2 file
     (default: a random-init stand-in); ``jobs`` models train at once, in separate processes.
@@ -370,6 +395,8 @@ def run(dataset: str, methods: Sequence[str], out: str | Path, *, quick: bool = 
     if not resume:
         for f in [*cache.glob("*.pt"), *cache.glob("*.pt.tmp")]:
             f.unlink()
+        for d in cache.glob(f"*{_PARTIAL}"):
+            shutil.rmtree(d)
     ratio = anomaly_ratio if setting == "semi-supervised" else None
     t = _Tables(methods, config, quick, {"command": command, "seed": seed, "steps": config.steps, "quick": quick,
                                          "setting": setting, **({"anomaly_ratio": ratio} if ratio is not None else {})},
