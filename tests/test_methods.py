@@ -227,6 +227,20 @@ def test_a_baseline_stopped_mid_training_continues_exactly_where_it_stopped(tmp_
     assert torch.load(tmp_path / baselines.CHECKPOINT, weights_only=True)["done"] == (6 if name == "fanogan" else 3)
 
 
+def test_a_signal_after_a_baselines_last_step_still_stops_it(tmp_path, monkeypatch):
+    real = baselines._Resumable.step_done
+
+    def signalled_at_the_end(run):
+        real(run)
+        if run.done == run.steps:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(baselines._Resumable, "step_done", signalled_at_the_end)
+    with pytest.raises(KeyboardInterrupt, match="anogan: stopped by signal 15 after its training"):
+        get_method("anogan", dataclasses.replace(CONFIG, steps=2, batch_size=4)).fit(blobs(8), checkpoint_dir=str(tmp_path))
+    assert torch.load(tmp_path / baselines.CHECKPOINT, weights_only=True)["done"] == 2
+
+
 def test_a_baseline_refuses_a_checkpoint_of_other_training(tmp_path):
     config = dataclasses.replace(CONFIG, steps=2, batch_size=4)
     get_method("anogan", config).fit(blobs(8), checkpoint_dir=str(tmp_path))

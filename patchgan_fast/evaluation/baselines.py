@@ -134,10 +134,12 @@ class _Resumable:
             self._old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, value, traceback) -> None:
         for s, old in self._old.items():
             signal.signal(s, old)
         self._old = {}
+        if self.signal is not None and kind is None:  # a signal after the last step (whose checkpoint is written)
+            raise KeyboardInterrupt(f"{self.name}: stopped by signal {self.signal} after its training")
 
     def _on_signal(self, signum, frame) -> None:
         if self.signal == signum == signal.SIGINT:  # Ctrl-C twice: stop now, from the last checkpoint
