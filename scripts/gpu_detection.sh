@@ -9,9 +9,10 @@
 # carried wheels and data, the build) is scripts/gpu_env.sh.
 #
 # The benchmarks run with --resume and stop themselves after BUDGET seconds (default 540, inside one
-# 10-minute device call): every model finished by then is in benchmarks/results/NAME-DATASET/jobs/, and the
-# training checkpoint of each one stopped mid-way in jobs/KEY.partial/ (packed into $OUT/NAME-DATASET.tar.gz when
-# OUT is set, tables or not: a device machine returns only a few files). To go on, unpack them in place (on a fresh machine: pass the folders with the device tool's carry)
+# 10-minute device call): every model finished by then is in benchmarks/results/NAME-DATASET/jobs/ (packed into
+# $OUT/NAME-DATASET.tar.gz when OUT is set, tables or not: a device machine returns only a few files). The
+# training checkpoint of each one stopped mid-way, in jobs/KEY.partial/, continues it when this runs again on the
+# same machine; it is not packed (an f-AnoGAN's is 150 MB at 128x128, over what a device call returns). To go on, unpack them in place (on a fresh machine: pass the folders with the device tool's carry)
 # and run this again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +33,7 @@ for dataset in fashion-mnist brain-mri; do
   # shell started the script in the background
   timeout -k 30 --signal=TERM "$left" $PY -m patchgan_fast.cli benchmark "$dataset" --jobs "$jobs" --resume \
     --methods patchgan,ae,ocsvm,alocc,fanogan,perceptual_ae,threshold --out "$out" || status=$?
-  if [ -n "${OUT:-}" ] && [ -d "$out" ]; then tar -czf "$OUT/$name-$dataset.tar.gz" -C "$(dirname "$out")" "$(basename "$out")"; fi
+  if [ -n "${OUT:-}" ] && [ -d "$out" ]; then tar -czf "$OUT/$name-$dataset.tar.gz" --exclude='*.partial' -C "$(dirname "$out")" "$(basename "$out")"; fi
   if [ "$status" -ne 0 ]; then
     echo "$dataset: stopped (exit $status) after $SECONDS s with $(ls "$out"/jobs 2>/dev/null | grep -c '\.pt$') models done; run this script again to continue" >&2
     exit "$status"
