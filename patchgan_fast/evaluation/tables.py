@@ -152,8 +152,8 @@ _SCORING_REVISION = 6  # 6: eq. 5 alone beside a feature bank's score
 def _train_and_score(job: tuple, partial: Optional[str] = None) -> tuple:
     """Trains one method on ``train_x`` (and the unlabelled ``pool`` when not None) and scores ``test_x``: (scores,
     maps, {variant: scores} of the scoring ablations and of the method's ``score_variants``, (seconds of training
-    + scoring, seconds of scoring per test image)). Without ``need_maps``, methods whose maps cost an extra pass
-    (the Patch-GAN, the AE) skip it. A method that trains checkpoints its training in the folder ``partial``
+    + scoring, seconds of scoring per test image)). Without ``need_maps`` maps are None (methods whose maps cost
+    an extra pass, the Patch-GAN and the AE, skip it; the others' are dropped, not kept in the job cache). A method that trains checkpoints its training in the folder ``partial``
     (when given) and continues from a checkpoint there. Top-level, so that a process pool can run it."""
     name, config, options, train_x, test_x, threads, scoring_ablations, need_maps, pool, groups = job
     if threads:
@@ -173,6 +173,7 @@ def _train_and_score(job: tuple, partial: Optional[str] = None) -> tuple:
     t1 = time.perf_counter()
     scores, maps = m.score(test_x, **({"maps": False} if skip_maps else {}))
     per_image = (time.perf_counter() - t1) / max(1, len(test_x))
+    maps = maps if need_maps else None
     extra = {}
     if scoring_ablations:  # the same model scored other ways (eq. 5 alone when it has a feature bank)
         if m.model.feature_bank is not None:
