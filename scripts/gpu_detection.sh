@@ -10,10 +10,10 @@
 #
 # The benchmarks run with --resume and stop themselves after BUDGET seconds (default 540, inside one
 # 10-minute device call): every model finished by then is in benchmarks/results/NAME-DATASET/jobs/ (packed into
-# $OUT/NAME-DATASET.tar.gz when OUT is set, tables or not: a device machine returns only a few files). The
-# training checkpoint of each one stopped mid-way, in jobs/KEY.partial/, continues it when this runs again on the
-# same machine; it is not packed (an f-AnoGAN's is 150 MB at 128x128, over what a device call returns). To go on, unpack them in place (on a fresh machine: pass the folders with the device tool's carry)
-# and run this again.
+# $OUT/NAME-DATASET.tar.gz when OUT is set, tables or not: a device machine returns only a few files). To go on,
+# unpack them in place (on a fresh machine: pass the folders with the device tool's carry) and run this again.
+# The training checkpoint of each model stopped mid-way, in jobs/KEY.partial/, continues it when this runs again
+# on the same machine; it is not packed (an f-AnoGAN's is 150 MB at 128x128, over what a device call returns).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh
