@@ -129,6 +129,12 @@ def test_full_run_adds_the_ablations(tmp_path):
     assert "phases K = 9" not in table  # 32x32 images in 16x16 patches have 4 patches, too few for K = 9
 
 
+def _figures(folder) -> dict:
+    """Every ratio a benchmark in ``folder`` recorded, by metric, class, method and variant."""
+    return {(r["metric"], r["config"].get("class"), r["config"]["method"], r["config"].get("variant")): r["value"]
+            for r in json.loads((folder / "results.json").read_text()) if r["unit"] == "ratio"}
+
+
 def test_jobs_train_side_by_side_with_the_same_results(tmp_path):
     write_fashion_mnist(tmp_path, 60, 40, seed=3)
     tables = []
@@ -136,9 +142,7 @@ def test_jobs_train_side_by_side_with_the_same_results(tmp_path):
         out = tmp_path / f"out{jobs}"
         assert main(["benchmark", "fashion-mnist", "--quick", "--classes", "1,4", "--steps", "3", "--data", str(tmp_path),
                      "--out", str(out), "--methods", "patchgan,ae", "--jobs", jobs]) == 0
-        records = json.loads((out / "results.json").read_text())
-        tables.append({(r["metric"], r["config"].get("class"), r["config"]["method"], r["config"].get("variant")): r["value"]
-                       for r in records if r["unit"] == "ratio"})
+        tables.append(_figures(out))
     assert len(tables[0]) == 6 + 3 * 5 and tables[0] == tables[1]  # Table 1, and Table 2's 5 rows per class and mean
     # (no multi-scale or nearest-neighbour row: 6 training images per class hold out 1, too few to normalize by)
 
@@ -192,11 +196,7 @@ def test_an_interrupted_run_resumes_without_training_finished_models_again(tmp_p
     assert calls == ["patchgan", "ocsvm"]  # class 4's jobs only
     assert "2 trained model(s) reused from" in (out / "table.md").read_text()
 
-    def figures(folder):
-        return {(r["metric"], r["config"].get("class"), r["config"]["method"], r["config"].get("variant")): r["value"]
-                for r in json.loads((folder / "results.json").read_text()) if r["unit"] == "ratio"}
-
-    assert len(figures(out)) == 6 + 3 * 5 and figures(out) == figures(tmp_path / "whole")
+    assert len(_figures(out)) == 6 + 3 * 5 and _figures(out) == _figures(tmp_path / "whole")
     calls.clear()  # without --resume everything trains again
     assert main(args[:-2] + ["ocsvm", "--out", str(out)]) == 0 and calls == ["ocsvm", "ocsvm"]
     calls.clear()  # other images under the same name are new data: nothing is reused
@@ -239,11 +239,7 @@ def test_a_model_stopped_mid_training_goes_on_from_its_checkpoint_on_resume(tmp_
     # Fashion-MNIST has no pixel truth: no job keeps maps (f-AnoGAN's would be 4 KB per test image)
     assert all(torch.load(f, weights_only=True)["maps"] is None for f in jobs.glob("*.pt"))
 
-    def figures(folder):
-        return {(r["metric"], r["config"]["method"], r["config"].get("variant")): r["value"]
-                for r in json.loads((folder / "results.json").read_text()) if r["unit"] == "ratio"}
-
-    assert figures(out) == figures(tmp_path / "whole")  # as though never stopped
+    assert _figures(out) == _figures(tmp_path / "whole")  # as though never stopped
 
 
 def test_a_finished_model_is_reused_when_only_settings_it_does_not_use_change():

@@ -11,7 +11,7 @@ import threading
 from typing import Optional, Sequence
 
 
-from ..runtime import __version__
+from ..runtime import __version__, interrupt
 from ..scoring.neighbours import FEATURE_SPACES
 from .errors import UsageError
 from .files import check_inputs, load_collection, workers
@@ -363,10 +363,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exc:  # --help, --version, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else 2
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt(f"stopped by signal {signum}")
-
-    old_term = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() else None
+    old_term = signal.signal(signal.SIGTERM, interrupt) if threading.current_thread() is threading.main_thread() else None
     try:
         return args.func(args)
     except UsageError as exc:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..models import TrainConfig
 from ..ops import backend_info
-from ..runtime import __version__
+from ..runtime import __version__, interrupt
 from ..scoring import ERRORS
 from ..scoring.neighbours import FEATURE_SPACES, bank_k, box_mean, default_k
 from .methods import REGISTRY, get_method, uses_pool
@@ -204,14 +204,10 @@ def _train_and_score(job: tuple, partial: Optional[str] = None) -> tuple:
     return scores, maps, extra, (time.perf_counter() - t0, per_image)
 
 
-def _stop_on_term(signum, frame):
-    raise KeyboardInterrupt(f"stopped by signal {signum}")
-
-
 def _worker_start() -> None:
     """A pool worker's start: SIGTERM (the pool's terminate) interrupts it as Ctrl-C does, so that a training loop
     without a handler of its own (SAGAN's) also writes its checkpoint as it stops."""
-    signal.signal(signal.SIGTERM, _stop_on_term)
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _indexed(item: tuple[int, tuple, Optional[str]]) -> tuple[int, tuple]:

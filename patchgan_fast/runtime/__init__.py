@@ -1,5 +1,5 @@
-"""Process-level helpers every layer may use: the package version, torch.distributed, progress bars and
-atomic file writes."""
+"""Process-level helpers every layer may use: the package version, torch.distributed, progress bars,
+atomic file writes and the SIGTERM handler that stops a run as Ctrl-C does."""
 
 from __future__ import annotations
 
@@ -66,3 +66,9 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def interrupt(signum, frame) -> None:
+    """A signal handler (for SIGTERM: ``timeout``, batch schedulers, a process pool's terminate) that stops the
+    run as Ctrl-C does: KeyboardInterrupt, so that what catches it keeps finished work and checkpoints."""
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
