@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -227,19 +228,40 @@ def test_a_model_stopped_mid_training_goes_on_from_its_checkpoint_on_resume(tmp_
     monkeypatch.setattr(baselines._Resumable, "step_done", fanogan_step)
     signalling = True
     assert main(args + [str(out)]) == 130  # stopped in the Patch-GAN's training: its checkpoint is kept
-    assert [p.name for p in jobs.glob("*.partial/*")] == [training.CHECKPOINT] and not list(jobs.glob("*.pt"))
+    assert {p.name for p in jobs.glob("*.partial/*")} == {training.CHECKPOINT, benchmark._CLOCK}
+    assert not list(jobs.glob("*.pt"))
     steps.clear()
     assert main(args + [str(out), "--resume"]) == 130  # the Patch-GAN goes on (its third step), then f-AnoGAN stops
     assert steps[0] == 2 and len(list(jobs.glob("*.pt"))) == 1
-    assert [p.name for p in jobs.glob("*.partial/*")] == [baselines.CHECKPOINT]
+    assert {p.name for p in jobs.glob("*.partial/*")} == {baselines.CHECKPOINT, benchmark._CLOCK}
+    (clock,) = jobs.glob(f"*.partial/{benchmark._CLOCK}")
+    clock.write_text('{"seconds": 5000.0}')  # as though its stopped runs had taken that long
     signalling = False
     steps.clear()
     assert main(args + [str(out), "--resume"]) == 0 and steps == []  # the Patch-GAN is not trained again
     assert not list(jobs.glob("*.partial")) and len(list(jobs.glob("*.pt"))) == 2
+    # a resumed job's time counts its stopped runs
+    seconds = {r["config"]["method"]: r["value"] for r in json.loads((out / "results.json").read_text())
+               if r["metric"] == "train_and_score_seconds"}
+    assert seconds["fanogan"] > 5000 > seconds["patchgan"]
     # Fashion-MNIST has no pixel truth: no job keeps maps (f-AnoGAN's would be 4 KB per test image)
     assert all(torch.load(f, weights_only=True)["maps"] is None for f in jobs.glob("*.pt"))
 
     assert _figures(out) == _figures(tmp_path / "whole")  # as though never stopped
+
+
+def test_a_jobs_clock_is_on_disk_while_it_runs(tmp_path):
+    folder = tmp_path / "job.partial"
+    with benchmark._Clock(str(folder), every=0.02) as clock:
+        time.sleep(0.3)
+        written = json.loads((folder / benchmark._CLOCK).read_text())["seconds"]  # what a kill now would leave
+        assert 0.02 <= written <= clock.seconds()
+    assert benchmark._Clock(str(folder)).before >= written  # the next run counts from there
+    (folder / benchmark._CLOCK).write_text('{"seco')  # torn by a kill mid-write: counts from zero
+    assert benchmark._Clock(str(folder)).before == 0.0
+    with pytest.raises(KeyboardInterrupt), benchmark._Clock(str(tmp_path / "other"), every=60) as clock:
+        raise KeyboardInterrupt  # stopped before its first tick: written as it stops
+    assert benchmark._Clock(str(tmp_path / "other")).before == pytest.approx(clock.seconds(), abs=0.05)
 
 
 def test_a_finished_model_is_reused_when_only_settings_it_does_not_use_change():

@@ -23,6 +23,7 @@ import platform
 import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -149,18 +150,74 @@ _PARTIAL = ".partial"
 _SCORING_REVISION = 6  # 6: eq. 5 alone beside a feature bank's score
 
 
+#: A job's seconds so far, in its training-checkpoint folder: a resumed job's time counts its stopped runs.
+_CLOCK = "seconds.json"
+
+
+class _Clock:
+    """The seconds one job has run, over the runs an interruption stopped: read from ``folder/_CLOCK`` (when
+    given) as it starts, and written back there every ``every`` seconds while it runs and when it stops, so a run
+    killed outright loses at most ``every`` seconds of the count."""
+
+    def __init__(self, folder: Optional[str], every: float = 30.0):
+        self.path = Path(folder) / _CLOCK if folder else None
+        self.every, self.before, self._stop = every, 0.0, threading.Event()
+        if self.path is not None and self.path.is_file():
+            try:
+                self.before = float(json.loads(self.path.read_text())["seconds"])
+            except (ValueError, KeyError, TypeError):  # torn by a kill mid-write: count from now
+                pass
+        self._t0 = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self._t0
+
+    def _write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(_CLOCK + ".tmp")
+        tmp.write_text(json.dumps({"seconds": self.seconds()}))
+        os.replace(tmp, self.path)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every):
+            self._write()
+
+    def __enter__(self) -> "_Clock":
+        self._t0 = time.perf_counter()
+        if self.path is not None:
+            self._thread = threading.Thread(target=self._tick, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if self.path is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        if kind is not None:  # stopped: the next run goes on counting from here
+            self._write()
+
+
 def _train_and_score(job: tuple, partial: Optional[str] = None) -> tuple:
     """Trains one method on ``train_x`` (and the unlabelled ``pool`` when not None) and scores ``test_x``: (scores,
     maps, {variant: scores} of the scoring ablations and of the method's ``score_variants``, (seconds of training
     + scoring, seconds of scoring per test image)). Without ``need_maps`` maps are None (methods whose maps cost
-    an extra pass, the Patch-GAN and the AE, skip it; the others' are dropped, not kept in the job cache). A method that trains checkpoints its training in the folder ``partial``
-    (when given) and continues from a checkpoint there. Top-level, so that a process pool can run it."""
+    an extra pass, the Patch-GAN and the AE, skip it; the others' are dropped, not kept in the job cache). A method
+    that trains checkpoints its training in the folder ``partial`` (when given) and continues from a checkpoint
+    there; the seconds then count the earlier runs of the job that were stopped (:class:`_Clock`). Top-level, so
+    that a process pool can run it."""
+    with _Clock(partial) as clock:
+        scores, maps, extra, per_image = _fit_and_score(job, partial)
+    return scores, maps, extra, (clock.seconds(), per_image)
+
+
+def _fit_and_score(job: tuple, partial: Optional[str]) -> tuple:
+    """:func:`_train_and_score` but for the seconds: (scores, maps, extra, seconds of scoring per test image)."""
     name, config, options, train_x, test_x, threads, scoring_ablations, need_maps, pool, groups = job
     if threads:
         torch.set_num_threads(threads)
     if isinstance(options.get("perceptual"), str):
         options = {**options, "perceptual": _load_perceptual(options["perceptual"])}
-    t0 = time.perf_counter()
     m = get_method(name, config, **options)
     extra_fit = {} if pool is None else {"unlabelled": pool}
     takes = inspect.signature(m.fit).parameters
@@ -201,7 +258,7 @@ def _train_and_score(job: tuple, partial: Optional[str] = None) -> tuple:
                     scores if same else m.score_neighbours(test_x, None, space))  # the model's own: its scores
     if hasattr(m, "score_variants"):  # a method's other ways to score (SAGAN's test-time dropout)
         extra.update(m.score_variants(test_x))
-    return scores, maps, extra, (time.perf_counter() - t0, per_image)
+    return scores, maps, extra, per_image
 
 
 def _worker_start() -> None:
